@@ -1,0 +1,34 @@
+# ft_pipeline: `make run` runs the whole pipeline on demo data, `make test` runs the tests.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+UI_PORT ?= 3000
+
+.PHONY: install run test ui bench clean
+
+# A virtual environment in the repo root, installed with the tested pins (constraints.txt keeps torch on its CPU build).
+$(INSTALLED): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { $(PYTHON) -m pip install --user virtualenv && $(PYTHON) -m virtualenv $(VENV); }
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	@touch $(INSTALLED)
+
+install: $(INSTALLED)
+
+run: install
+	$(BIN)/ft-pipeline run --demo-if-empty
+
+test: install
+	$(BIN)/python -m pytest
+
+ui: install
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p $(UI_PORT)
+
+bench: install
+	$(BIN)/python bench/ingest.py --lines 200000
+	$(BIN)/python bench/settlements.py --rows 200000
+	$(BIN)/python bench/train.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,154 @@
+"""The `ft-pipeline` command line: demo data, the main job, training, status, rollback and generation."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from ft_pipeline.settings import Settings
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    """Write demo logs into the inbox."""
+    from ft_pipeline.core.demo import write_demo_inbox
+
+    summary = write_demo_inbox(settings.inbox_dir, records=args.records, days=args.days, seed=args.seed)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    """Materialize the selection for every partition with data, then print a summary."""
+    from ft_pipeline.core.ingest import inbox_files
+    from ft_pipeline.runner import run_pipeline
+
+    if args.demo_if_empty and not inbox_files(settings.inbox_dir):
+        print(f"the inbox {settings.inbox_dir} is empty: writing demo logs")
+        cmd_demo(argparse.Namespace(records=3000, days=30, seed=0), settings)
+    runs = run_pipeline(args.select, settings=settings)
+    print_summary(settings)
+    failed = [run for run in runs if not run.success]
+    for run in failed:
+        print(f"run {run.run_id} ({', '.join(run.assets)} for {run.partitions}) failed in {', '.join(run.failed_steps)}")
+    print("\nOpen the Dagster UI with `make ui` and browse http://127.0.0.1:3000 (runs, assets, metadata, checks).")
+    return 1 if failed else 0
+
+
+def print_summary(settings: Settings) -> None:
+    """Print what the lake, the report and each task's champion hold now."""
+    from ft_pipeline.training.status import task_status
+
+    print("\n== ft_pipeline summary ==")
+    print(f"data dir:       {settings.root}")
+    report = settings.reports_dir / "pattern_report.json"
+    if report.is_file():
+        totals = json.loads(report.read_text(encoding="utf-8")).get("totals", {})
+        print(f"pattern report: {report} ({totals})")
+    for row in task_status(settings):
+        champion = row.get("champion_version")
+        print(
+            f"task {row['task']}: {row['settled']} settled, champion "
+            f"{'v' + str(champion) if champion else 'none'}"
+            + (f", eval loss {row['champion_scores'].get('loss'):.3f} vs base {row['champion_scores'].get('base_loss'):.3f}"
+               if champion and row.get("champion_scores") else "")
+        )
+
+
+def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    """Train one task's adapter without Dagster."""
+    from ft_pipeline.training.lora import train_task
+
+    result = train_task(settings, args.task, log=print)
+    print(json.dumps(result.summary(), indent=2, default=str))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    """Print per-task data, retrain and champion status."""
+    from ft_pipeline.training.status import task_status
+
+    rows = task_status(settings)
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    header = f"{'task':<20} {'settled':>8} {'new':>6} {'to retrain':>10} {'champion':>9}  last trained"
+    print(header)
+    for row in rows:
+        print(
+            f"{row['task']:<20} {row['settled']:>8} {row['new_examples']:>6} {row['until_retrain']:>10} "
+            f"{row.get('champion_version') or '-':>9}  {row.get('last_trained') or '-'}"
+        )
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
+    """Move a task's champion alias back and record why."""
+    from ft_pipeline.training.champion import rollback
+
+    before, after = rollback(settings, args.task, to_version=args.to, reason=args.reason)
+    print(f"{args.task}: champion moved from v{before} to v{after}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
+    """Answer a prompt with the task's champion adapter (the base model when there is none)."""
+    from ft_pipeline.training.serving import generate
+
+    print(generate(settings, args.task, args.prompt, max_new_tokens=args.max_new_tokens))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="ft-pipeline", description=__doc__)
+    parser.add_argument("--data-dir", help="data dir (default: $FT_DATA_DIR or ./data)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="write realistic demo logs into the inbox")
+    demo.add_argument("--records", type=int, default=3000)
+    demo.add_argument("--days", type=int, default=30)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=cmd_demo)
+
+    run = sub.add_parser("run", help="materialize assets for every partition with data (the main job)")
+    run.add_argument("--select", default="*", help="Dagster asset selection, e.g. 'raw_logs+' or 'raw_logs,settlements'")
+    run.add_argument("--demo-if-empty", action="store_true", help="write demo logs first when the inbox is empty")
+    run.set_defaults(func=cmd_run)
+
+    train = sub.add_parser("train", help="train one task's LoRA adapter without Dagster")
+    train.add_argument("--task", required=True)
+    train.set_defaults(func=cmd_train)
+
+    status = sub.add_parser("status", help="per-task examples, retrain countdown and champion")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+
+    rollback = sub.add_parser("rollback", help="move a task's champion alias back")
+    rollback.add_argument("task")
+    rollback.add_argument("--to", type=int, help="version to restore (default: the previous champion)")
+    rollback.add_argument("--reason", default="manual rollback from the CLI")
+    rollback.set_defaults(func=cmd_rollback)
+
+    generate = sub.add_parser("generate", help="answer a prompt with the task's champion adapter")
+    generate.add_argument("task")
+    generate.add_argument("prompt")
+    generate.add_argument("--max-new-tokens", type=int, default=128)
+    generate.set_defaults(func=cmd_generate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `ft-pipeline` console script."""
+    args = build_parser().parse_args(argv)
+    settings = Settings.from_env(data_dir=args.data_dir)
+    try:
+        return args.func(args, settings)
+    except (ValueError, FileNotFoundError, LookupError) as exc:
+        print(f"ft-pipeline {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

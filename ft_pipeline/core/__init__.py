@@ -1,0 +1,1 @@
+"""Pure logic of ft_pipeline: no dagster import, unit-tested directly."""

@@ -1,0 +1,110 @@
+"""Atomic file writes and the lake's partition layout."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+TASK_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+PARTITION_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def checked_name(name: str, what: str = "task") -> str:
+    """`name` when it is a safe single path component (the contract's task pattern), else ValueError."""
+    if not isinstance(name, str) or not TASK_NAME.match(name):
+        raise ValueError(f"{what} name {name!r} must match {TASK_NAME.pattern}")
+    return name
+
+
+def partition_dir(lake_dir: Path, table: str, date: str) -> Path:
+    """Folder of one daily partition: <lake>/<table>/date=YYYY-MM-DD."""
+    if not PARTITION_DATE.match(date):
+        raise ValueError(f"partition date {date!r} must be YYYY-MM-DD")
+    return Path(lake_dir) / checked_name(table, "table") / f"date={date}"
+
+
+def partition_file(lake_dir: Path, table: str, date: str) -> Path:
+    """The single parquet file that holds one daily partition."""
+    return partition_dir(lake_dir, table, date) / "part-0.parquet"
+
+
+def partition_dates(lake_dir: Path, table: str) -> list[str]:
+    """Dates of the partitions of `table` that hold a parquet file, sorted."""
+    base = Path(lake_dir) / table
+    if not base.is_dir():
+        return []
+    return sorted(p.name[5:] for p in base.glob("date=*") if (p / "part-0.parquet").is_file())
+
+
+def table_glob(lake_dir: Path, table: str) -> str:
+    """A glob over every partition file of `table`, for DuckDB's read_parquet."""
+    return str(Path(lake_dir) / table / "date=*" / "*.parquet")
+
+
+@contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """A temporary path beside `target` that replaces it only when the block succeeds."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_parquet_atomic(table: pa.Table, target: Path) -> Path:
+    """Write `table` to `target` as parquet; readers see the old file or the whole new one."""
+    with atomic_path(target) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+    return Path(target)
+
+
+def write_text_atomic(text: str, target: Path) -> Path:
+    """Write `text` to `target` atomically (UTF-8)."""
+    with atomic_path(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(target)
+
+
+def write_json_atomic(value: Any, target: Path) -> Path:
+    """Write `value` as indented JSON to `target` atomically."""
+    return write_text_atomic(json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n", target)
+
+
+def write_jsonl_atomic(rows: Any, target: Path) -> int:
+    """Write an iterable of JSON-serialisable rows as JSONL atomically; returns the row count."""
+    count = 0
+    with atomic_path(target) as tmp:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+                count += 1
+    return count
+
+
+def replace_dir_atomic(staging: Path, target: Path) -> Path:
+    """Move a fully written folder `staging` into place at `target`, replacing what was there."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    old = target.with_name(f".{target.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(staging, target)
+    if old.exists():
+        shutil.rmtree(old)
+    return target

@@ -1,0 +1,51 @@
+"""What each task's dataset and adapters were built from: small JSON records read without heavy imports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ft_pipeline.core.io import checked_name
+
+DATASET_MANIFEST = "manifest.json"
+ADAPTER_CONFIG = "training_config.json"
+
+
+def dataset_dir(datasets_dir: Path, task: str) -> Path:
+    """Folder of one task's dataset files."""
+    return Path(datasets_dir) / checked_name(task)
+
+
+def read_dataset_manifest(datasets_dir: Path, task: str) -> dict[str, Any] | None:
+    """The manifest of a task's current dataset (version, sizes, data watermark), or None before the first build."""
+    path = dataset_dir(datasets_dir, task) / DATASET_MANIFEST
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def adapter_versions(adapters_dir: Path, task: str) -> list[int]:
+    """Registered adapter versions of a task that have a complete folder, ascending."""
+    base = Path(adapters_dir) / checked_name(task)
+    if not base.is_dir():
+        return []
+    return sorted(int(p.name) for p in base.iterdir() if p.name.isdigit() and (p / ADAPTER_CONFIG).is_file())
+
+
+def adapter_dir(adapters_dir: Path, task: str, version: int | str) -> Path:
+    """Folder of one adapter version: adapters/<task>/<version>/."""
+    if not str(version).isdigit():
+        raise ValueError(f"adapter version {version!r} must be a model registry version number")
+    return Path(adapters_dir) / checked_name(task) / str(int(version))
+
+
+def read_adapter_config(adapters_dir: Path, task: str, version: int | str) -> dict[str, Any]:
+    """The training config saved with an adapter (hyperparameters, base model, dataset version, data watermark)."""
+    return json.loads((adapter_dir(adapters_dir, task, version) / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+
+
+def latest_adapter(adapters_dir: Path, task: str) -> dict[str, Any] | None:
+    """Training config of the newest adapter of a task, with its `version`, or None when it has none."""
+    versions = adapter_versions(adapters_dir, task)
+    if not versions:
+        return None
+    return {**read_adapter_config(adapters_dir, task, versions[-1]), "version": versions[-1]}

@@ -1,0 +1,126 @@
+"""The main job: materialize an asset selection for every partition that has data, in dependency order."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from dagster import AssetKey, AssetSelection, DagsterInstance, Definitions, materialize
+
+from ft_pipeline.core.io import partition_dates
+from ft_pipeline.settings import Settings
+
+DAILY_ASSETS = ("raw_logs", "settlements")
+GLOBAL_ASSETS = ("pattern_report", "base_model")
+TASK_ASSETS = ("task_dataset", "lora_adapter", "adapter_evaluation")
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+
+
+@dataclass
+class StageRun:
+    """One Dagster run the runner launched."""
+
+    assets: list[str]
+    partitions: str
+    run_id: str
+    success: bool
+    failed_steps: list[str] = field(default_factory=list)
+
+
+def pipeline_instance() -> DagsterInstance:
+    """The configured Dagster instance: $DAGSTER_HOME, else the dagster.yaml in the current folder."""
+    if os.environ.get("DAGSTER_HOME"):
+        return DagsterInstance.get()
+    if Path("dagster.yaml").is_file():
+        os.environ["DAGSTER_HOME"] = str(Path.cwd())
+        return DagsterInstance.get()
+    raise RuntimeError(
+        "No Dagster instance: set DAGSTER_HOME to a folder with a dagster.yaml, or run from the repo root."
+    )
+
+
+def selected_keys(defs: Definitions, select: str) -> set[str]:
+    """Asset names that a Dagster selection string (or a comma-separated list of them) selects."""
+    clauses = [part.strip() for part in select.split(",") if part.strip()] or ["*"]
+    selection = AssetSelection.from_coercible(clauses)
+    return {key.to_user_string() for key in selection.resolve(defs.resolve_asset_graph())}
+
+
+def data_dates(settings: Settings) -> list[str]:
+    """Days that have data: in the inbox files or already in the lake."""
+    from ft_pipeline.core.ingest import inbox_dates, inbox_files
+
+    dates = set(inbox_dates(inbox_files(settings.inbox_dir))) | set(partition_dates(settings.lake_dir, "raw_logs"))
+    return sorted(dates)
+
+
+def settled_tasks(settings: Settings) -> list[str]:
+    """Tasks that have at least one settled record in the lake."""
+    import duckdb
+
+    from ft_pipeline.core.io import table_glob
+
+    if not partition_dates(settings.lake_dir, "settlements"):
+        return []
+    rows = duckdb.sql(
+        f"SELECT DISTINCT task FROM read_parquet('{table_glob(settings.lake_dir, 'settlements')}') ORDER BY task"
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+def run_pipeline(
+    select: str = "*",
+    settings: Settings | None = None,
+    instance: DagsterInstance | None = None,
+    log: Callable[[str], None] = print,
+) -> list[StageRun]:
+    """Materialize the selection: daily assets over all days with data, then global assets, then each task."""
+    from ft_pipeline.definitions import defs
+    from ft_pipeline.partitions import task_partitions
+
+    settings = settings or Settings.from_env()
+    instance = instance or pipeline_instance()
+    wanted = selected_keys(defs, select)
+    every_asset = list(defs.assets or []) + list(defs.asset_checks or [])
+    runs: list[StageRun] = []
+
+    def launch(names: list[str], label: str, **kwargs) -> StageRun:
+        log(f"materializing {', '.join(names)} for {label}")
+        result = materialize(
+            every_asset,
+            selection=[AssetKey(name) for name in names],
+            instance=instance,
+            resources=defs.resources,
+            raise_on_error=False,
+            **kwargs,
+        )
+        failed = [event.step_key for event in result.all_events if event.is_step_failure]
+        run = StageRun(names, label, result.run_id, result.success, failed)
+        log(f"  run {result.run_id}: {'success' if result.success else 'FAILED in ' + ', '.join(failed)}")
+        runs.append(run)
+        return run
+
+    daily = [name for name in DAILY_ASSETS if name in wanted]
+    if daily:
+        dates = data_dates(settings)
+        if dates:
+            launch(daily, f"{dates[0]}...{dates[-1]}", tags={RANGE_START_TAG: dates[0], RANGE_END_TAG: dates[-1]})
+        else:
+            log(f"no data in {settings.inbox_dir} or the lake: nothing to ingest")
+
+    global_assets = [name for name in GLOBAL_ASSETS if name in wanted]
+    if global_assets:
+        launch(global_assets, "all data")
+
+    per_task = [name for name in TASK_ASSETS if name in wanted]
+    if per_task:
+        tasks = settled_tasks(settings)
+        new = [task for task in tasks if not instance.has_dynamic_partition(task_partitions.name, task)]
+        if new:
+            instance.add_dynamic_partitions(task_partitions.name, new)
+        for task in tasks:
+            launch(per_task, f"task {task}", partition_key=task)
+    return runs
