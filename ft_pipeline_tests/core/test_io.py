@@ -1,0 +1,61 @@
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from ft_pipeline.core.io import (
+    atomic_path,
+    checked_name,
+    partition_dates,
+    partition_file,
+    replace_dir_atomic,
+    write_jsonl_atomic,
+    write_parquet_atomic,
+)
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "", "A", "-x", "x" * 65, ".hidden"])
+def test_unsafe_names_never_become_paths(name):
+    with pytest.raises(ValueError):
+        checked_name(name)
+
+
+def test_partition_layout(tmp_path):
+    table = pa.table({"x": [1, 2]})
+    write_parquet_atomic(table, partition_file(tmp_path, "raw_logs", "2026-01-02"))
+    write_parquet_atomic(table, partition_file(tmp_path, "raw_logs", "2026-01-01"))
+    assert partition_dates(tmp_path, "raw_logs") == ["2026-01-01", "2026-01-02"]
+    assert pq.read_table(partition_file(tmp_path, "raw_logs", "2026-01-01")).equals(table)
+    with pytest.raises(ValueError):
+        partition_file(tmp_path, "raw_logs", "2026-1-1/../../etc")
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    target = tmp_path / "out.jsonl"
+    write_jsonl_atomic([{"a": 1}], target)
+
+    def rows():
+        yield {"a": 2}
+        raise RuntimeError("crash mid-write")
+
+    with pytest.raises(RuntimeError):
+        write_jsonl_atomic(rows(), target)
+    assert target.read_text() == '{"a": 1}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]
+
+
+def test_atomic_path_replaces_only_on_success(tmp_path):
+    target = tmp_path / "f.txt"
+    with atomic_path(target) as tmp:
+        tmp.write_text("new")
+    assert target.read_text() == "new"
+
+
+def test_replace_dir_atomic_swaps_whole_folders(tmp_path):
+    target = tmp_path / "model"
+    for content in ("one", "two"):
+        staging = tmp_path / f"staging-{content}"
+        staging.mkdir()
+        (staging / "weights").write_text(content)
+        replace_dir_atomic(staging, target)
+    assert (target / "weights").read_text() == "two"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
