@@ -1,0 +1,529 @@
+"""The pattern report: rates by dimension over time, regressions, edit patterns, tone shifts, retries,
+failure reasons, A/B experiments, alerts and recommendations, computed with DuckDB over the lake."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from ft_pipeline.core.io import partition_dates, table_glob
+from ft_pipeline.core.redaction import redact
+from ft_pipeline.core.stats import compare_arms, rate, two_proportion_test
+from ft_pipeline.settings import Settings
+
+DIMENSIONS = ("task", "agent", "topic", "reasoning_mode", "model", "adapter_version", "user_id",
+              "experiment_id", "variant")
+WINDOWS = {"7d": 7, "30d": 30, "90d": 90}
+# Suffix of each set of group aggregates: the whole history, each window (days back from the newest record's
+# day), and the days before the last 7, which regressions and alerts compare with the 7-day window.
+SPANS = {"": "true", **{f"_{w}": f"days_back < {d}" for w, d in WINDOWS.items()}, "_before": "days_back >= 7"}
+# Columns the report reads, with the type they get when a table lacks them (older or hand-made files).
+RAW_COLUMNS = {
+    "log_id": "VARCHAR", "timestamp": "TIMESTAMPTZ", "decision": "VARCHAR", "quality_score": "DOUBLE",
+    "confidence": "DOUBLE", "attempt": "BIGINT", "failure_reasons": "VARCHAR[]", "latency_ms": "DOUBLE",
+    "cost_usd": "DOUBLE", **{d: "VARCHAR" for d in DIMENSIONS},
+}
+SETTLED_COLUMNS = {
+    "log_id": "VARCHAR", "decision": "VARCHAR", "task": "VARCHAR", "agent": "VARCHAR", "output": "VARCHAR",
+    "final_text": "VARCHAR", "retained": "DOUBLE", "deleted_spans": "VARCHAR[]", "added_spans": "VARCHAR[]",
+}
+# Longest phrase (in words) looked for in edit spans; longer boilerplate still shows as its 8-word pieces.
+MAX_PHRASE_WORDS = 8
+# A phrase is folded into a longer one that contains it when the longer one has this share of its support.
+MERGE_SHARE = 0.8
+# A phrase counts as deleted (added) only when more than this many times as many edits delete (add) it as add
+# (delete) it.
+CHURN_RATIO = 2
+# Phrases made only of these words, or of numbers, say nothing about what editors fix.
+STOPWORDS = frozenset(
+    "a an the and or but of to in on at for with by from is are was were be been it its this that these "
+    "those i you he she we they my your our their as so if then than not no do does did".split()
+)
+# A word of an edit span (lower-cased); redaction placeholders such as [email] stay one word.
+WORD = r"\[[a-z_]+\]|[\pL\pN']+"
+# Tone markers counted in the model output and in the approved text (lower-cased), with how a person names
+# them; why: they show the style editors impose.
+TONE_MARKERS = {
+    "words": (r"\S+", "words"),
+    "exclamations": (r"!", "exclamation marks"),
+    "questions": (r"\?", "question marks"),
+    "hedging": (r"\b(?:might|maybe|perhaps|possibly|probably|likely|seems?|somewhat|arguably|i think|i believe|it appears)\b",
+                "hedging words"),
+    "formal": (r"\b(?:furthermore|moreover|therefore|thus|hence|consequently|additionally|regarding|utilize|kindly|sincerely|shall|herein)\b",
+               "formal words"),
+    "contractions": (r"\b[\pL]+'(?:s|re|ve|ll|d|t|m)\b", "contractions"),
+}
+# Thresholds at which an edit pattern becomes a recommendation: share of edits carrying a phrase, relative
+# and absolute change of answer length, mean change per answer of a tone marker.
+RECOMMEND_PHRASE_RATE = 0.3
+RECOMMEND_LENGTH_SHARE = 0.2
+RECOMMEND_LENGTH_WORDS = 3
+RECOMMEND_MARKER_DELTA = 0.5
+
+
+def build_report(settings: Settings) -> dict[str, Any]:
+    """The whole pattern report over every partition of raw_logs and settlements under the settings' lake."""
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        _table_view(con, "raw", settings.lake_dir, "raw_logs", RAW_COLUMNS)
+        _table_view(con, "settled", settings.lake_dir, "settlements", SETTLED_COLUMNS)
+        return _report(con, settings)
+    finally:
+        con.close()
+
+
+def _table_view(con: duckdb.DuckDBPyConnection, name: str, lake_dir: Path, table: str, columns: dict) -> None:
+    """A view over every partition of a lake table with exactly `columns` (NULL where a file lacks one)."""
+    if partition_dates(lake_dir, table):
+        source = "read_parquet('{}', union_by_name = true, hive_partitioning = false)".format(
+            table_glob(lake_dir, table).replace("'", "''"))
+        present = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+    else:
+        source, present = "(SELECT 1) WHERE false", set()
+    select = ", ".join(
+        f'"{col}"' if col in present else f'NULL::{kind} AS "{col}"' for col, kind in columns.items())
+    con.execute(f"CREATE TEMP VIEW {name} AS SELECT {select} FROM {source}")
+
+
+def _literal(text: str) -> str:
+    """`text` as a SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> list[dict]:
+    """Rows of a query as dicts."""
+    cur = con.execute(sql, params or [])
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, row)) for row in cur.fetchall()]
+
+
+def _report(con: duckdb.DuckDBPyConnection, settings: Settings) -> dict[str, Any]:
+    """Assemble every section of the report from the `raw` and `settled` views."""
+    totals = _rows(con, """
+        SELECT count(*) AS records,
+               count(*) FILTER (WHERE decision IN ('accepted', 'edited', 'rejected')) AS reviewed,
+               (SELECT count(*) FROM settled) AS settled,
+               count(*) FILTER (WHERE decision = 'accepted') AS accepted,
+               count(*) FILTER (WHERE decision = 'edited') AS edited,
+               count(*) FILTER (WHERE decision = 'rejected') AS rejected,
+               count(*) FILTER (WHERE decision = 'pending') AS pending,
+               CAST(max(timestamp) AS DATE) AS as_of
+        FROM raw""")[0]
+    as_of = totals.pop("as_of")
+    report: dict[str, Any] = {
+        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "as_of": as_of.isoformat() if as_of else None,
+        "totals": totals,
+    }
+    con.execute("""
+        CREATE TEMP VIEW base AS
+        SELECT r.*, s.retained,
+               r.decision IN ('accepted', 'edited', 'rejected') AS reviewed,
+               (SELECT CAST(max(timestamp) AS DATE) FROM raw) - CAST(r.timestamp AS DATE) AS days_back
+        FROM raw r LEFT JOIN settled s USING (log_id)""")
+    dims = [d for d in DIMENSIONS if con.execute(f'SELECT count("{d}") FROM raw').fetchall()[0][0]]
+    _key_map(con, dims)
+    group_rows = _group_rows(con, dims)
+    report["groups"] = _groups(group_rows)
+    report["regressions"] = _regressions(group_rows, settings)
+    report["alerts"] = _alerts(group_rows, settings)
+    report["edit_patterns"] = _edit_patterns(con, settings)
+    report["retries"] = _retries(con, settings)
+    report["failure_reasons"] = _failure_reasons(con)
+    report["experiments"] = _experiments(con, settings)
+    report["recommendations"] = recommendations(report, settings)
+    return report
+
+
+def _key_map(con: duckdb.DuckDBPyConnection, dims: list[str]) -> None:
+    """Table `keymap(dimension, value, key)`: every group value with its redacted report key, so no PII
+    (a user_id that is an email, say) becomes a report key; values that redact alike are grouped together."""
+    rows = []
+    for dim in dims:
+        for (value,) in con.execute(f'SELECT DISTINCT CAST("{dim}" AS VARCHAR) FROM raw WHERE "{dim}" IS NOT NULL').fetchall():
+            rows.append({"dimension": dim, "value": value, "key": redact(value)[0]})
+    keymap = pa.Table.from_pylist(
+        rows, schema=pa.schema([("dimension", pa.string()), ("value", pa.string()), ("key", pa.string())]))
+    con.register("keymap_arrow", keymap)
+    con.execute("CREATE TEMP TABLE keymap AS SELECT * FROM keymap_arrow")
+    con.unregister("keymap_arrow")
+    union = " UNION ALL ".join(
+        f"SELECT '{d}' AS dimension, CAST(\"{d}\" AS VARCHAR) AS value, * FROM base WHERE \"{d}\" IS NOT NULL"
+        for d in dims) or "SELECT NULL AS dimension, NULL AS value, * FROM base WHERE false"
+    con.execute(f"""
+        CREATE TEMP VIEW long AS
+        SELECT k.key, l.* FROM ({union}) l JOIN keymap k USING (dimension, value)""")
+
+
+def _metrics(cond: str, suffix: str) -> str:
+    """SQL aggregates of one group over the records that satisfy `cond`, named with `suffix`."""
+    f = f"FILTER (WHERE {cond})"
+    return f"""
+        count(*) FILTER (WHERE reviewed AND {cond}) AS n{suffix},
+        count(*) FILTER (WHERE decision = 'accepted' AND {cond}) AS accepted{suffix},
+        count(*) FILTER (WHERE decision = 'edited' AND {cond}) AS edited{suffix},
+        count(*) FILTER (WHERE decision = 'rejected' AND {cond}) AS rejected{suffix},
+        avg(retained) {f} AS mean_retained{suffix},
+        avg(quality_score) {f} AS mean_quality{suffix},
+        avg(confidence) {f} AS mean_confidence{suffix},
+        quantile_cont(latency_ms, 0.5) {f} AS latency_ms_p50{suffix},
+        quantile_cont(latency_ms, 0.95) {f} AS latency_ms_p95{suffix},
+        sum(cost_usd) {f} AS cost_usd{suffix}"""
+
+
+def _group_rows(con: duckdb.DuckDBPyConnection, dims: list[str]) -> list[dict]:
+    """One row per (dimension, key) with the aggregates of every span, in a single query."""
+    metrics = ",".join(_metrics(cond, suffix) for suffix, cond in SPANS.items())
+    return _rows(con, f"SELECT dimension, key, {metrics} FROM long GROUP BY dimension, key ORDER BY dimension, key")
+
+
+def _summary(row: dict, suffix: str) -> dict:
+    """The contract's rate block of one group and span."""
+    n = row[f"n{suffix}"]
+    return {
+        "n": n,
+        "acceptance_rate": rate(row[f"accepted{suffix}"], n),
+        "edit_rate": rate(row[f"edited{suffix}"], n),
+        "rejection_rate": rate(row[f"rejected{suffix}"], n),
+        **{k: row[f"{k}{suffix}"] for k in ("mean_retained", "mean_quality", "mean_confidence",
+                                             "latency_ms_p50", "latency_ms_p95", "cost_usd")},
+    }
+
+
+def _groups(group_rows: list[dict]) -> dict:
+    """`groups` section: {dimension: {key: rates, with the same for each window}}."""
+    groups: dict[str, dict] = {}
+    for row in group_rows:
+        entry = _summary(row, "")
+        entry["windows"] = {w: _summary(row, f"_{w}") for w in WINDOWS}
+        groups.setdefault(row["dimension"], {})[row["key"]] = entry
+    return groups
+
+
+def _regressions(group_rows: list[dict], settings: Settings) -> list[dict]:
+    """Groups whose acceptance rate in the last 7 days fell by more than the threshold, significantly."""
+    found = []
+    for row in group_rows:
+        x1, n1, x2, n2 = row["accepted_before"], row["n_before"], row["accepted_7d"], row["n_7d"]
+        if not n1 or not n2:
+            continue
+        before, after = x1 / n1, x2 / n2
+        _, p_value = two_proportion_test(x1, n1, x2, n2)
+        if before - after > settings.regression_min_drop and p_value < settings.significance:
+            found.append({"dimension": row["dimension"], "key": row["key"], "metric": "acceptance_rate",
+                          "before": before, "after": after, "n_before": n1, "n_after": n2, "p_value": p_value})
+    return found
+
+
+def _alerts(group_rows: list[dict], settings: Settings) -> dict[str, list[dict]]:
+    """Tasks and agents over the alert thresholds in the last 7 days: rejection rate, latency p95, confidence drop."""
+    alerts: dict[str, list[dict]] = {"rejection_rate": [], "latency_p95": [], "confidence_drop": []}
+    for row in group_rows:
+        if row["dimension"] not in ("task", "agent"):
+            continue
+        where = {"dimension": row["dimension"], "key": row["key"]}
+        rejection = rate(row["rejected_7d"], row["n_7d"])
+        if rejection is not None and rejection > settings.alert_rejection_rate:
+            alerts["rejection_rate"].append({**where, "value": rejection, "threshold": settings.alert_rejection_rate})
+        p95 = row["latency_ms_p95_7d"]
+        if p95 is not None and p95 > settings.alert_latency_p95_ms:
+            alerts["latency_p95"].append({**where, "value": p95, "threshold": settings.alert_latency_p95_ms})
+        before, after = row["mean_confidence_before"], row["mean_confidence_7d"]
+        if before is not None and after is not None and before - after > settings.alert_confidence_drop:
+            alerts["confidence_drop"].append({**where, "value": before - after, "before": before, "after": after,
+                                              "threshold": settings.alert_confidence_drop})
+    return alerts
+
+
+def _edit_patterns(con: duckdb.DuckDBPyConnection, settings: Settings) -> dict:
+    """Per agent (task when a record has no agent): phrases editors delete and add, and tone shifts."""
+    con.execute("""
+        CREATE TEMP VIEW edits AS
+        SELECT log_id, coalesce(agent, task) AS scope, output, final_text, deleted_spans, added_spans
+        FROM settled WHERE decision = 'edited' AND coalesce(agent, task) IS NOT NULL""")
+    edited = dict(con.execute("SELECT scope, count(*) FROM edits GROUP BY scope").fetchall())
+    # Each edit counts a phrase once, however often it occurs in its spans.
+    counts = _rows(con, f"""
+        WITH spans AS (
+            SELECT scope, log_id, 'deleted' AS kind, unnest(deleted_spans) AS span FROM edits
+            UNION ALL
+            SELECT scope, log_id, 'added' AS kind, unnest(added_spans) AS span FROM edits),
+        words AS (
+            SELECT scope, log_id, kind, regexp_extract_all(lower(span), {_literal(WORD)}) AS w FROM spans),
+        starts AS (
+            SELECT scope, log_id, kind, w, unnest(range(1, len(w) + 1)) AS i FROM words WHERE len(w) > 0),
+        grams AS (
+            SELECT scope, log_id, kind, array_to_string(w[i:i + n - 1], ' ') AS phrase
+            FROM starts, range(1, {MAX_PHRASE_WORDS + 1}) t(n) WHERE i + n - 1 <= len(w))
+        SELECT scope, kind, phrase, count(DISTINCT log_id) AS count
+        FROM grams GROUP BY ALL HAVING count(DISTINCT log_id) >= ?""", [settings.min_phrase_support])
+    candidates: dict[tuple[str, str], dict[str, int]] = {}
+    for row in counts:
+        candidates.setdefault((row["scope"], row["kind"]), {})[row["phrase"]] = row["count"]
+    tone = _tone_shifts(con)
+    patterns = {}
+    for scope, n_edited in sorted(edited.items()):
+        key = redact(scope)[0]
+        patterns[key] = {"edited": n_edited, "tone_shifts": tone.get(scope, [])}
+        for kind, opposite in (("deleted", "added"), ("added", "deleted")):
+            against = candidates.get((scope, opposite), {})
+            # Words editors delete and add alike (numbers, reworded terms) are churn, not a habit of the model.
+            one_way = {p: c for p, c in candidates.get((scope, kind), {}).items() if c > CHURN_RATIO * against.get(p, 0)}
+            phrases = longest_phrases(one_way)[: settings.report_top_phrases]
+            patterns[key][kind] = [{"text": p, "count": c, "rate": c / n_edited} for p, c in phrases]
+    return patterns
+
+
+def longest_phrases(counts: dict[str, int]) -> list[tuple[str, int]]:
+    """Phrases with their edit counts, each sub-phrase folded into a longer phrase that carries its support
+    and incidental extensions of a listed phrase left out; sorted by count, then length."""
+    absorbed = {sub for phrase, count in counts.items() for sub in _sub_phrases(phrase)
+                if sub in counts and count >= MERGE_SHARE * counts[sub]}
+    kept = {p: c for p, c in counts.items()
+            if p not in absorbed and not all(w in STOPWORDS or w.isdigit() for w in p.split())}
+    # A phrase that extends a listed one with far less support is that phrase plus incidental context.
+    listed = [(p, c) for p, c in kept.items() if not any(sub in kept for sub in _sub_phrases(p))]
+    return sorted(listed, key=lambda pc: (-pc[1], -len(pc[0].split()), pc[0]))
+
+
+def _sub_phrases(phrase: str) -> list[str]:
+    """Every shorter run of consecutive words of a phrase."""
+    words = phrase.split()
+    return [" ".join(words[start:start + size])
+            for size in range(1, len(words)) for start in range(len(words) - size + 1)]
+
+
+def _tone_shifts(con: duckdb.DuckDBPyConnection) -> dict[str, list[dict]]:
+    """Per scope, the mean count of each tone marker in the output and in the approved text, and the delta."""
+    counts = ", ".join(
+        f"avg(len(regexp_extract_all(lower(output), {_literal(rx)}))) AS \"{m}_output\", "
+        f"avg(len(regexp_extract_all(lower(final_text), {_literal(rx)}))) AS \"{m}_final\""
+        for m, (rx, _) in TONE_MARKERS.items())
+    shifts = {}
+    for row in _rows(con, f"SELECT scope, {counts} FROM edits WHERE output IS NOT NULL AND final_text IS NOT NULL GROUP BY scope"):
+        shifts[row["scope"]] = [
+            {"marker": m, "mean_output": row[f"{m}_output"], "mean_final": row[f"{m}_final"],
+             "mean_delta": row[f"{m}_final"] - row[f"{m}_output"]}
+            for m in TONE_MARKERS]
+    return shifts
+
+
+def _retries(con: duckdb.DuckDBPyConnection, settings: Settings) -> dict:
+    """Acceptance and quality by attempt number, overall and per task, and whether retrying helps."""
+    by_attempt = _rows(con, """
+        SELECT CASE WHEN GROUPING(task) = 1 THEN NULL ELSE task END AS task, coalesce(attempt, 1) AS attempt,
+               count(*) FILTER (WHERE reviewed) AS n,
+               count(*) FILTER (WHERE decision = 'accepted') AS accepted,
+               avg(quality_score) AS mean_quality
+        FROM base GROUP BY GROUPING SETS ((coalesce(attempt, 1)), (task, coalesce(attempt, 1)))
+        ORDER BY task NULLS FIRST, attempt""")
+    trends = _rows(con, """
+        SELECT CASE WHEN GROUPING(task) = 1 THEN NULL ELSE task END AS task,
+               count(*) FILTER (WHERE reviewed AND coalesce(attempt, 1) = 1) AS n_first,
+               count(*) FILTER (WHERE decision = 'accepted' AND coalesce(attempt, 1) = 1) AS accepted_first,
+               count(*) FILTER (WHERE reviewed AND attempt > 1) AS n_retried,
+               count(*) FILTER (WHERE decision = 'accepted' AND attempt > 1) AS accepted_retried,
+               regr_slope(CAST(decision = 'accepted' AS DOUBLE), coalesce(attempt, 1)) FILTER (WHERE reviewed)
+                   AS acceptance_slope,
+               regr_slope(quality_score, coalesce(attempt, 1)) AS quality_slope
+        FROM base GROUP BY GROUPING SETS ((), (task)) ORDER BY task NULLS FIRST""")
+    sections: dict[str | None, dict] = {}
+    for row in by_attempt:
+        sections.setdefault(row["task"], {"by_attempt": []})["by_attempt"].append(
+            {"attempt": row["attempt"], "n": row["n"], "acceptance_rate": rate(row["accepted"], row["n"]),
+             "mean_quality": row["mean_quality"]})
+    for row in trends:
+        first, retried = rate(row["accepted_first"], row["n_first"]), rate(row["accepted_retried"], row["n_retried"])
+        _, p_value = two_proportion_test(row["accepted_first"], row["n_first"], row["accepted_retried"], row["n_retried"])
+        sections.setdefault(row["task"], {"by_attempt": []})["trend"] = {
+            "first_acceptance_rate": first, "retried_acceptance_rate": retried, "n_retried": row["n_retried"],
+            "acceptance_slope": row["acceptance_slope"], "quality_slope": row["quality_slope"],
+            "p_value": p_value if row["n_retried"] else None,
+            "helps": bool(row["n_retried"] and row["n_first"] and retried > first and p_value < settings.significance),
+        }
+    overall = sections.pop(None, {"by_attempt": []})
+    return {**overall, "by_task": {redact(t)[0]: s for t, s in sections.items()}}
+
+
+def _failure_reasons(con: duckdb.DuckDBPyConnection) -> dict:
+    """How often each failure reason occurs, overall and per agent and topic (share of the group's records)."""
+    rows = _rows(con, """
+        WITH reasons AS (SELECT DISTINCT log_id, unnest(failure_reasons) AS reason FROM raw),
+        sized AS (SELECT dimension, key, count(*) OVER (PARTITION BY dimension, key) AS records, log_id
+                  FROM long WHERE dimension IN ('agent', 'topic')
+                  UNION ALL SELECT 'overall', NULL, count(*) OVER (), log_id FROM raw)
+        SELECT s.dimension, s.key, r.reason, any_value(s.records) AS records, count(*) AS count
+        FROM sized s JOIN reasons r USING (log_id) WHERE r.reason IS NOT NULL
+        GROUP BY ALL ORDER BY s.dimension, s.key, count DESC, r.reason""")
+    section: dict[str, Any] = {"overall": [], "agent": {}, "topic": {}}
+    for row in rows:
+        item = {"reason": redact(row["reason"])[0], "count": row["count"], "rate": row["count"] / row["records"]}
+        if row["dimension"] == "overall":
+            section["overall"].append(item)
+        else:
+            section[row["dimension"]].setdefault(row["key"], []).append(item)
+    return section
+
+
+def _experiments(con: duckdb.DuckDBPyConnection, settings: Settings) -> dict:
+    """Every experiment's arms with their acceptance rates and the test of their difference."""
+    arms: dict[str, dict[str, tuple[int, int]]] = {}
+    for row in _rows(con, """
+            SELECT experiment_id, variant, count(*) FILTER (WHERE decision = 'accepted') AS accepted,
+                   count(*) FILTER (WHERE reviewed) AS n
+            FROM base WHERE experiment_id IS NOT NULL AND variant IS NOT NULL GROUP BY ALL"""):
+        arm = arms.setdefault(redact(row["experiment_id"])[0], {})
+        name = redact(row["variant"])[0]
+        x, n = arm.get(name, (0, 0))
+        arm[name] = (x + row["accepted"], n + row["n"])
+    return {exp: compare_arms(a, settings.significance) for exp, a in sorted(arms.items())}
+
+
+def _pct(value: float) -> str:
+    """A share as a whole percentage."""
+    return f"{value:.0%}"
+
+
+def _rate_cell(value: float | None) -> str:
+    """A rate for a Markdown table cell."""
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _number_cell(value: float | None, spec: str) -> str:
+    """A number for a Markdown table cell."""
+    return "-" if value is None else format(value, spec)
+
+
+def recommendations(report: dict, settings: Settings) -> list[dict]:
+    """Plain-language advice with its evidence, derived from the other sections of the report."""
+    recs = []
+    for scope, pattern in report["edit_patterns"].items():
+        for kind, advice in (("deleted", "tell it not to say it"), ("added", "ask for it in the prompt")):
+            for item in pattern[kind]:
+                if item["rate"] >= RECOMMEND_PHRASE_RATE:
+                    verb = "delete" if kind == "deleted" else "add"
+                    recs.append({"scope": scope,
+                                 "text": f"{scope}: editors {verb} '{item['text']}' in {_pct(item['rate'])} of edits; {advice}.",
+                                 "evidence": f"{item['count']} of {pattern['edited']} edited records"})
+        words = next((t for t in pattern["tone_shifts"] if t["marker"] == "words"), None)
+        if (words and words["mean_output"] and abs(words["mean_delta"]) >= RECOMMEND_LENGTH_WORDS
+                and abs(words["mean_delta"]) / words["mean_output"] >= RECOMMEND_LENGTH_SHARE):
+            change = "shorten" if words["mean_delta"] < 0 else "lengthen"
+            recs.append({"scope": scope,
+                         "text": f"{scope}: editors {change} answers by {abs(words['mean_delta']):.0f} words on average; "
+                                 f"ask for {'shorter' if change == 'shorten' else 'longer'} answers.",
+                         "evidence": f"mean {words['mean_output']:.0f} -> {words['mean_final']:.0f} words over "
+                                     f"{pattern['edited']} edits"})
+        for shift in pattern["tone_shifts"]:
+            if shift["marker"] != "words" and abs(shift["mean_delta"]) >= RECOMMEND_MARKER_DELTA:
+                direction = "remove" if shift["mean_delta"] < 0 else "add"
+                label = TONE_MARKERS[shift["marker"]][1]
+                recs.append({"scope": scope,
+                             "text": f"{scope}: editors {direction} {label}; adjust the tone the prompt asks for.",
+                             "evidence": f"mean {shift['mean_output']:.2f} -> {shift['mean_final']:.2f} per answer"})
+    for reg in report["regressions"]:
+        recs.append({"scope": f"{reg['dimension']}={reg['key']}",
+                     "text": f"{reg['dimension']} {reg['key']}: acceptance fell from {_pct(reg['before'])} to "
+                             f"{_pct(reg['after'])} in the last 7 days; check what changed (prompt, model, adapter).",
+                     "evidence": f"n {reg['n_before']} before, {reg['n_after']} after, p={reg['p_value']:.3g}"})
+    for exp, result in report["experiments"].items():
+        if result["winner"]:
+            win = result["arms"][result["winner"]]
+            recs.append({"scope": f"experiment={exp}",
+                         "text": f"experiment {exp}: variant {result['winner']} wins with {_pct(win['acceptance_rate'])} "
+                                 "acceptance; roll it out.",
+                         "evidence": f"{result['comparison']} = {result['difference']:+.3f}, {result['test']} p={result['p_value']:.3g}"})
+    for dim in ("task", "agent"):
+        for key, group in report["groups"].get(dim, {}).items():
+            if group["rejection_rate"] is not None and group["rejection_rate"] > settings.alert_rejection_rate:
+                recs.append({"scope": f"{dim}={key}",
+                             "text": f"{dim} {key}: {_pct(group['rejection_rate'])} of answers are rejected; "
+                                     "review its prompt and examples.",
+                             "evidence": f"{group['n']} reviewed records"})
+    trend = report["retries"].get("trend")
+    if trend and trend["n_retried"]:
+        helps = "raise" if trend["helps"] else "do not significantly raise"
+        recs.append({"scope": "retries",
+                     "text": f"retries {helps} acceptance ({_pct(trend['first_acceptance_rate'] or 0)} on the first "
+                             f"attempt, {_pct(trend['retried_acceptance_rate'])} on retries)"
+                             + ("; keep retrying." if trend["helps"] else "; fix the first answer instead."),
+                     "evidence": f"{trend['n_retried']} retried records, p={trend['p_value']:.3g}"})
+    for agent, reasons in report["failure_reasons"]["agent"].items():
+        top = reasons[0]
+        recs.append({"scope": f"agent={agent}",
+                     "text": f"agent {agent}: the most frequent failure is '{top['reason']}'; address it in the prompt.",
+                     "evidence": f"{top['count']} records ({_pct(top['rate'])})"})
+    return recs
+
+
+def render_markdown(report: dict) -> str:
+    """The report as Markdown for people (and the Dagster UI)."""
+    t = report["totals"]
+    lines = [
+        "# Pattern report", "",
+        f"As of {report['as_of']} (generated {report['generated_at']}): {t['records']} records, "
+        f"{t['reviewed']} reviewed, {t['settled']} settled.", "",
+    ]
+
+    lines += ["## Recommendations", ""]
+    lines += [f"- {r['text']} ({r['evidence']})" for r in report["recommendations"]] or ["- none"]
+    lines += ["", "## Regressions (last 7 days)", ""]
+    lines += [f"- {r['dimension']} {r['key']}: acceptance {r['before']:.1%} -> {r['after']:.1%} "
+              f"(n {r['n_before']} -> {r['n_after']}, p={r['p_value']:.3g})" for r in report["regressions"]] or ["- none"]
+    for dim, groups in report["groups"].items():
+        lines += ["", f"## By {dim}", "",
+                  "| key | n | accepted | edited | rejected | accepted 7d | accepted 30d | retained | quality | p50 ms | p95 ms | cost $ |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for key, g in groups.items():
+            w = g["windows"]
+            rates = [g["acceptance_rate"], g["edit_rate"], g["rejection_rate"], w["7d"]["acceptance_rate"],
+                     w["30d"]["acceptance_rate"], g["mean_retained"]]
+            numbers = [(g["mean_quality"], ".1f"), (g["latency_ms_p50"], ".0f"), (g["latency_ms_p95"], ".0f"),
+                       (g["cost_usd"], ".2f")]
+            cells = [key, str(g["n"]), *map(_rate_cell, rates), *(_number_cell(v, f) for v, f in numbers)]
+            lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "## Edit patterns", ""]
+    for scope, p in report["edit_patterns"].items():
+        lines += [f"### {scope} ({p['edited']} edits)", ""]
+        for kind in ("deleted", "added"):
+            lines += [f"- {kind}: " + (", ".join(f"'{i['text']}' {i['rate']:.0%}" for i in p[kind]) or "none")]
+        lines += ["- tone: " + (", ".join(f"{s['marker']} {s['mean_delta']:+.2f}" for s in p["tone_shifts"]) or "none"), ""]
+    lines += ["## Experiments", ""]
+    for exp, e in report["experiments"].items():
+        arms = ", ".join(f"{a} {v['acceptance_rate']:.1%} (n={v['n']})" for a, v in e["arms"].items())
+        if e["test"]:
+            lines.append(f"- {exp}: {arms}; {e['comparison']} = {e['difference']:+.3f} "
+                         f"[{e['ci95'][0]:+.3f}, {e['ci95'][1]:+.3f}], {e['test']} p={e['p_value']:.3g}, "
+                         f"winner: {e['winner'] or 'none'}")
+        else:
+            lines.append(f"- {exp}: {arms}; fewer than two arms")
+    lines += ["", "## Retries", ""]
+    lines += [f"- attempt {a['attempt']}: n={a['n']}, acceptance {_rate_cell(a['acceptance_rate'])}, quality {_number_cell(a['mean_quality'], '.1f')}"
+              for a in report["retries"]["by_attempt"]] or ["- none"]
+    lines += ["", "## Failure reasons", ""]
+    lines += [f"- {r['reason']}: {r['count']} ({r['rate']:.1%})" for r in report["failure_reasons"]["overall"]] or ["- none"]
+    return "\n".join(lines) + "\n"
+
+
+def check_findings(report: dict) -> dict[str, list[str]]:
+    """For each check of the report (regressions and alerts), one sentence per finding; empty lists pass."""
+    alerts = report["alerts"]
+    return {
+        "no_regressions": [
+            f"{r['dimension']} {r['key']}: acceptance {r['before']:.1%} -> {r['after']:.1%} in the last 7 days "
+            f"(n {r['n_before']} -> {r['n_after']}, p={r['p_value']:.3g})" for r in report["regressions"]],
+        "rejection_rate_alert": [
+            f"{a['dimension']} {a['key']}: rejection rate {a['value']:.1%} > {a['threshold']:.1%} in the last 7 days"
+            for a in alerts["rejection_rate"]],
+        "latency_p95_alert": [
+            f"{a['dimension']} {a['key']}: latency p95 {a['value']:.0f} ms > {a['threshold']:.0f} ms in the last 7 days"
+            for a in alerts["latency_p95"]],
+        "confidence_drop_alert": [
+            f"{a['dimension']} {a['key']}: mean confidence fell {a['before']:.2f} -> {a['after']:.2f} "
+            f"(drop {a['value']:.2f} > {a['threshold']:.2f}) in the last 7 days" for a in alerts["confidence_drop"]],
+    }
