@@ -1,0 +1,157 @@
+"""The logging client applications import to write interaction records into the pipeline's inbox."""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import json
+import os
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from ft_pipeline.core.schema import record_problems
+from ft_pipeline.settings import Settings
+
+# spool files live inside the inbox so that publishing is a rename on one filesystem; the hidden folder and the
+# .part suffix keep readers that glob *.jsonl from ever seeing them
+SPOOL_DIR = ".spool"
+
+
+class LogWriter:
+    """Checks records against the contract and publishes them into the inbox as whole files, safe across processes."""
+
+    def __init__(self, inbox_dir: str | Path, flush_every: int = 1000, flush_seconds: float = 60.0):
+        if flush_every < 1:
+            raise ValueError("flush_every must be at least 1")
+        self.inbox_dir = Path(inbox_dir)
+        self.spool_dir = self.inbox_dir / SPOOL_DIR
+        self.flush_every = flush_every
+        self.flush_seconds = flush_seconds
+        self.published: list[Path] = []
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._fh: BinaryIO | None = None
+        self._spool: Path | None = None
+        self._pending = 0
+        self._opened_at = 0.0
+        self._closed = False
+
+    def write(self, record: dict[str, Any]) -> str:
+        """Validate one record (filling log_id and timestamp when missing), spool it, and return its log_id."""
+        record = dict(record)
+        if record.get("log_id") is None:
+            record["log_id"] = uuid.uuid4().hex
+        stamp = record.get("timestamp")
+        if stamp is None:
+            record["timestamp"] = datetime.now(timezone.utc).isoformat()
+        elif isinstance(stamp, datetime):
+            # the contract reads a naive time as UTC; say so explicitly in the file
+            record["timestamp"] = (stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)).isoformat()
+        problems = record_problems(record)
+        if problems:
+            raise ValueError("log record breaks the contract: " + "; ".join(f"{code} ({detail})" for code, detail in problems))
+        try:
+            data = (json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+        except (TypeError, ValueError, UnicodeEncodeError) as exc:
+            raise ValueError(f"log record is not serialisable as UTF-8 JSON: {exc}") from None
+        with self._lock:
+            if self._closed:
+                raise ValueError("this LogWriter is closed")
+            self._adopt_after_fork()
+            if self._fh is None:
+                self._open_spool()
+            self._fh.write(data)
+            # nothing stays in this process's buffer, so a fork cannot write the same line twice
+            self._fh.flush()
+            self._pending += 1
+            # there is no background thread: an idle writer publishes on its next write, flush() or close()
+            if self._pending >= self.flush_every or time.monotonic() - self._opened_at >= self.flush_seconds:
+                self._publish()
+        return record["log_id"]
+
+    def flush(self) -> Path | None:
+        """Publish the spooled records into the inbox now; returns the new inbox file, if any."""
+        with self._lock:
+            self._adopt_after_fork()
+            return self._publish()
+
+    def close(self) -> None:
+        """Publish what is spooled; later writes raise."""
+        with self._lock:
+            if not self._closed:
+                self._adopt_after_fork()
+                self._publish()
+                self._closed = True
+
+    def __enter__(self) -> "LogWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _adopt_after_fork(self) -> None:
+        # a forked child inherits the parent's open spool file; the parent publishes it, the child starts its own
+        if os.getpid() != self._pid:
+            if self._fh is not None:
+                self._fh.close()
+            self._pid, self._fh, self._spool, self._pending = os.getpid(), None, None, 0
+
+    def _open_spool(self) -> None:
+        """Start a new spool file of this process."""
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        self._spool = self.spool_dir / f"{os.getpid()}-{uuid.uuid4().hex}.jsonl.part"
+        self._fh = open(self._spool, "xb")
+        self._opened_at = time.monotonic()
+
+    def _publish(self) -> Path | None:
+        """Move the spool file into the inbox under a unique name (one rename, so readers see all or nothing)."""
+        if self._fh is None:
+            return None
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        target = self.inbox_dir / f"client-{stamp}-{os.getpid()}-{uuid.uuid4().hex[:12]}.jsonl"
+        os.rename(self._spool, target)
+        self._fh, self._spool, self._pending = None, None, 0
+        self.published.append(target)
+        return target
+
+
+_default: LogWriter | None = None
+_default_lock = threading.Lock()
+
+
+def default_writer() -> LogWriter:
+    """The process's shared writer into the inbox of FT_DATA_DIR, published at exit at the latest."""
+    global _default
+    with _default_lock:
+        if _default is None or _default._closed:
+            _default = LogWriter(Settings.from_env().inbox_dir, flush_every=100, flush_seconds=30.0)
+            atexit.register(_default.close)
+        return _default
+
+
+def log_interaction(**fields: Any) -> str:
+    """Log one interaction through the default writer; returns its log_id."""
+    return default_writer().write(fields)
+
+
+def assign_variant(experiment_id: str, unit_id: str, weights: dict[str, float] | list[str]) -> str:
+    """The experiment arm of a unit (user, session): a stable, uniform hash of both ids cut by the arms' weights."""
+    arms = list(weights.items()) if isinstance(weights, dict) else [(arm, 1.0) for arm in weights]
+    if not arms or any(w < 0 for _, w in arms) or sum(w for _, w in arms) <= 0:
+        raise ValueError(f"weights must name at least one arm with non-negative weights summing above 0: {weights!r}")
+    digest = hashlib.sha256(f"{experiment_id}\x1f{unit_id}".encode("utf-8")).digest()
+    point = int.from_bytes(digest[:8], "big") / 2**64 * sum(w for _, w in arms)
+    cumulative = 0.0
+    for arm, weight in arms:
+        cumulative += weight
+        if weight > 0 and point < cumulative:
+            return arm
+    # float rounding can leave the point a hair above the last boundary
+    return [arm for arm, weight in arms if weight > 0][-1]
