@@ -25,6 +25,7 @@ class Settings:
 
     data_dir: str = knob("./data", "FT_DATA_DIR", "general", "Root of the inbox, lake, quarantine, reports, datasets, models and stores.")
     partitions_start: str = knob("2020-01-01", "FT_PARTITIONS_START", "general", "First day of the daily partitions; older records are quarantined.")
+    ingest_memory_limit: str = knob("1GB", "FT_INGEST_MEMORY_LIMIT", "general", "DuckDB memory limit of the raw_logs ingest; beyond it DuckDB spills to disk.")
 
     # settlements: quality filters (each applied only when the record has the field)
     min_quality_score: float | None = knob(7.0, "FT_MIN_QUALITY_SCORE", "settlements", "Minimum quality_score (0-10) of a settled record.")

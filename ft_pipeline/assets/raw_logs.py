@@ -1,0 +1,41 @@
+"""raw_logs: every valid inbox record, schema-checked and deduplicated on log_id, one parquet file per UTC day."""
+
+from dagster import AssetExecutionContext, BackfillPolicy, MaterializeResult, MetadataValue, asset
+
+from ft_pipeline.core.ingest import ingest
+from ft_pipeline.partitions import daily_partitions
+from ft_pipeline.resources import PipelineResource, stage_config
+
+RawLogsConfig = stage_config("general", "RawLogsConfig")
+
+
+@asset(partitions_def=daily_partitions, backfill_policy=BackfillPolicy.single_run(), group_name="ingest")
+def raw_logs(context: AssetExecutionContext, config: RawLogsConfig, pipeline: PipelineResource) -> MaterializeResult:
+    """Inbox JSONL -> lake/raw_logs/date=YYYY-MM-DD/part-0.parquet; contract breakers -> quarantine/ with a reason."""
+    settings = pipeline.settings(config)
+    days = context.partition_keys
+    result = ingest(settings, days=days, last_day=daily_partitions.get_last_partition_key())
+    context.log.info(
+        f"{result.files} inbox files, {result.lines} lines: {result.new} new rows, {result.duplicates} duplicates, "
+        f"{result.quarantined_total} quarantined, {result.pending} valid rows of other days left for their partitions"
+    )
+    for reason, count in sorted(result.quarantined.items()):
+        context.log.warning(f"quarantined {count} lines: {reason} (see {settings.quarantine_dir})")
+    preview = "\n".join(
+        f"| {r['log_id']} | {r['timestamp']:%Y-%m-%d %H:%M:%S} | {r['task']} | {r['decision']} | {r['prompt'].replace('|', ' ')} |"
+        for r in result.preview
+    )
+    metadata = {
+        "rows_stored": result.stored,
+        "new_rows": result.new,
+        "duplicates": result.duplicates,
+        "quarantined": result.quarantined_total,
+        "lines_read": result.lines,
+        "inbox_files": result.files,
+        "partitions": MetadataValue.json(result.partitions),
+        "tasks": MetadataValue.json(result.tasks),
+        "preview": MetadataValue.md("| log_id | timestamp | task | decision | prompt |\n|---|---|---|---|---|\n" + preview),
+        **{f"quarantined_{reason}": count for reason, count in sorted(result.quarantined.items())},
+        **{f"rows_task_{task}": count for task, count in result.tasks.items()},
+    }
+    return MaterializeResult(metadata=metadata)

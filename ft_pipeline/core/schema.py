@@ -1,0 +1,180 @@
+"""The raw log input contract (loaded from the package) and the lake schema of raw_logs."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import pyarrow as pa
+
+UTC_US = pa.timestamp("us", tz="UTC")
+
+# Lake columns of raw_logs, in order; contract fields keep their names, the rest is lineage.
+RAW_LOG_SCHEMA = pa.schema(
+    [
+        ("log_id", pa.string()),
+        ("timestamp", UTC_US),
+        ("task", pa.string()),
+        ("prompt", pa.string()),
+        ("messages", pa.string()),
+        ("system_prompt", pa.string()),
+        ("output", pa.string()),
+        ("final_output", pa.string()),
+        ("decision", pa.string()),
+        ("quality_score", pa.float64()),
+        ("user_rating", pa.float64()),
+        ("confidence", pa.float64()),
+        ("agent", pa.string()),
+        ("user_id", pa.string()),
+        ("topic", pa.string()),
+        ("reasoning_mode", pa.string()),
+        ("model", pa.string()),
+        ("adapter_version", pa.string()),
+        ("experiment_id", pa.string()),
+        ("variant", pa.string()),
+        ("attempt", pa.int64()),
+        ("failure_reasons", pa.list_(pa.string())),
+        ("latency_ms", pa.float64()),
+        ("cost_usd", pa.float64()),
+        ("prompt_tokens", pa.int64()),
+        ("completion_tokens", pa.int64()),
+        ("metadata", pa.string()),
+        ("extra", pa.string()),
+        ("content_hash", pa.string()),
+        ("source_file", pa.string()),
+        ("ingested_at", UTC_US),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class FieldRule:
+    """The contract's rules for one top-level field."""
+
+    name: str
+    required: bool
+    types: tuple[str, ...]  # JSON Schema types; empty when only an enum constrains the value
+    spec: dict[str, Any]  # the field's schema: minLength, maxLength, pattern, enum, minimum, maximum, items, ...
+
+    @property
+    def nullable(self) -> bool:
+        return "null" in self.types or (not self.types and None in self.spec.get("enum", []))
+
+    @property
+    def kind(self) -> str:
+        """How the lake stores the value: string, number, integer, timestamp, string_list or json (JSON text)."""
+        if self.spec.get("format") == "date-time":
+            return "timestamp"
+        concrete = [t for t in self.types if t != "null"] or ["string"]  # enum-only fields hold strings
+        (kind,) = concrete
+        if kind == "array":
+            return "string_list" if self.spec.get("items", {}).get("type") == "string" else "json"
+        return "json" if kind == "object" else kind
+
+
+@cache
+def contract() -> dict[str, Any]:
+    """The raw log JSON Schema shipped inside the package."""
+    text = resources.files("ft_pipeline").joinpath("contracts", "raw_log.schema.json").read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+@cache
+def field_rules() -> tuple[FieldRule, ...]:
+    """One rule per contract property, in contract order."""
+    schema = contract()
+    required = set(schema["required"])
+    rules = []
+    for name, spec in schema["properties"].items():
+        types = spec.get("type", ())
+        rules.append(FieldRule(name, name in required, (types,) if isinstance(types, str) else tuple(types), spec))
+    return tuple(rules)
+
+
+# the contract's task pattern names this reason; any other patterned field gets the generic code
+PATTERN_REASONS = {"task": "bad_task_name"}
+JSON_TYPES = {str: "string", bool: "boolean", int: "integer", float: "number", list: "array", dict: "object", type(None): "null"}
+TIMESTAMP_SHAPE = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|z|[+-]\d{2}(:?\d{2})?)?$")
+
+
+def json_type(value: Any) -> str:
+    """JSON Schema type name of a parsed JSON value (integers count as numbers too)."""
+    return JSON_TYPES.get(type(value), "unknown")
+
+
+def _type_ok(value: Any, types: tuple[str, ...]) -> bool:
+    kind = json_type(value)
+    if kind == "integer" or (kind == "number" and math.isfinite(value) and value == int(value)):
+        return "integer" in types or "number" in types
+    return kind in types and (kind != "number" or math.isfinite(value))
+
+
+def _parse_timestamp(text: str) -> datetime | None:
+    if not TIMESTAMP_SHAPE.match(text):
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("z", "Z"))
+    except ValueError:
+        return None
+
+
+def field_problems(rule: FieldRule, record: dict[str, Any]) -> list[tuple[str, str]]:
+    """The contract violations of one field of `record`, as (reason code, detail), most basic first."""
+    name, spec = rule.name, rule.spec
+    if name not in record:
+        return [(f"missing_field:{name}", f"required field {name} is absent")] if rule.required else []
+    value = record[name]
+    if value is None:
+        return [] if rule.nullable else [(f"bad_type:{name}", f"{name} must not be null")]
+    if rule.types and not _type_ok(value, rule.types):
+        return [(f"bad_type:{name}", f"{name} must be {'|'.join(rule.types)}, got {json_type(value)}")]
+    problems = []
+    if "minLength" in spec and len(value) < spec["minLength"] or "maxLength" in spec and len(value) > spec["maxLength"]:
+        problems.append((f"bad_length:{name}", f"{name} must have {spec.get('minLength', 0)}-{spec.get('maxLength')} characters, has {len(value)}"))
+    if "pattern" in spec and not re.search(spec["pattern"], value):
+        problems.append((PATTERN_REASONS.get(name, f"bad_pattern:{name}"), f"{name} {value[:80]!r} must match {spec['pattern']}"))
+    if spec.get("format") == "date-time" and _parse_timestamp(value) is None:
+        problems.append(("bad_timestamp", f"{name} {value[:80]!r} is not an ISO 8601 date-time"))
+    if "enum" in spec and value not in spec["enum"]:
+        problems.append((f"bad_enum:{name}", f"{name} {str(value)[:80]!r} must be one of {spec['enum']}"))
+    if "minimum" in spec and value < spec["minimum"] or "maximum" in spec and value > spec["maximum"]:
+        problems.append((f"out_of_range:{name}", f"{name} {value} must be within [{spec.get('minimum')}, {spec.get('maximum')}]"))
+    if isinstance(value, list) and "items" in spec:
+        problems += _item_problems(name, spec["items"], value)
+    return problems
+
+
+def _item_problems(name: str, items: dict[str, Any], values: list) -> list[tuple[str, str]]:
+    """Violations of an array's item rules: item type, required item properties, their types and enums."""
+    kind = items.get("type")
+    if kind and not all(_type_ok(v, (kind,)) for v in values):
+        return [(f"bad_type:{name}", f"every item of {name} must be {kind}")]
+    problems = []
+    for prop in items.get("required", []):
+        if not all(prop in v for v in values):
+            problems.append((f"missing_field:{name}.{prop}", f"every item of {name} needs {prop}"))
+    for prop, spec in items.get("properties", {}).items():
+        present = [v[prop] for v in values if prop in v]
+        if "type" in spec and not all(_type_ok(v, (spec["type"],)) for v in present):
+            problems.append((f"bad_type:{name}.{prop}", f"{name}[].{prop} must be {spec['type']}"))
+        if "enum" in spec and not all(v in spec["enum"] for v in present):
+            problems.append((f"bad_enum:{name}.{prop}", f"{name}[].{prop} must be one of {spec['enum']}"))
+    return problems
+
+
+def record_problems(record: Any) -> list[tuple[str, str]]:
+    """Every contract violation of one parsed record as (reason code, detail); the first is the quarantine reason."""
+    if not isinstance(record, dict):
+        return [("not_an_object", f"a record must be a JSON object, got {json_type(record)}")]
+    return [problem for rule in field_rules() for problem in field_problems(rule, record)]
+
+
+def validate_record(record: Any) -> list[str]:
+    """The reason codes of `record`'s contract violations; empty when it is valid."""
+    return [code for code, _ in record_problems(record)]

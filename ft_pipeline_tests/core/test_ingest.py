@@ -1,0 +1,139 @@
+"""Ingest: every line ends in the lake, the quarantine or the duplicate count; partitions by UTC day; idempotent."""
+
+import gzip
+import json
+from collections import Counter
+
+import pyarrow.parquet as pq
+import pytest
+
+from ft_pipeline.core.ingest import ingest, inbox_dates, inbox_files
+from ft_pipeline.core.io import partition_dates, partition_file
+from ft_pipeline.core.schema import RAW_LOG_SCHEMA, validate_record
+from ft_pipeline.settings import Settings
+from ft_pipeline_tests.gsm8k import gsm8k_records
+
+LAST = "2026-03-01"
+
+
+def rec(log_id, **fields):
+    """A valid contract record."""
+    return {"log_id": log_id, "timestamp": "2026-01-10T12:00:00Z", "task": "game", "prompt": "p", "output": "o", **fields}
+
+
+BAD = {
+    "missing_field:output": json.dumps({k: v for k, v in rec("b1").items() if k != "output"}),
+    "bad_type:prompt": json.dumps(rec("b2", prompt=42)),
+    "bad_task_name": json.dumps(rec("b3", task="../x")),
+    "bad_timestamp": json.dumps(rec("b4", timestamp="yesterday")),
+    "out_of_range:quality_score": json.dumps(rec("b5", quality_score=12)),
+    "bad_enum:decision": json.dumps(rec("b6", decision="maybe")),
+    "bad_length:log_id": json.dumps(rec("x" * 129)),
+    "bad_enum:messages.role": json.dumps(rec("b7", messages=[{"role": "robot", "content": "hi"}])),
+    "bad_type:failure_reasons": json.dumps(rec("b8", failure_reasons=[1])),
+    "bad_type:attempt": json.dumps(rec("b9", attempt=1.5)),
+    "out_of_range:timestamp": json.dumps(rec("b10", timestamp="2019-12-31T23:59:59Z")),
+    "invalid_json": '{"log_id": "b11",',
+    "not_an_object": "[1, 2]",
+}
+
+
+@pytest.fixture
+def settings(tmp_path):
+    s = Settings.from_env(data_dir=str(tmp_path))
+    s.inbox_dir.mkdir(parents=True)
+    return s
+
+
+def write(settings, name, lines, raw_tail=b""):
+    path = settings.inbox_dir / name
+    data = "".join(line + "\n" for line in lines).encode() + raw_tail
+    path.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    return path
+
+
+def lake_rows(settings):
+    return [row for d in partition_dates(settings.lake_dir, "raw_logs")
+            for row in pq.read_table(partition_file(settings.lake_dir, "raw_logs", d)).to_pylist()]
+
+
+def quarantine(settings):
+    return [json.loads(line) for p in sorted(settings.quarantine_dir.glob("*.jsonl")) for line in p.read_text().splitlines()]
+
+
+def test_every_line_is_stored_quarantined_or_counted(settings):
+    good = [rec("g1"), rec("g2", extra_field={"a": [1]}, messages=[{"role": "user", "content": "hi"}], metadata={"k": 1})]
+    lines = [json.dumps(r) for r in good] + ["", "   "] + list(BAD.values()) + [
+        json.dumps(good[0]),  # exact duplicate
+        json.dumps(rec("g1", output="changed")),  # same log_id, other content
+    ]
+    write(settings, "a.jsonl", lines, raw_tail=b'{"log_id": "\xff\xfe"}\n')
+    result = ingest(settings, last_day=LAST)
+
+    reasons = Counter(q["reason"] for q in quarantine(settings))
+    assert reasons == Counter({**{code: 1 for code in BAD}, "conflicting_duplicate": 1, "invalid_utf8": 1})
+    assert result.quarantined == reasons and result.duplicates == 1 and result.new == 2
+    non_blank = len(lines) - 2 + 1
+    assert result.lines == non_blank == result.new + result.duplicates + result.quarantined_total
+    entry = next(q for q in quarantine(settings) if q["reason"] == "invalid_utf8")
+    assert entry["source_file"] == "a.jsonl" and entry["line_no"] == len(lines) + 1 and "\ufffd" in entry["raw"]
+    assert all(q["detail"] and q["raw"] for q in quarantine(settings))
+    rows = {r["log_id"]: r for r in lake_rows(settings)}
+    assert rows["g1"]["output"] == "o" and rows["g1"]["decision"] == "pending" and rows["g1"]["extra"] is None
+    assert json.loads(rows["g2"]["extra"]) == {"extra_field": {"a": [1]}}
+    assert json.loads(rows["g2"]["messages"]) == [{"role": "user", "content": "hi"}]
+    assert pq.read_schema(partition_file(settings.lake_dir, "raw_logs", "2026-01-10")).names == RAW_LOG_SCHEMA.names
+
+
+def test_sql_reasons_agree_with_the_python_validator(settings):
+    write(settings, "a.jsonl", [line for line in BAD.values() if line.startswith("{") and "b11" not in line])
+    ingest(settings, last_day=LAST)
+    for q in quarantine(settings):
+        if q["reason"] != "out_of_range:timestamp":
+            assert validate_record(json.loads(q["raw"]))[0] == q["reason"]
+
+
+def test_utc_placement_gzip_and_unicode(settings):
+    lines = [json.dumps(rec("tz1", timestamp="2026-01-01T23:30:00-02:00")),
+             json.dumps(rec("tz2", timestamp="2026-01-01T23:30:00")),
+             json.dumps(rec("tz3", timestamp="2026-01-02T00:30:00+02:00", prompt="héllo 🌍 ünïcode"), ensure_ascii=False)]
+    write(settings, "b.jsonl.gz", lines)
+    assert inbox_dates(inbox_files(settings.inbox_dir)) == {"2026-01-01", "2026-01-02"}
+    ingest(settings, last_day=LAST)
+    placed = {r["log_id"]: r["timestamp"].date().isoformat() for r in lake_rows(settings)}
+    assert placed == {"tz1": "2026-01-02", "tz2": "2026-01-01", "tz3": "2026-01-01"}
+    assert {r["log_id"]: r["prompt"] for r in lake_rows(settings)}["tz3"] == "héllo 🌍 ünïcode"
+    assert {r["source_file"] for r in lake_rows(settings)} == {"b.jsonl.gz"}
+
+
+def test_reruns_and_new_files_are_idempotent(settings):
+    write(settings, "a.jsonl", [json.dumps(rec("a1")), json.dumps(rec("a2")), BAD["invalid_json"]])
+    first = ingest(settings, last_day=LAST)
+    snapshot, quarantined = lake_rows(settings), quarantine(settings)
+    again = ingest(settings, last_day=LAST)
+    assert (first.new, again.new, again.duplicates) == (2, 0, 2)
+    assert lake_rows(settings) == snapshot and quarantine(settings) == quarantined
+    write(settings, "b.jsonl", [json.dumps(rec("a2")), json.dumps(rec("b1")), json.dumps(rec("c1", timestamp="2026-01-11T00:00:00Z"))])
+    third = ingest(settings, days=["2026-01-10"], last_day=LAST)
+    assert (third.new, third.duplicates, third.pending) == (1, 3, 1)
+    assert sorted(r["log_id"] for r in lake_rows(settings)) == ["a1", "a2", "b1"]
+    assert third.partitions == {"2026-01-10": 3} and third.tasks == {"game": 3}
+    assert len(quarantine(settings)) == 1
+
+
+def test_bad_task_never_becomes_a_path(settings):
+    write(settings, "a.jsonl", [json.dumps(rec("t1", task="../x")), json.dumps(rec("t2", task="a/b"))])
+    ingest(settings, last_day=LAST)
+    assert lake_rows(settings) == [] and {q["reason"] for q in quarantine(settings)} == {"bad_task_name"}
+    assert sorted(p.name for p in settings.root.iterdir()) == ["inbox", "lake", "quarantine"]
+
+
+def test_gsm8k_real_text_is_ingested_without_loss(settings):
+    records = gsm8k_records()
+    write(settings, "gsm8k.jsonl.gz", [json.dumps(r, ensure_ascii=False) for r in records])
+    result = ingest(settings, last_day=LAST)
+    assert result.new == len(records) == 5276 and result.quarantined_total == 0
+    stored = {r["log_id"]: r for r in lake_rows(settings)}
+    assert len(stored) == len(records)
+    for r in records[:50]:
+        assert stored[r["log_id"]]["output"] == r["output"] and stored[r["log_id"]]["final_output"] == r.get("final_output")
