@@ -124,14 +124,20 @@ def _type_ok(x: str, types: Iterable[str]) -> str:
 
 def _field_checks(rule: FieldRule) -> list[tuple[str, str]]:
     """(failing condition, reason expression) pairs for one field, in the order record_problems checks them."""
-    name, spec = rule.name, rule.spec
-    x = f's."{name}"'  # the field's JSON text, NULL when absent or null
-    text = f"({x} ->> '$')"
+    name, x = rule.name, f's."{rule.name}"'  # the field's JSON text, NULL when absent or null
     present = f"list_contains(keys, {_sql_str(name)})"
     if rule.required:
         absent = [(f"{x} IS NULL", f"CASE WHEN {present} THEN 'bad_type:{name}' ELSE 'missing_field:{name}' END")]
     else:
         absent = [] if rule.nullable else [(f"{x} IS NULL AND {present}", f"'bad_type:{name}'")]
+    return absent + [(f"{x} IS NOT NULL AND {cond}", reason) for cond, reason in _value_checks(rule)]
+
+
+def _value_checks(rule: FieldRule) -> list[tuple[str, str]]:
+    """(failing condition, reason expression) pairs on a present, non-null value of one field."""
+    name, spec = rule.name, rule.spec
+    x = f's."{name}"'
+    text = f"({x} ->> '$')"
     checks = []
     if rule.types:
         checks.append((f"NOT {_type_ok(x, rule.types)}", f"'bad_type:{name}'"))
@@ -151,7 +157,7 @@ def _field_checks(rule: FieldRule) -> list[tuple[str, str]]:
         checks.append(("(" + " OR ".join(b for b in bounds if b) + ")", f"'out_of_range:{name}'"))
     if "items" in spec:
         checks += _item_checks(name, x, spec["items"])
-    return absent + [(f"{x} IS NOT NULL AND {cond}", reason) for cond, reason in checks]
+    return checks
 
 
 _DUCKDB_TYPES = {"string": "VARCHAR", "object": "OBJECT", "array": "ARRAY", "boolean": "BOOLEAN"}
@@ -187,9 +193,17 @@ def _value(rule: FieldRule) -> str:
         return f"from_json({x}, '[\"VARCHAR\"]')"
     if kind == "json":
         return x
-    if "default" in rule.spec:
-        return f"coalesce({x} ->> '$', {_sql_str(rule.spec['default'])})"
     return f"({x} ->> '$')"
+
+
+def _day(rules: tuple[FieldRule, ...]) -> str:
+    """SQL for the UTC day (YYYY-MM-DD) of a row, from its timestamp field."""
+    return f"strftime({_value(next(r for r in rules if r.kind == 'timestamp'))}, '%Y-%m-%d')"
+
+
+def _fingerprint(rules: tuple[FieldRule, ...]) -> str:
+    """SQL for the content hash: every field's minified JSON text and the extra fields, so key order and spacing do not count."""
+    return "md5(" + " || chr(30) || ".join([f"coalesce(s.\"{r.name}\"::VARCHAR, '')" for r in rules] + ["coalesce(extra, '')"]) + ")"
 
 
 def classify_sql(first_day: str, last_day: str) -> str:
@@ -207,8 +221,7 @@ def classify_sql(first_day: str, last_day: str) -> str:
     extra = (f"CASE WHEN NOT list_has_all({known}, keys) THEN '{{' || array_to_string(list_transform("
              f"list_filter(keys, lambda k: NOT list_contains({known}, k)), "
              f"lambda k: to_json(k) || ':' || json_extract(line, '$.' || to_json(k))), ',') || '}}' END")
-    fingerprint = " || chr(30) || ".join([f"coalesce(s.\"{r.name}\"::VARCHAR, '')" for r in rules] + ["coalesce(extra, '')"])
-    day = f"strftime({_value(next(r for r in rules if r.kind == 'timestamp'))}, '%Y-%m-%d')"
+    day = _day(rules)
     return f"""
     WITH lines AS (
         SELECT line_no, raw, rtrim(try(decode(raw)), chr(13) || chr(10)) AS line FROM chunk
@@ -224,9 +237,69 @@ def classify_sql(first_day: str, last_day: str) -> str:
         SELECT *, {reason} AS reason FROM typed
     )
     SELECT line_no, reason, CASE WHEN reason IS NOT NULL THEN raw END AS bad_raw, day, {values},
-           extra, CASE WHEN reason IS NULL THEN md5({fingerprint}) END AS content_hash
+           extra, CASE WHEN reason IS NULL THEN {_fingerprint(rules)} END AS content_hash
     FROM judged
     """
+
+
+def clean_file_sql(path: Path, file_idx: int, first_day: str, last_day: str) -> str:
+    """The query that types every record of a file with DuckDB's own parallel JSON reader, marking rows that break a rule."""
+    # The reader cannot see unknown keys, tell a null from an absent key, or number lines: `screen_sql` covers the first
+    # two, and a file whose rows need line numbers (quarantine, conflicts) is parsed line by line. Rows are not numbered
+    # here at all: a row number serializes the reader and cost more than everything else.
+    rules = field_rules()
+    columns = "{" + ", ".join(f"{_sql_str(r.name)}: 'JSON'" for r in rules) + "}"
+    dirty = " OR ".join(
+        [f's."{r.name}" IS NULL' for r in rules if r.required]
+        + [f'(s."{r.name}" IS NOT NULL AND {cond})' for r in rules for cond, _ in _value_checks(r)]
+        + [f"day NOT BETWEEN '{first_day}' AND '{last_day}'"]
+    )
+    values = ", ".join(f'{_value(r)} AS "{r.name}"' for r in rules)
+    return f"""
+    SELECT {file_idx}, NULL AS line_no, CASE WHEN {dirty} THEN 'unchecked' END AS reason, NULL AS bad_raw,
+           day, {values}, extra, {_fingerprint(rules)} AS content_hash
+    FROM (SELECT *, {_day(rules)} AS day, NULL::VARCHAR AS extra
+          FROM read_json({_sql_str(str(path))}, format='newline_delimited', columns={columns}, auto_detect=false) s) s
+    """
+
+
+def screen_sql(path: Path) -> str:
+    """The query that counts a file's records, whether all their keys are known and distinct, and how many give each optional non-null field."""
+    rules = field_rules()
+    known = _sql_list(r.name for r in rules)
+    given = "".join(f", count_if(list_contains(k, {_sql_str(r.name)}))" for r in _non_null_optional(rules))
+    return (f"SELECT count(*), coalesce(bool_and(list_has_all({known}, k) AND len(k) = len(list_distinct(k))), true){given} "
+            f"FROM (SELECT json_keys(json) AS k FROM read_ndjson_objects({_sql_str(str(path))}))")
+
+
+def _non_null_optional(rules: tuple[FieldRule, ...]) -> list[FieldRule]:
+    """The optional fields that may be absent but not null."""
+    return [r for r in rules if not r.required and not r.nullable]
+
+
+def _parse_clean_file(con, path: Path, file_idx: int, first_day: str, last_day: str) -> bool:
+    """Parse a file into `parsed` the fast way when every record in it is valid; False, with nothing kept, otherwise."""
+    try:
+        lines, known_keys, *given = con.execute(screen_sql(path)).fetchall()[0]
+        if not known_keys:
+            return False
+        con.execute(f"INSERT INTO parsed {clean_file_sql(path, file_idx, first_day, last_day)}")
+    except duckdb.InvalidInputException:  # a line that is not a JSON object, or not UTF-8
+        return False
+    optional = ", ".join(f'count("{r.name}")' for r in _non_null_optional(field_rules()))
+    rows, dirty, *non_null = con.execute(f"SELECT count(*), count(reason), {optional} FROM parsed WHERE file_idx = {file_idx}").fetchall()[0]
+    # a present key with a NULL value is a null, which these fields must not be
+    if rows == lines and not dirty and non_null == given:
+        return True
+    con.execute(f"DELETE FROM parsed WHERE file_idx = {file_idx}")
+    return False
+
+
+def _parse_lines(con, path: Path, file_idx: int, query: str) -> None:
+    """Parse a file line by line into `parsed`, each line with its number and, when rejected, its reason and bytes."""
+    for batches in line_batches(path):
+        con.register("chunk", pa.Table.from_batches(batches))
+        con.execute(f"INSERT INTO parsed SELECT {file_idx}, * FROM ({query})")
 
 
 @dataclass
@@ -253,6 +326,11 @@ class IngestResult:
 
 
 LAKE_COLUMNS = ", ".join(f'"{name}"' for name in RAW_LOG_SCHEMA.names)
+# the lake columns of parsed rows: contract defaults fill absent fields
+NEW_COLUMNS = ", ".join(
+    f'coalesce("{r.name}", {_sql_str(r.spec["default"])}) AS "{r.name}"' if "default" in r.spec else f'"{r.name}"'
+    for r in field_rules()
+)
 
 
 def ingest(settings: Settings, days: Iterable[str] | None = None, last_day: str | None = None) -> IngestResult:
@@ -277,30 +355,24 @@ def _ingest(con, settings: Settings, files: list[Path], days, first_day: str, la
     con.execute(f"CREATE TABLE parsed (file_idx INTEGER, line_no BIGINT, reason VARCHAR, bad_raw BLOB, day VARCHAR, "
                 f"{columns}, extra VARCHAR, content_hash VARCHAR)")
     query = classify_sql(first_day, last_day)
+    by_line = set()
     for file_idx, path in enumerate(files):
-        for batches in line_batches(path):
-            con.register("chunk", pa.Table.from_batches(batches))
-            con.execute(f"INSERT INTO parsed SELECT {file_idx}, * FROM ({query})")
+        if not _parse_clean_file(con, path, file_idx, first_day, last_day):
+            _parse_lines(con, path, file_idx, query)
+            by_line.add(file_idx)
     result.lines = con.execute("SELECT count(*) FROM parsed").fetchone()[0]
 
-    # the first record stored under a log_id wins: the lake's, else the inbox's earliest line
     existing = [partition_file(settings.lake_dir, TABLE, d) for d in partition_dates(settings.lake_dir, TABLE)]
-    lake_ids = f"SELECT log_id, content_hash FROM read_parquet({_sql_list(map(str, existing))})" if existing else \
-        "SELECT NULL::VARCHAR AS log_id, NULL::VARCHAR AS content_hash WHERE false"
-    con.execute(f"""
-        CREATE TABLE fate AS
-        WITH ranked AS (
-            SELECT p.file_idx, p.line_no, p.day, p.content_hash, l.content_hash AS lake_hash,
-                   first_value(p.content_hash) OVER w AS first_hash, row_number() OVER w AS rank
-            FROM parsed p LEFT JOIN ({lake_ids}) l USING (log_id)
-            WHERE p.reason IS NULL
-            WINDOW w AS (PARTITION BY p.log_id ORDER BY p.file_idx, p.line_no)
-        )
-        SELECT file_idx, line_no, day,
-               CASE WHEN coalesce(lake_hash, first_hash) <> content_hash THEN 'conflicting_duplicate'
-                    WHEN lake_hash IS NOT NULL OR rank > 1 THEN 'duplicate' ELSE 'new' END AS fate
-        FROM ranked
-    """)
+    _decide_fates(con, existing)
+    # a conflict needs true line numbers, to name the line and to know which of a file's records came first
+    redo = [i for (i,) in con.execute(
+        "SELECT DISTINCT file_idx FROM fate WHERE fate = 'conflicting_duplicate' ORDER BY 1").fetchall() if i not in by_line]
+    if redo:
+        for file_idx in redo:
+            con.execute(f"DELETE FROM parsed WHERE file_idx = {file_idx}")
+            _parse_lines(con, files[file_idx], file_idx, query)
+        _decide_fates(con, existing)
+
     wanted = None if days is None else sorted(set(days))
     for fate, selected, count in con.execute(f"SELECT fate, {_in_days(wanted)}, count(*) FROM fate GROUP BY ALL").fetchall():
         if fate == "conflicting_duplicate":
@@ -317,6 +389,27 @@ def _ingest(con, settings: Settings, files: list[Path], days, first_day: str, la
     _write_quarantine(con, settings, files)
     _write_partitions(con, settings, files, wanted, work, result)
     return result
+
+
+def _decide_fates(con, existing: list[Path]) -> None:
+    """Table `fate`: each valid parsed row is new, a duplicate, or a conflicting duplicate of the lake or an earlier line."""
+    # the first record stored under a log_id wins: the lake's, else the inbox's earliest line
+    lake_ids = f"SELECT log_id, content_hash FROM read_parquet({_sql_list(map(str, existing))})" if existing else \
+        "SELECT NULL::VARCHAR AS log_id, NULL::VARCHAR AS content_hash WHERE false"
+    con.execute(f"""
+        CREATE OR REPLACE TABLE fate AS
+        WITH ranked AS (
+            SELECT p.rowid AS row_id, p.file_idx, p.line_no, p.day, p.content_hash, l.content_hash AS lake_hash,
+                   first_value(p.content_hash) OVER w AS first_hash, row_number() OVER w AS rank
+            FROM parsed p LEFT JOIN ({lake_ids}) l USING (log_id)
+            WHERE p.reason IS NULL
+            WINDOW w AS (PARTITION BY p.log_id ORDER BY p.file_idx, p.line_no)
+        )
+        SELECT row_id, file_idx, line_no, day,
+               CASE WHEN coalesce(lake_hash, first_hash) <> content_hash THEN 'conflicting_duplicate'
+                    WHEN lake_hash IS NOT NULL OR rank > 1 THEN 'duplicate' ELSE 'new' END AS fate
+        FROM ranked
+    """)
 
 
 _DUCK_COLUMN = {"string": "VARCHAR", "number": "DOUBLE", "integer": "BIGINT", "timestamp": "TIMESTAMPTZ",
@@ -391,9 +484,9 @@ def _write_partitions(con, settings: Settings, files: list[Path], wanted: list[s
         con.execute(f"""
             COPY (
                 SELECT {LAKE_COLUMNS}, day FROM (
-                    SELECT p.*, ({sources})[p.file_idx + 1] AS source_file, TIMESTAMPTZ '{now}' AS ingested_at
-                    FROM parsed p JOIN fate f USING (file_idx, line_no, day)
-                    WHERE f.fate = 'new' AND {in_run}
+                    SELECT {NEW_COLUMNS}, extra, content_hash, ({sources})[p.file_idx + 1] AS source_file,
+                           TIMESTAMPTZ '{now}' AS ingested_at, day
+                    FROM parsed p WHERE p.rowid IN (SELECT row_id FROM fate WHERE fate = 'new' AND {in_run})
                 ) {old_rows}
             ) TO '{staging}' (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (day))
         """)
@@ -408,8 +501,9 @@ def _write_partitions(con, settings: Settings, files: list[Path], wanted: list[s
         result.partitions = dict(con.execute(f"SELECT strftime(timestamp, '%Y-%m-%d'), count(*) FROM {lake} GROUP BY 1 ORDER BY 1").fetchall())
         result.tasks = dict(con.execute(f"SELECT task, count(*) FROM {lake} GROUP BY 1 ORDER BY 2 DESC, 1").fetchall())
     preview = con.execute(
-        "SELECT log_id, timestamp, task, decision, left(prompt, 60) AS prompt FROM parsed JOIN fate USING (file_idx, line_no, day) "
-        f"WHERE fate = 'new' AND {in_run} ORDER BY file_idx, line_no LIMIT 5"
+        "SELECT log_id, timestamp, task, decision, left(prompt, 60) AS prompt "
+        f"FROM (SELECT rowid AS row_id, file_idx, line_no, {NEW_COLUMNS} FROM parsed) p JOIN fate f USING (row_id) "
+        f"WHERE fate = 'new' AND {in_run} ORDER BY p.file_idx, p.line_no LIMIT 5"
     )
     names = [c[0] for c in preview.description]
     result.preview = [dict(zip(names, row)) for row in preview.fetchall()]

@@ -137,3 +137,15 @@ def test_gsm8k_real_text_is_ingested_without_loss(settings):
     assert len(stored) == len(records)
     for r in records[:50]:
         assert stored[r["log_id"]]["output"] == r["output"] and stored[r["log_id"]]["final_output"] == r.get("final_output")
+
+
+def test_clean_files_take_the_fast_path_without_losing_checks(settings):
+    write(settings, "a.jsonl", [json.dumps(rec("f1", prompt="é \" \\ 🌍")), json.dumps(rec("f2", messages=None))])
+    write(settings, "b.jsonl", [json.dumps(rec("f3", extra_field=1)), json.dumps(rec("f4", decision=None))])
+    write(settings, "c.jsonl", [json.dumps(rec("f5")), json.dumps(rec("f5"))])
+    # the same record in a file with a bad line is parsed line by line: its content hash must match the fast path's
+    write(settings, "d.jsonl", [json.dumps(rec("f1", prompt="é \" \\ 🌍"), ensure_ascii=False), BAD["invalid_json"]])
+    result = ingest(settings, last_day=LAST)
+    assert Counter(q["reason"] for q in quarantine(settings)) == {"bad_type:messages": 1, "bad_type:decision": 1, "invalid_json": 1}
+    assert (result.new, result.duplicates) == (3, 2)
+    assert json.loads({r["log_id"]: r for r in lake_rows(settings)}["f3"]["extra"]) == {"extra_field": 1}

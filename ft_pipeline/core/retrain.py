@@ -1,0 +1,163 @@
+"""When to retrain: per task, the settled examples newer than the data its latest adapter was trained on, counted incrementally."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ft_pipeline.core.io import partition_dates, partition_file
+from ft_pipeline.core.lineage import latest_adapter
+
+SETTLEMENTS = "settlements"
+
+
+def parse_time(value: str) -> datetime:
+    """A UTC datetime from an ISO string; a naive one is taken as UTC."""
+    moment = datetime.fromisoformat(value)
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def adapter_watermark(adapters_dir: Path, task: str) -> str | None:
+    """The data watermark (max ingested_at of the settlements used) of the task's latest adapter, or None."""
+    adapter = latest_adapter(adapters_dir, task)
+    return adapter.get("data_watermark") if adapter else None
+
+
+@dataclass
+class RetrainState:
+    """What the counter has seen: per settlements file and task, the newest ingested_at and the rows counted new."""
+
+    # files[date] = {"sig": [mtime_ns, size, inode], "tasks": {task: [max ingested_at iso, rows counted new]}}
+    # watermarks[task]: the adapter watermark every count of that task was made against (None: no adapter yet)
+    # requested[task] = {"wm": iso|None, "count": int}: the count at the last retrain request
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    watermarks: dict[str, str | None] = field(default_factory=dict)
+    requested: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, text: str | None) -> "RetrainState":
+        """State from a sensor cursor; an empty cursor is an empty state."""
+        return cls(**json.loads(text)) if text else cls()
+
+    def to_json(self) -> str:
+        """The state as a compact sensor cursor."""
+        return json.dumps(dataclasses.asdict(self), separators=(",", ":"), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class TaskCount:
+    """New examples of one task since its latest adapter, and the newest ingested_at among them."""
+
+    task: str
+    watermark: str | None
+    count: int
+    newest: str | None
+
+
+@dataclass(frozen=True)
+class Scan:
+    """The result of one incremental pass: counts per task and how many parquet files had to be read."""
+
+    counts: dict[str, TaskCount]
+    files_read: int
+
+
+def _signature(path: Path) -> list[int]:
+    # partitions are replaced by rename, so the inode changes even when mtime and size happen to match
+    stat = path.stat()
+    return [stat.st_mtime_ns, stat.st_size, stat.st_ino]
+
+
+def _count_file(path: Path, watermark: Callable[[str], str | None]) -> dict[str, list]:
+    """Per task in one settlements file: max ingested_at and the rows newer than the task's adapter watermark."""
+    table = pq.read_table(path, columns=["task", "ingested_at"])
+    result: dict[str, list] = {}
+    for task in pc.unique(table["task"]).drop_null().to_pylist():
+        times = table.filter(pc.equal(table["task"], task))["ingested_at"]
+        wm = watermark(task)
+        newer = times if wm is None else times.filter(pc.greater(times, pa.scalar(parse_time(wm), type=times.type)))
+        result[task] = [pc.max(times).as_py().isoformat(), pc.count(newer).as_py()]
+    return result
+
+
+def scan_settlements(state: RetrainState, lake_dir: Path, adapters_dir: Path) -> Scan:
+    """Bring `state` up to date with the lake and the adapters, reading only files that changed or hold new rows."""
+    # A file is read when it is new, when it was rewritten, or when its task's adapter watermark moved below the
+    # newest row the file holds for that task; every other file keeps its counts, so cost follows new data.
+    present = {date: partition_file(lake_dir, SETTLEMENTS, date) for date in partition_dates(lake_dir, SETTLEMENTS)}
+    for gone in set(state.files) - set(present):
+        del state.files[gone]
+    watermarks = {task: adapter_watermark(adapters_dir, task) for task in state.watermarks}
+    moved = {task for task, wm in watermarks.items() if wm != state.watermarks[task]}
+
+    to_read = []
+    for date, path in present.items():
+        entry = state.files.get(date)
+        if entry is None or entry["sig"] != _signature(path) or not _refresh(entry, moved, watermarks):
+            to_read.append(date)
+
+    def watermark(task: str) -> str | None:
+        # a task seen for the first time is counted against its own adapter, if one already exists
+        if task not in watermarks:
+            watermarks[task] = adapter_watermark(adapters_dir, task)
+        return watermarks[task]
+
+    for date in to_read:
+        path = present[date]
+        state.files[date] = {"sig": _signature(path), "tasks": _count_file(path, watermark)}
+    state.watermarks = watermarks
+    return Scan(counts=_totals(state), files_read=len(to_read))
+
+
+def _refresh(entry: dict[str, Any], moved: set[str], watermarks: dict[str, str | None]) -> bool:
+    """Zero the counts of tasks whose new watermark covers all their rows in the file; False if it must be reread."""
+    affected = moved & set(entry["tasks"])
+    for task in affected:
+        wm = watermarks[task]
+        if wm is None or parse_time(entry["tasks"][task][0]) > parse_time(wm):
+            return False
+    for task in affected:
+        entry["tasks"][task][1] = 0
+    return True
+
+
+def _totals(state: RetrainState) -> dict[str, TaskCount]:
+    counts = {task: 0 for task in state.watermarks}
+    newest: dict[str, str | None] = {task: None for task in state.watermarks}
+    for entry in state.files.values():
+        for task, (latest, new) in entry["tasks"].items():
+            if new <= 0:
+                continue
+            counts[task] += new
+            if newest[task] is None or parse_time(latest) > parse_time(newest[task]):
+                newest[task] = latest
+    return {task: TaskCount(task, state.watermarks[task], counts[task], newest[task]) for task in sorted(counts)}
+
+
+def due_retrains(state: RetrainState, scan: Scan, threshold: int) -> list[TaskCount]:
+    """Tasks whose new examples reached `threshold`, each once per adapter unless `threshold` more arrive."""
+    # A request is remembered with the adapter watermark it was made against, so a retrain still running (or one
+    # that failed) is not requested again every tick; a new adapter, or another `threshold` examples, re-arms it.
+    due = []
+    for task, count in scan.counts.items():
+        if count.count < threshold:
+            continue
+        last = state.requested.get(task)
+        if last and last["wm"] == count.watermark and count.count - last["count"] < threshold:
+            continue
+        state.requested[task] = {"wm": count.watermark, "count": count.count}
+        due.append(count)
+    return due
+
+
+def retrain_run_key(count: TaskCount) -> str:
+    """Run key of a retrain: the task and the newest example counted, so the same data never retrains twice."""
+    return f"retrain:{count.task}:{count.newest}"

@@ -1,0 +1,59 @@
+"""Sensors: new inbox files start the ingest of the days they hold; new settled examples start retrains."""
+
+import hashlib
+import json
+
+from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
+
+from ft_pipeline.core.ingest import inbox_dates, inbox_files
+from ft_pipeline.core.retrain import RetrainState, due_retrains, retrain_run_key, scan_settlements
+from ft_pipeline.jobs import ingest_job, retrain_job
+from ft_pipeline.partitions import daily_partitions, task_partitions
+from ft_pipeline.resources import PipelineResource
+
+
+@sensor(job=ingest_job, minimum_interval_seconds=30)
+def inbox_sensor(context: SensorEvaluationContext, pipeline: PipelineResource):
+    """Requests an ingest run for each day found in inbox files that are new or changed since the last tick."""
+    inbox = pipeline.settings().inbox_dir
+    seen = json.loads(context.cursor) if context.cursor else {}
+    files = {p.relative_to(inbox).as_posix(): p for p in inbox_files(inbox)}
+    state = {name: [p.stat().st_size, p.stat().st_mtime_ns] for name, p in files.items()}
+    changed = {name: state[name] for name in files if seen.get(name) != state[name]}
+    context.update_cursor(json.dumps(state, sort_keys=True))
+    if not changed:
+        return SkipReason("no new or changed inbox files")
+    days = sorted(inbox_dates(files[name] for name in changed) & set(daily_partitions.get_partition_keys()))
+    if not days:
+        return SkipReason(f"{len(changed)} new or changed inbox files hold no record of a partition day")
+    # the run key names the file states, so a file changed again triggers again while a replayed tick does not
+    stamp = hashlib.sha256(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:12]
+    return [RunRequest(run_key=f"inbox:{day}:{stamp}", partition_key=day) for day in days]
+
+
+@sensor(
+    job=retrain_job,
+    minimum_interval_seconds=60,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Retrains a task once it has retrain_threshold settled examples newer than its latest adapter's data.",
+)
+def retrain_sensor(context: SensorEvaluationContext, pipeline: PipelineResource) -> SensorResult:
+    """Counts new settled examples per task from the cursor on, and requests retrains and new task partitions."""
+    settings = pipeline.settings()
+    state = RetrainState.from_json(context.cursor)
+    scan = scan_settlements(state, settings.lake_dir, settings.adapters_dir)
+    due = due_retrains(state, scan, settings.retrain_threshold)
+    known = set(context.instance.get_dynamic_partitions(task_partitions.name))
+    new_tasks = sorted(set(scan.counts) - known)
+    context.log.info(
+        f"read {scan.files_read} settlements file(s); new examples: "
+        + ", ".join(f"{c.task}={c.count}" for c in scan.counts.values())
+    )
+    return SensorResult(
+        run_requests=[
+            RunRequest(run_key=retrain_run_key(c), partition_key=c.task, tags={"ft_pipeline/new_examples": str(c.count)})
+            for c in due
+        ],
+        dynamic_partitions_requests=[task_partitions.build_add_request(new_tasks)] if new_tasks else [],
+        cursor=state.to_json(),
+    )

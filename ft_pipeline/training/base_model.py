@@ -1,0 +1,337 @@
+"""The base causal LM: a Hugging Face id or local folder, or a small Llama-style model built and pretrained here."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import socket
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlparse
+
+from ft_pipeline.core.datasets import chat_example, drop_duplicate_pairs, is_validation, read_settlements
+from ft_pipeline.core.io import replace_dir_atomic, write_json_atomic
+
+BUILTIN = "builtin"
+BUILD_INFO = "build.json"
+# Bumped when the builtin recipe changes in a way the knobs do not capture, so old builds are rebuilt.
+BUILTIN_RECIPE_VERSION = 1
+# Architecture and pretraining recipe of the builtin model; vocabulary size and steps are settings knobs.
+BUILTIN_DEFAULTS = {
+    "hidden": 256, "intermediate": 512, "layers": 4, "heads": 4,
+    "seq_len": 256, "batch_size": 4, "learning_rate": 2e-3, "seed": 0,
+}
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>"]
+# ChatML with {% generation %} markers, so `return_assistant_tokens_mask` works as well as `chat_spans`.
+CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\n' }}"
+    "{%- if message['role'] == 'assistant' %}"
+    "{% generation %}{{- message['content'] + '<|im_end|>' }}{% endgeneration %}"
+    "{%- else %}{{- message['content'] + '<|im_end|>' }}{%- endif %}"
+    "{{- '\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"
+)
+
+
+def builtin_dir(settings: Any) -> Path:
+    """Where the builtin base model lives: models/base/."""
+    return settings.models_dir / "base"
+
+
+def builtin_params(settings: Any) -> dict[str, Any]:
+    """Everything that determines the builtin model besides its training text."""
+    return {**BUILTIN_DEFAULTS, "vocab_size": settings.builtin_vocab_size, "steps": settings.builtin_pretrain_steps}
+
+
+def params_hash(params: dict[str, Any]) -> str:
+    """Fingerprint of a builtin build's parameters and recipe."""
+    text = json.dumps({"recipe": BUILTIN_RECIPE_VERSION, **params}, sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def read_build_info(folder: Path) -> dict[str, Any]:
+    """The build manifest of a builtin model folder, or {} when there is none."""
+    path = Path(folder) / BUILD_INFO
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def chat_spans(tokenizer: Any, messages: list[dict[str, str]], max_length: int | None = None) -> tuple[list[int], list[int]]:
+    """Token ids of a chat rendered with the tokenizer's template, and a 0/1 mask of the assistant turns' tokens.
+
+    Works for any chat template by rendering prefixes: an assistant turn spans the characters between the
+    rendering of the turns before it with the generation prompt and the rendering that includes it.
+    """
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    spans = []
+    for i, message in enumerate(messages):
+        if message.get("role") != "assistant":
+            continue
+        before = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True) if i else ""
+        through = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+        # Templates that rewrite earlier turns (e.g. dropping old reasoning) render no stable prefix; skip such turns.
+        # Whitespace a template puts between turns belongs to no turn: the model should stop at the end token.
+        if text.startswith(through) and through.startswith(before):
+            spans.append((len(before), max(len(before), len(through.rstrip()))))
+    if not spans:
+        raise ValueError("no assistant turn found whose rendering is a prefix of the whole chat")
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(encoded["input_ids"])
+    mask = [int(any(start <= begin < end for start, end in spans)) for begin, _ in encoded["offset_mapping"]]
+    if max_length is not None:
+        ids, mask = ids[:max_length], mask[:max_length]
+    return ids, mask
+
+
+def train_tokenizer(texts: list[str], vocab_size: int) -> Any:
+    """A byte-level BPE tokenizer trained on `texts`, with ChatML special tokens and chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    core.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        pad_token="<|pad|>",
+        unk_token="<|endoftext|>",
+        additional_special_tokens=["<|im_start|>"],
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def pretraining_chats(settings: Any) -> list[list[dict[str, str]]]:
+    """Chats (without system prompt) the builtin model pretrains on: all tasks' training examples, never validation ones."""
+    files = sorted(settings.datasets_dir.glob("*/train.jsonl"))
+    if files:
+        chats = []
+        for path in files:
+            with open(path, encoding="utf-8") as fh:
+                chats += [[m for m in json.loads(line)["messages"] if m["role"] != "system"] for line in fh if line.strip()]
+        return chats
+    records = drop_duplicate_pairs(read_settlements(settings.lake_dir))
+    # Same split function as the datasets, so a validation example is never seen in pretraining.
+    return [
+        chat_example(r, {})["messages"][1:]
+        for r in records
+        if r.get("final_text") and not is_validation(r["log_id"], settings.val_share)
+    ]
+
+
+def build_builtin(
+    chats: list[list[dict[str, str]]],
+    out_dir: Path,
+    *,
+    vocab_size: int,
+    steps: int,
+    hidden: int,
+    intermediate: int,
+    layers: int,
+    heads: int,
+    seq_len: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+    log: Callable[[str], None] = print,
+) -> tuple[Any, Any, dict[str, Any]]:
+    """Train a tokenizer and pretrain a small Llama model on `chats`, deterministically; save both and a build manifest to `out_dir`."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if not chats:
+        raise ValueError(
+            "no settled text to pretrain the builtin base model on: materialize settlements first, "
+            "or set FT_BASE_MODEL to a Hugging Face id or a local model folder"
+        )
+    params = {"vocab_size": vocab_size, "steps": steps, "hidden": hidden, "intermediate": intermediate, "layers": layers,
+              "heads": heads, "seq_len": seq_len, "batch_size": batch_size, "learning_rate": learning_rate, "seed": seed}
+    tokenizer = train_tokenizer([m["content"] for chat in chats for m in chat], vocab_size)
+    texts = [tokenizer.apply_chat_template(chat, tokenize=False) for chat in chats]
+    stream = [t for ids in tokenizer(texts, add_special_tokens=False)["input_ids"] for t in ids]
+    # A corpus shorter than one block is repeated, so tiny test corpora still give full blocks.
+    stream = stream * math.ceil(seq_len / len(stream)) if len(stream) < seq_len else stream
+    corpus = torch.tensor(stream, dtype=torch.long)
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, betas=(0.9, 0.95), weight_decay=0.01)
+    warmup = max(1, steps // 10)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: (s + 1) / warmup if s < warmup else 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup))),
+    )
+    generator = torch.Generator().manual_seed(seed)
+    losses: list[float] = []
+    model.train()
+    for step in range(steps):
+        starts = torch.randint(0, len(corpus) - seq_len + 1, (batch_size,), generator=generator)
+        batch = torch.stack([corpus[s : s + seq_len] for s in starts.tolist()])
+        loss = model(input_ids=batch, labels=batch).loss  # the model shifts labels itself
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if (step + 1) % 50 == 0 or step + 1 == steps:
+            log(f"builtin pretraining step {step + 1}/{steps}: loss {losses[-1]:.4f}")
+    model.eval()
+
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    tail = losses[-10:]
+    info = {
+        "source": BUILTIN,
+        "params_hash": params_hash(params),
+        "params": params,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "vocab_size": len(tokenizer),
+        "pretrain_steps": steps,
+        "final_loss": round(sum(tail) / len(tail), 4) if tail else None,
+        "documents": len(chats),
+        "corpus_tokens": len(corpus),
+        "built_at": datetime.now(timezone.utc).isoformat(),
+    }
+    write_json_atomic(info, out_dir / BUILD_INFO)
+    return model, tokenizer, info
+
+
+def ensure_base_model(settings: Any, log: Callable[[str], None] = print) -> str:
+    """The base model to load: a local folder's path, a Hugging Face id, or the builtin folder (built if missing or stale)."""
+    if settings.base_model != BUILTIN:
+        return _resolve_external(settings.base_model)
+    target = builtin_dir(settings)
+    params = builtin_params(settings)
+    # The builtin is rebuilt only when its parameters change, not when data grows: adapters trained on it stay valid.
+    if read_build_info(target).get("params_hash") == params_hash(params) and (target / "config.json").is_file():
+        return str(target)
+    if settings.torch_threads > 0:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+    chats = pretraining_chats(settings)
+    log(f"building the builtin base model from {len(chats)} chats into {target}")
+    settings.models_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".base.", dir=settings.models_dir))
+    try:
+        build_builtin(chats, staging, **params, log=log)
+        replace_dir_atomic(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return str(target)
+
+
+def _offline() -> bool:
+    return any(os.environ.get(v, "").strip().lower() in {"1", "true", "yes", "on"} for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _resolve_external(name: str) -> str:
+    """A local folder's resolved path, a cached hub snapshot's folder, or the hub id when the hub answers; else ValueError."""
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        if not (folder / "config.json").is_file():
+            raise ValueError(f"base model folder {folder} has no config.json; point FT_BASE_MODEL at a saved model folder")
+        return str(folder.resolve())
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    fix = (
+        "download it where the hub is reachable (`hf download {name}`) into the HF cache, or set FT_BASE_MODEL "
+        "to a local model folder, or to 'builtin' for the small model built locally"
+    ).format(name=name)
+    try:
+        cached = try_to_load_from_cache(name, "config.json")
+    except HFValidationError:
+        raise ValueError(f"base model {name!r} is neither an existing folder nor a valid Hugging Face id; {fix}") from None
+    if isinstance(cached, str):
+        return str(Path(cached).parent)
+    if _offline():
+        raise ValueError(f"base model {name!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; {fix}")
+    if not _hub_reachable():
+        raise ValueError(f"base model {name!r} is not cached and the Hugging Face hub cannot be reached; {fix}")
+    return name
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub endpoint accepts a TCP connection: a fast answer instead of minutes of download retries."""
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _prepared(tokenizer: Any) -> Any:
+    """A tokenizer ready for chat training: a chat template and a pad token even when the base model ships none."""
+    if not tokenizer.chat_template:
+        tokenizer.chat_template = CHAT_TEMPLATE
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_tokenizer(settings: Any) -> Any:
+    """The base model's tokenizer (building the builtin first when needed)."""
+    from transformers import AutoTokenizer
+
+    return _prepared(AutoTokenizer.from_pretrained(ensure_base_model(settings)))
+
+
+def load_base_model(settings: Any, device: str = "cpu") -> tuple[Any, Any]:
+    """The base causal LM on `device` and its tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = ensure_base_model(settings)
+    model = AutoModelForCausalLM.from_pretrained(source).to(device)
+    return model, _prepared(AutoTokenizer.from_pretrained(source))
+
+
+def base_model_info(settings: Any, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Where the base model is and its size; for the builtin also its pretraining steps and final loss."""
+    source = ensure_base_model(settings, log=log)
+    if settings.base_model == BUILTIN:
+        info = read_build_info(Path(source))
+        keys = ("parameters", "vocab_size", "pretrain_steps", "final_loss", "documents", "built_at")
+        return {"path": source, "source": BUILTIN, **{k: info.get(k) for k in keys}}
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(source)
+    # Counted on the meta device: no weights are loaded, so this is instant even for a large model.
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return {"path": source, "source": settings.base_model, "parameters": sum(p.numel() for p in model.parameters()),
+            "vocab_size": config.vocab_size}

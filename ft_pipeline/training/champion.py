@@ -1,0 +1,145 @@
+"""The `champion` alias of each task's registered model: who serves, promotions, rollbacks and their history."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ft_pipeline.core.io import checked_name
+from ft_pipeline.core.lineage import adapter_dir
+from ft_pipeline.settings import Settings
+from ft_pipeline.training.tracking import client, registered_model_name
+
+ALIAS = "champion"
+
+
+def history_path(settings: Settings, task: str) -> Path:
+    """evaluations/<task>/champion_history.jsonl: one line per move of the alias."""
+    return settings.evaluations_dir / checked_name(task) / "champion_history.jsonl"
+
+
+def current_champion(settings: Settings, task: str) -> int | None:
+    """Version the task's `champion` alias points at, or None when there is none (or no registered model yet)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return int(client(settings).get_model_version_by_alias(registered_model_name(task), ALIAS).version)
+    except MlflowException:
+        return None
+
+
+def champion_history(settings: Settings, task: str) -> list[dict[str, Any]]:
+    """Every recorded move of the task's alias, oldest first: action, from, to, at, reason."""
+    path = history_path(settings, task)
+    if not path.is_file():
+        return []
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def champion_lineage(settings: Settings, task: str) -> list[int]:
+    """The stack of champions from the history: a promotion pushes a version, a rollback returns to an earlier one."""
+    stack: list[int] = []
+    for entry in champion_history(settings, task):
+        if entry["action"] == "rollback" and entry["to"] in stack:
+            del stack[stack.index(entry["to"]) + 1 :]
+        else:
+            stack.append(entry["to"])
+    return stack
+
+
+def _record(settings: Settings, task: str, action: str, before: int | None, after: int, reason: str) -> dict[str, Any]:
+    """Move the alias, tag both versions and append the move to the history."""
+    at = datetime.now(timezone.utc).isoformat()
+    name = registered_model_name(task)
+    mlflow_client = client(settings)
+    mlflow_client.set_registered_model_alias(name, ALIAS, str(after))
+    mlflow_client.set_model_version_tag(name, str(after), "champion", f"{action} from v{before} at {at}")
+    if before is not None:
+        mlflow_client.set_model_version_tag(name, str(before), "champion", f"replaced by v{after} ({action}) at {at}")
+    entry = {"task": task, "action": action, "from": before, "to": after, "at": at, "reason": reason}
+    path = history_path(settings, task)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # One O_APPEND write per line: concurrent writers never interleave or overwrite earlier lines, which a
+    # read-modify-rename of the whole file could do; registry tags are size-limited, so this file is the full record.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return entry
+
+
+def promote(settings: Settings, task: str, version: int, reason: str) -> dict[str, Any] | None:
+    """Point the task's champion alias at `version` and record why; None when it already is the champion."""
+    task = checked_name(task)
+    before = current_champion(settings, task)
+    if before == int(version):
+        return None
+    return _record(settings, task, "promote", before, int(version), reason)
+
+
+def rollback(settings: Settings, task: str, to_version: int | None = None, reason: str = "manual rollback") -> tuple[int, int]:
+    """Move the champion back to `to_version` (default: the champion before the current one); returns (from, to)."""
+    task = checked_name(task)
+    before = current_champion(settings, task)
+    if before is None:
+        raise LookupError(f"task {task!r} has no champion to roll back")
+    if to_version is None:
+        lineage = champion_lineage(settings, task)
+        if before in lineage:
+            lineage = lineage[: lineage.index(before)]
+        if not lineage:
+            raise LookupError(f"task {task!r}: champion v{before} has no predecessor in {history_path(settings, task)}")
+        to_version = lineage[-1]
+    to_version = int(to_version)
+    if to_version == before:
+        raise ValueError(f"task {task!r}: v{to_version} already is the champion")
+    if not adapter_dir(settings.adapters_dir, task, to_version).is_dir():
+        raise FileNotFoundError(f"task {task!r} has no adapter v{to_version} under {settings.adapters_dir}")
+    _record(settings, task, "rollback", before, to_version, reason)
+    return before, to_version
+
+
+def _live(groups: dict[str, Any], task: str, version: int) -> dict[str, Any] | None:
+    """A version's row of the report's adapter_version group, logged as "<task>:<version>" or as "<version>"."""
+    row = groups.get(f"{task}:{version}") or groups.get(str(version))
+    return row if row and row.get("n") else None
+
+
+def live_acceptance(settings: Settings, report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per task whose champion has a predecessor: both versions' live acceptance and whether the champion's fell significantly."""
+    from ft_pipeline.core.stats import two_proportion_test
+
+    groups = report.get("groups", {}).get("adapter_version", {})
+    folders = sorted(settings.evaluations_dir.glob("*/champion_history.jsonl")) if settings.evaluations_dir.is_dir() else []
+    findings = []
+    for task in (path.parent.name for path in folders):
+        champion = current_champion(settings, task)
+        lineage = champion_lineage(settings, task)
+        if champion is None or champion not in lineage or lineage.index(champion) == 0:
+            continue
+        predecessor = lineage[lineage.index(champion) - 1]
+        now, before = _live(groups, task, champion), _live(groups, task, predecessor)
+        if now is None or before is None:
+            continue
+        accepted_now, accepted_before = round(now["acceptance_rate"] * now["n"]), round(before["acceptance_rate"] * before["n"])
+        # two-sided test read in one direction: conservative, and a rise never raises the alarm
+        _, p_value = two_proportion_test(accepted_now, now["n"], accepted_before, before["n"])
+        findings.append({
+            "task": task,
+            "champion": champion,
+            "predecessor": predecessor,
+            "acceptance_rate": now["acceptance_rate"],
+            "n": now["n"],
+            "predecessor_acceptance_rate": before["acceptance_rate"],
+            "predecessor_n": before["n"],
+            "p_value": p_value,
+            "dropped": now["acceptance_rate"] < before["acceptance_rate"] and p_value < settings.significance,
+            "rollback_command": f"ft-pipeline rollback {task} --to {predecessor}",
+        })
+    return findings

@@ -1,0 +1,42 @@
+"""Answering prompts with a task's champion adapter (the base model when the task has none)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ft_pipeline.core.io import checked_name
+from ft_pipeline.core.lineage import adapter_dir
+from ft_pipeline.settings import Settings
+
+
+def complete(model: Any, tokenizer: Any, messages: list[dict[str, str]], max_new_tokens: int, device: Any) -> str:
+    """The greedy assistant reply of `model` to a chat, rendered with the tokenizer's chat template."""
+    import torch
+
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    # the template already writes the special tokens, so the tokenizer must not add a second BOS
+    inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(device)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    with torch.inference_mode():
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id)
+    return tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+
+
+def generate(settings: Settings, task: str, prompt: str, max_new_tokens: int = 128) -> str:
+    """The reply of the task's champion adapter to `prompt`, with the task's default system prompt if it has one."""
+    from ft_pipeline.training.base_model import load_base_model
+    from ft_pipeline.training.champion import current_champion
+    from ft_pipeline.training.lora import resolve_device
+
+    task = checked_name(task)
+    device = resolve_device(settings.device)
+    model, tokenizer = load_base_model(settings, device=device)
+    champion = current_champion(settings, task)
+    if champion is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter_dir(settings.adapters_dir, task, champion)))
+    model.eval()
+    system = settings.default_system_prompts.get(task)
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    return complete(model, tokenizer, messages, max_new_tokens, device)

@@ -1,0 +1,70 @@
+"""Per-task status for `ft-pipeline status`: settled data, new data since the last adapter, the champion."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ft_pipeline.core.freshness import new_examples_count
+from ft_pipeline.core.io import TASK_NAME, partition_dates, table_glob
+from ft_pipeline.core.lineage import latest_adapter
+from ft_pipeline.core.retrain import SETTLEMENTS
+from ft_pipeline.settings import Settings
+
+
+def settled_counts(settings: Settings) -> dict[str, int]:
+    """Settled examples per task in the lake."""
+    import duckdb
+
+    if not partition_dates(settings.lake_dir, SETTLEMENTS):
+        return {}
+    with duckdb.connect() as con:
+        rows = con.execute(
+            "SELECT task, count(*) FROM read_parquet(?) GROUP BY task", [table_glob(settings.lake_dir, SETTLEMENTS)]
+        ).fetchall()
+    return {task: int(n) for task, n in rows if task is not None}
+
+
+def champion_scores(evaluation: dict[str, Any]) -> dict[str, Any]:
+    """The headline numbers of a champion's evaluation: its scores, the base model's, the test against the base."""
+    candidate, base = evaluation["scores"]["candidate"], evaluation["scores"]["base"]
+    return {
+        "loss": candidate["loss"],
+        "perplexity": candidate["perplexity"],
+        "token_accuracy": candidate["token_accuracy"],
+        "chrf": candidate["chrf"],
+        "exact_match": candidate["exact_match"],
+        "base_loss": base["loss"],
+        "base_chrf": base["chrf"],
+        "p_value_vs_base": evaluation["tests"]["vs_base"]["p_value"],
+        "n_examples": evaluation["n_examples"],
+        "evaluated_at": evaluation["evaluated_at"],
+    }
+
+
+def task_status(settings: Settings) -> list[dict[str, Any]]:
+    """One row per task (seen in the lake, the datasets or the adapters): data, retrain countdown, champion."""
+    from ft_pipeline.training.champion import current_champion
+    from ft_pipeline.training.evaluation import read_evaluation
+
+    settled = settled_counts(settings)
+    tasks = set(settled)
+    for folder in (settings.datasets_dir, settings.adapters_dir):
+        if folder.is_dir():
+            tasks |= {p.name for p in folder.iterdir() if p.is_dir() and TASK_NAME.match(p.name)}
+    rows = []
+    for task in sorted(tasks):
+        new = new_examples_count(settings, task)
+        adapter = latest_adapter(settings.adapters_dir, task)
+        champion = current_champion(settings, task)
+        evaluation = read_evaluation(settings, task, champion) if champion is not None else None
+        rows.append({
+            "task": task,
+            "settled": settled.get(task, 0),
+            "new_examples": new,
+            "until_retrain": max(0, settings.retrain_threshold - new),
+            "latest_version": adapter["version"] if adapter else None,
+            "last_trained": adapter.get("trained_at") if adapter else None,
+            "champion_version": champion,
+            "champion_scores": champion_scores(evaluation) if evaluation else None,
+        })
+    return rows

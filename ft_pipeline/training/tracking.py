@@ -1,0 +1,132 @@
+"""MLflow helpers: one experiment per task with its own artifact location, one run per training, one registered version per adapter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ft_pipeline.core.io import checked_name
+from ft_pipeline.settings import Settings
+
+
+def experiment_name(task: str) -> str:
+    """Name of a task's MLflow experiment."""
+    return f"ft_pipeline/{checked_name(task)}"
+
+
+def registered_model_name(task: str) -> str:
+    """Name of a task's registered model."""
+    return f"ft_pipeline.{checked_name(task)}"
+
+
+def client(settings: Settings) -> Any:
+    """An MlflowClient on the pipeline's tracking store, without touching MLflow's global state."""
+    from mlflow.tracking import MlflowClient
+
+    if settings.tracking_uri.startswith("sqlite:///"):
+        settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+
+
+def ensure_experiment(settings: Settings, task: str) -> str:
+    """Id of the task's experiment, created with an artifact location under settings.artifact_root."""
+    mlflow_client = client(settings)
+    existing = mlflow_client.get_experiment_by_name(experiment_name(task))
+    if existing is not None:
+        return existing.experiment_id
+    # Explicit, or artifacts would land in ./mlruns of whatever the current directory is.
+    location = (settings.artifact_root / checked_name(task)).as_uri()
+    return mlflow_client.create_experiment(experiment_name(task), artifact_location=location)
+
+
+def run_path(settings: Settings, run_id: str) -> str:
+    """Where a run is found: the tracking URI and the run's page path in the MLflow UI."""
+    run = client(settings).get_run(run_id)
+    return f"{settings.tracking_uri} #/experiments/{run.info.experiment_id}/runs/{run_id}"
+
+
+class Tracker:
+    """One MLflow run of a training: params, buffered metrics, artifacts and its final status."""
+
+    def __init__(self, settings: Settings, run_id: str):
+        self.settings = settings
+        self.run_id = run_id
+        self.client = client(settings)
+        self._pending: list[Any] = []
+
+    @classmethod
+    def start(
+        cls, settings: Settings, task: str, params: dict[str, Any], tags: dict[str, str] | None = None,
+        run_name: str | None = None,
+    ) -> "Tracker":
+        """A new run in the task's experiment with its params and tags."""
+        from mlflow.entities import Param
+
+        mlflow_client = client(settings)
+        run = mlflow_client.create_run(
+            ensure_experiment(settings, task), run_name=run_name, tags={"task": task, **(tags or {})}
+        )
+        tracker = cls(settings, run.info.run_id)
+        mlflow_client.log_batch(tracker.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        return tracker
+
+    @classmethod
+    def resume(cls, settings: Settings, run_id: str, tags: dict[str, str] | None = None) -> "Tracker":
+        """An interrupted run reopened, so a resumed training keeps one run."""
+        tracker = cls(settings, run_id)
+        tracker.client.update_run(run_id, status="RUNNING")
+        for key, value in (tags or {}).items():
+            tracker.client.set_tag(run_id, key, str(value))
+        return tracker
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Queue metrics of one step; they reach the store on flush."""
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._pending += [Metric(k, float(v), now, step) for k, v in metrics.items()]
+
+    def flush(self) -> None:
+        """Write the queued metrics in batches (MLflow takes at most 1000 per call)."""
+        while self._pending:
+            batch, self._pending = self._pending[:1000], self._pending[1000:]
+            self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_artifacts(self, local_dir: Path, artifact_path: str | None = None) -> None:
+        """Copy a folder into the run's artifacts."""
+        self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
+
+    def log_artifact(self, local_file: Path, artifact_path: str | None = None) -> None:
+        """Copy one file into the run's artifacts."""
+        self.client.log_artifact(self.run_id, str(local_file), artifact_path)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        """Set tags on the run."""
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, str(value))
+
+    def register(self, task: str, artifact_path: str, tags: dict[str, Any]) -> int:
+        """A new version of the task's registered model pointing at a folder of this run's artifacts."""
+        from mlflow.exceptions import MlflowException
+
+        name = registered_model_name(task)
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException:
+            self.client.create_registered_model(name, description=f"LoRA adapters of task {task}.")
+        # register_model("runs:/...") fails on a plain artifact folder in MLflow 3; a version with an explicit source works.
+        source = f"{self.client.get_run(self.run_id).info.artifact_uri}/{artifact_path}"
+        version = self.client.create_model_version(
+            name, source=source, run_id=self.run_id, tags={k: str(v) for k, v in tags.items()}
+        )
+        return int(version.version)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        """Close the run with a terminal status (FINISHED, FAILED, KILLED)."""
+        if status == "FINISHED":
+            self.flush()
+        # Otherwise the queued metrics are of steps after the last checkpoint, which a resumed run repeats.
+        self._pending = []
+        self.client.set_terminated(self.run_id, status=status)

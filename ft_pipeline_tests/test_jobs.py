@@ -1,0 +1,40 @@
+"""Tests of the ingest and retrain jobs as the code location resolves them."""
+
+from datetime import datetime, timezone
+
+import dagster as dg
+
+from ft_pipeline.core.demo import write_demo_inbox
+from ft_pipeline.core.io import partition_dates
+from ft_pipeline.definitions import defs
+from ft_pipeline.partitions import daily_partitions, task_partitions
+from ft_pipeline.settings import Settings
+
+
+def selection(job_name: str) -> tuple[set[str], set[dg.AssetCheckKey]]:
+    """Asset names and asset check keys a job executes."""
+    job = defs.resolve_job_def(job_name)
+    return {key.to_user_string() for key in job.asset_layer.selected_asset_keys}, set(job.asset_layer.asset_graph.asset_check_keys)
+
+
+def test_retrain_job_runs_dataset_training_and_evaluation_with_their_checks():
+    assets, checks = selection("retrain_job")
+    assert assets == {"task_dataset", "lora_adapter", "adapter_evaluation"}
+    targeted = {key for key in defs.resolve_asset_graph().asset_check_keys if key.asset_key.to_user_string() in assets}
+    assert targeted and checks == targeted
+    assert defs.resolve_job_def("retrain_job").partitions_def == task_partitions
+
+
+def test_ingest_job_runs_one_day(tmp_path, monkeypatch):
+    assert selection("ingest_job")[0] == {"raw_logs", "settlements"}
+    assert defs.resolve_job_def("ingest_job").partitions_def == daily_partitions
+    monkeypatch.setenv("FT_DATA_DIR", str(tmp_path))
+    settings = Settings.from_env()
+    write_demo_inbox(settings.inbox_dir, records=40, days=2, end=datetime(2024, 3, 3, tzinfo=timezone.utc))
+
+    with dg.instance_for_test() as instance:
+        result = defs.resolve_job_def("ingest_job").execute_in_process(partition_key="2024-03-02", instance=instance)
+
+    assert result.success
+    assert partition_dates(settings.lake_dir, "raw_logs") == ["2024-03-02"]
+    assert partition_dates(settings.lake_dir, "settlements") == ["2024-03-02"]

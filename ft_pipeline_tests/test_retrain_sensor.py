@@ -1,0 +1,114 @@
+"""Tests of the retrain sensor: threshold, per-task runs, cursor across restarts, new task partitions, cost."""
+
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from ft_pipeline.core import retrain
+from ft_pipeline.partitions import task_partitions
+from ft_pipeline.resources import PipelineResource
+from ft_pipeline.sensors import retrain_sensor
+from ft_pipeline.settings import Settings
+from ft_pipeline_tests.retrain_fixtures import ingested_at, write_adapter, write_partition
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings.from_env(data_dir=str(tmp_path))
+
+
+def tick(instance: dg.DagsterInstance, settings: Settings, cursor: str | None) -> dg.SensorResult:
+    """One sensor evaluation, with the partitions it asks for applied to the instance as the daemon would."""
+    resources = {"pipeline": PipelineResource(data_dir=settings.data_dir)}
+    # the context owns resources and an instance scope; leaving it open leaks them into later tests
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
+        with dg.partition_loading_context(dynamic_partitions_store=instance):
+            result = retrain_sensor(context)
+    for request in result.dynamic_partitions_requests:
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    return result
+
+
+def runs(result: dg.SensorResult) -> list[tuple[str, str]]:
+    return [(r.partition_key, r.run_key) for r in result.run_requests]
+
+
+def test_threshold_requests_one_run_for_that_task_only(instance, settings):
+    assert settings.retrain_threshold == 50
+    write_partition(settings.lake_dir, "2024-03-01", ("qa", 49, 0), ("summarize", 10, 100))
+
+    first = tick(instance, settings, None)
+    assert runs(first) == []
+
+    write_partition(settings.lake_dir, "2024-03-02", ("qa", 1, 49))
+    second = tick(instance, settings, first.cursor)
+    assert runs(second) == [("qa", f"retrain:qa:{ingested_at(49)}")]
+    assert second.run_requests[0].tags["ft_pipeline/new_examples"] == "50"
+
+
+def test_new_tasks_become_partitions(instance, settings):
+    write_partition(settings.lake_dir, "2024-03-01", ("qa", 3, 0))
+    first = tick(instance, settings, None)
+    assert [r.partition_keys for r in first.dynamic_partitions_requests] == [["qa"]]
+    assert instance.get_dynamic_partitions(task_partitions.name) == ["qa"]
+
+    write_partition(settings.lake_dir, "2024-03-02", ("translate", 2, 10))
+    second = tick(instance, settings, first.cursor)
+    assert [r.partition_keys for r in second.dynamic_partitions_requests] == [["translate"]]
+
+    assert tick(instance, settings, second.cursor).dynamic_partitions_requests == []
+
+
+def test_same_tick_twice_never_requests_the_same_run_twice(instance, settings):
+    write_partition(settings.lake_dir, "2024-03-01", ("qa", 60, 0))
+
+    first = tick(instance, settings, None)
+    replayed = tick(instance, settings, None)  # a tick retried before its cursor was stored
+    assert runs(first) == runs(replayed)  # same run key: the daemon launches it once
+    assert runs(tick(instance, settings, first.cursor)) == []
+
+
+def test_count_restarts_after_a_retrain(instance, settings):
+    write_partition(settings.lake_dir, "2024-03-01", ("qa", 50, 0))
+    cursor = tick(instance, settings, None).cursor
+
+    write_adapter(settings.adapters_dir, "qa", 1, ingested_at(49))
+    write_partition(settings.lake_dir, "2024-03-02", ("qa", 49, 50))
+    after_retrain = tick(instance, settings, cursor)
+    assert runs(after_retrain) == []
+
+    write_partition(settings.lake_dir, "2024-03-03", ("qa", 1, 99))
+    assert runs(tick(instance, settings, after_retrain.cursor)) == [("qa", f"retrain:qa:{ingested_at(99)}")]
+
+
+def test_restart_keeps_the_cursor(instance, settings):
+    write_partition(settings.lake_dir, "2024-03-01", ("qa", 30, 0))
+    stored = tick(instance, settings, None).cursor
+
+    # a restarted daemon builds a new context from the stored cursor alone
+    write_partition(settings.lake_dir, "2024-03-02", ("qa", 20, 30))
+    restarted = tick(instance, settings, stored)
+    assert runs(restarted) == [("qa", f"retrain:qa:{ingested_at(49)}")]
+
+
+def test_a_tick_reads_only_new_files(instance, settings, monkeypatch):
+    for day in range(1, 8):
+        write_partition(settings.lake_dir, f"2024-03-0{day}", ("qa", 5, day * 10))
+    cursor = tick(instance, settings, None).cursor
+    read: list[str] = []
+    count_file = retrain._count_file
+    monkeypatch.setattr(retrain, "_count_file", lambda path, wm: read.append(path.parent.name) or count_file(path, wm))
+
+    cursor = tick(instance, settings, cursor).cursor
+    assert read == []
+
+    write_partition(settings.lake_dir, "2024-03-08", ("qa", 5, 80))
+    tick(instance, settings, cursor)
+    assert read == ["date=2024-03-08"]

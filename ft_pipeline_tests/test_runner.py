@@ -1,0 +1,55 @@
+import json
+
+import pytest
+from dagster import DagsterRunStatus, RunsFilter, instance_for_test
+
+from ft_pipeline.cli import main
+from ft_pipeline.runner import run_pipeline, selected_keys
+from ft_pipeline.settings import Settings
+
+
+@pytest.fixture
+def small_pipeline(tmp_path, monkeypatch):
+    """Settings for an end-to-end run that fits in a test: a small demo inbox, short trainings."""
+    env = {
+        "FT_DATA_DIR": str(tmp_path / "data"),
+        "FT_BUILTIN_PRETRAIN_STEPS": "60",
+        "FT_BUILTIN_VOCAB_SIZE": "1024",
+        "FT_MAX_STEPS": "60",
+        "FT_EVAL_EVERY": "20",
+        "FT_EVAL_GENERATION_SAMPLES": "4",
+        "FT_EVAL_MAX_NEW_TOKENS": "24",
+        "FT_TORCH_THREADS": "2",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return Settings.from_env()
+
+
+def test_selection_syntax_resolves_to_asset_names():
+    from ft_pipeline.definitions import defs
+
+    assert selected_keys(defs, "raw_logs,settlements") == {"raw_logs", "settlements"}
+    assert selected_keys(defs, "settlements+") == {"settlements", "pattern_report", "task_dataset", "base_model"}
+    assert len(selected_keys(defs, "*")) == 7
+
+
+def test_the_main_job_ends_with_a_champion_that_beats_the_base_model(small_pipeline, tmp_path):
+    settings = small_pipeline
+    assert main(["demo", "--records", "1500", "--days", "10"]) == 0
+    with instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
+        runs = run_pipeline("*", settings=settings, instance=instance, log=lambda line: None)
+        assert runs and all(run.success for run in runs), [(r.assets, r.partitions, r.failed_steps) for r in runs]
+        stored = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.SUCCESS]))
+        assert {run.run_id for run in stored} == {run.run_id for run in runs}
+
+    assert (settings.reports_dir / "pattern_report.json").is_file()
+    champions = []
+    for evaluation in sorted(settings.evaluations_dir.glob("*/[0-9]*.json")):
+        result = json.loads(evaluation.read_text())
+        if result["decision"] == "promote":
+            champions.append(result)
+    assert champions, "no task got a champion"
+    for result in champions:
+        assert result["scores"]["candidate"]["loss"] < result["scores"]["base"]["loss"]
+        assert result["tests"]["vs_base"]["p_value"] < settings.promotion_p_value

@@ -1,0 +1,177 @@
+"""The base model: builtin build and reload, chat template and assistant spans, idempotent builds, hub errors."""
+
+import json
+
+import pytest
+
+from ft_pipeline.core.datasets import is_validation
+from ft_pipeline.settings import Settings
+from ft_pipeline.training import base_model as bm
+from ft_pipeline_tests.conftest import TINY_ARCHITECTURE, TINY_CHATS
+
+CHAT = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Where is order 3?"},
+    {"role": "assistant", "content": "Order 3 ships tomorrow."},
+    {"role": "user", "content": "Thanks"},
+    {"role": "assistant", "content": "You are welcome."},
+]
+
+LLAMA3_LIKE = (
+    "{{- '<|begin_of_text|>' }}{%- for m in messages %}"
+    "{{- '<|start_header_id|>' + m['role'] + '<|end_header_id|>\n\n' + m['content'] + '<|eot_id|>' }}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{%- endif %}"
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _masked_runs(tokenizer, ids, mask):
+    """The decoded text of each run of consecutive masked tokens."""
+    runs, current = [], []
+    for token, flag in zip(ids, mask):
+        if flag:
+            current.append(token)
+        elif current:
+            runs.append(current)
+            current = []
+    if current:
+        runs.append(current)
+    return [tokenizer.decode(run) for run in runs]
+
+
+def test_builtin_builds_saves_and_reloads_with_identical_logits(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model, tokenizer, info = bm.build_builtin(TINY_CHATS, tmp_path, **TINY_ARCHITECTURE, log=lambda _: None)
+    assert info["pretrain_steps"] == 3 and info["final_loss"] > 0 and info["parameters"] > 0
+    assert info["vocab_size"] == len(tokenizer) <= TINY_ARCHITECTURE["vocab_size"]
+    assert bm.read_build_info(tmp_path)["params_hash"] == bm.params_hash(TINY_ARCHITECTURE)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    reloaded_tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    ids = torch.tensor([bm.chat_spans(reloaded_tokenizer, CHAT)[0]])
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, reloaded(ids).logits)
+    assert reloaded_tokenizer.eos_token == "<|im_end|>" and reloaded_tokenizer.pad_token == "<|pad|>"
+
+
+def test_builtin_build_is_deterministic(tmp_path):
+    import torch
+
+    first, _, info1 = bm.build_builtin(TINY_CHATS, tmp_path / "a", **TINY_ARCHITECTURE, log=lambda _: None)
+    second, _, info2 = bm.build_builtin(TINY_CHATS, tmp_path / "b", **TINY_ARCHITECTURE, log=lambda _: None)
+    assert info1["final_loss"] == info2["final_loss"]
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+
+
+def test_chat_template_renders_chatml(tiny_model_and_tokenizer):
+    _, tokenizer = tiny_model_and_tokenizer
+    text = tokenizer.apply_chat_template(CHAT[:3], tokenize=False)
+    assert text == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhere is order 3?<|im_end|>\n"
+        "<|im_start|>assistant\nOrder 3 ships tomorrow.<|im_end|>\n"
+    )
+    prompt = tokenizer.apply_chat_template(CHAT[:2], tokenize=False, add_generation_prompt=True)
+    assert prompt.endswith("<|im_start|>assistant\n") and text.startswith(prompt)
+
+
+def test_chat_spans_mark_exactly_the_assistant_tokens(tiny_model_and_tokenizer):
+    _, tokenizer = tiny_model_and_tokenizer
+    ids, mask = bm.chat_spans(tokenizer, CHAT)
+    assert ids == tokenizer(tokenizer.apply_chat_template(CHAT, tokenize=False), add_special_tokens=False)["input_ids"]
+    assert _masked_runs(tokenizer, ids, mask) == ["Order 3 ships tomorrow.<|im_end|>", "You are welcome.<|im_end|>"]
+    # The template's {% generation %} markers agree with the prefix rendering.
+    marked = tokenizer.apply_chat_template(CHAT, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    assert marked["input_ids"] == ids and marked["assistant_masks"] == mask
+    short_ids, short_mask = bm.chat_spans(tokenizer, CHAT, max_length=10)
+    assert short_ids == ids[:10] and short_mask == mask[:10]
+
+
+def test_chat_spans_work_with_another_template(tiny_model_and_tokenizer):
+    _, tokenizer = tiny_model_and_tokenizer
+    tokenizer.chat_template = LLAMA3_LIKE
+    ids, mask = bm.chat_spans(tokenizer, CHAT)
+    assert _masked_runs(tokenizer, ids, mask) == ["Order 3 ships tomorrow.<|eot_id|>", "You are welcome.<|eot_id|>"]
+    with pytest.raises(ValueError, match="no assistant turn"):
+        bm.chat_spans(tokenizer, CHAT[:2])
+
+
+def _tiny_builtin(monkeypatch, tmp_path, **changes):
+    """Settings whose builtin model is the tiny architecture, pretrained for 2 steps."""
+    arch = {k: v for k, v in TINY_ARCHITECTURE.items() if k not in {"vocab_size", "steps"}}
+    monkeypatch.setattr(bm, "BUILTIN_DEFAULTS", arch)
+    return Settings(data_dir=str(tmp_path / "data"), builtin_vocab_size=300, builtin_pretrain_steps=2, **changes)
+
+
+def test_builtin_pretrains_on_training_records_only_and_rebuilds_only_on_new_parameters(
+    monkeypatch, tmp_path, write_settlement_rows, make_settlement
+):
+    settings = _tiny_builtin(monkeypatch, tmp_path, val_share=0.5)
+    rows = [make_settlement(f"r{i}", task=("a", "b")[i % 2], final_text=f"Reply number {i}.") for i in range(20)]
+    write_settlement_rows(settings.lake_dir, rows)
+    chats = bm.pretraining_chats(settings)
+    train_ids = [r["log_id"] for r in rows if not is_validation(r["log_id"], 0.5)]
+    assert 0 < len(train_ids) < 20
+    assert sorted(c[-1]["content"] for c in chats) == sorted(f"Reply number {i[1:]}." for i in train_ids)
+    assert all(m["role"] != "system" for c in chats for m in c)
+
+    path = bm.ensure_base_model(settings, log=lambda _: None)
+    assert path == str(settings.models_dir / "base")
+    info = bm.read_build_info(settings.models_dir / "base")
+    assert info["documents"] == len(train_ids) and info["pretrain_steps"] == 2
+
+    def fail(*args, **kwargs):
+        raise AssertionError("rebuilt although nothing changed")
+
+    build = bm.build_builtin
+    monkeypatch.setattr(bm, "build_builtin", fail)
+    assert bm.ensure_base_model(settings, log=lambda _: None) == path
+    monkeypatch.setattr(bm, "build_builtin", build)
+    changed = settings.replace(builtin_pretrain_steps=3)
+    bm.ensure_base_model(changed, log=lambda _: None)
+    assert bm.read_build_info(settings.models_dir / "base")["pretrain_steps"] == 3
+    assert not list(settings.models_dir.glob(".base.*"))
+
+    model, tokenizer = bm.load_base_model(changed)
+    assert model.config.vocab_size == len(tokenizer) and tokenizer.pad_token == "<|pad|>"
+    info = bm.base_model_info(changed)
+    assert info["parameters"] == sum(p.numel() for p in model.parameters()) and info["pretrain_steps"] == 3
+
+
+def test_pretraining_prefers_dataset_training_splits(tmp_path):
+    settings = Settings(data_dir=str(tmp_path))
+    line = {"id": "1", "weight": 1.0, "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]}
+    (settings.datasets_dir / "t").mkdir(parents=True)
+    (settings.datasets_dir / "t" / "train.jsonl").write_text(json.dumps(line) + "\n")
+    assert bm.pretraining_chats(settings) == [line["messages"][1:]]
+
+
+def test_builtin_without_any_text_says_what_to_do(monkeypatch, tmp_path):
+    with pytest.raises(ValueError, match="materialize settlements first"):
+        bm.ensure_base_model(_tiny_builtin(monkeypatch, tmp_path), log=lambda _: None)
+
+
+def test_local_folder_loads_with_tokenizer_prepared(tiny_model_dir, tmp_path):
+    settings = Settings(data_dir=str(tmp_path), base_model=str(tiny_model_dir))
+    assert bm.ensure_base_model(settings) == str(tiny_model_dir.resolve())
+    tokenizer = bm.load_tokenizer(settings)
+    assert tokenizer.chat_template == bm.CHAT_TEMPLATE
+    info = bm.base_model_info(settings)
+    model, _ = bm.load_base_model(settings)
+    assert info["parameters"] == sum(p.numel() for p in model.parameters()) and info["vocab_size"] == len(tokenizer)
+
+
+def test_unusable_base_models_fail_fast_and_clearly(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match="HF_HUB_OFFLINE.*FT_BASE_MODEL"):
+        bm.ensure_base_model(Settings(data_dir=str(tmp_path), base_model="ft-pipeline-tests/no-such-model"))
+    with pytest.raises(ValueError, match="neither an existing folder nor a valid Hugging Face id"):
+        bm.load_tokenizer(Settings(data_dir=str(tmp_path), base_model="not//a valid id"))
+    with pytest.raises(ValueError, match="has no config.json"):
+        bm.ensure_base_model(Settings(data_dir=str(tmp_path), base_model=str(tmp_path)))
