@@ -12,7 +12,8 @@ from ft_pipeline.core.io import partition_file, write_parquet_atomic
 from ft_pipeline.core.patterns import build_report, longest_phrases, render_markdown
 from ft_pipeline.settings import Settings
 from ft_pipeline_tests.gsm8k import gsm8k_records
-from ft_pipeline_tests.lake_fixtures import RAW_LOGS_SCHEMA, raw_log, write_raw_logs
+from ft_pipeline.core.schema import RAW_LOG_SCHEMA
+from ft_pipeline_tests.lake_fixtures import raw_log, write_raw_logs
 
 AS_OF = date(2024, 6, 30)
 DAYS = 30
@@ -20,7 +21,7 @@ EMAIL = "jane.doe@example.com"
 FILLER = "sun river stone cloud apple field window garden music paper".split()
 
 SETTLED_SCHEMA = pa.schema([
-    *[RAW_LOGS_SCHEMA.field(n) for n in ("log_id", "timestamp", "task", "decision", "agent", "output")],
+    *[RAW_LOG_SCHEMA.field(n) for n in ("log_id", "timestamp", "task", "decision", "agent", "output")],
     ("final_text", pa.string()), ("retained", pa.float64()),
     ("deleted_spans", pa.list_(pa.string())), ("added_spans", pa.list_(pa.string())),
 ])
