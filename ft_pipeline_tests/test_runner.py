@@ -37,7 +37,7 @@ def test_selection_syntax_resolves_to_asset_names():
 def test_the_main_job_ends_with_a_champion_that_beats_the_base_model(small_pipeline, tmp_path):
     settings = small_pipeline
     assert main(["demo", "--records", "1500", "--days", "10"]) == 0
-    with instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
+    with instance_for_test() as instance:
         runs = run_pipeline("*", settings=settings, instance=instance, log=lambda line: None)
         assert runs and all(run.success for run in runs), [(r.assets, r.partitions, r.failed_steps) for r in runs]
         stored = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.SUCCESS]))
