@@ -17,6 +17,8 @@ GLOBAL_ASSETS = ("pattern_report", "base_model")
 TASK_ASSETS = ("task_dataset", "lora_adapter", "adapter_evaluation")
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
+# Step progress and our own log lines; Dagster's per-event DEBUG lines stay in the UI's run log.
+CONSOLE_INFO = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
 @dataclass
@@ -94,6 +96,7 @@ def run_pipeline(
             selection=[AssetKey(name) for name in names],
             instance=instance,
             resources=defs.resources,
+            run_config=CONSOLE_INFO,
             raise_on_error=False,
             **kwargs,
         )

@@ -36,6 +36,7 @@ class Settings:
     # pattern report
     significance: float = knob(0.05, "FT_SIGNIFICANCE", "report", "p-value under which a regression or an A/B difference counts.")
     regression_min_drop: float = knob(0.10, "FT_REGRESSION_MIN_DROP", "report", "Fall of a rate (0-1) in the last 7 days that counts as a regression.")
+    regression_min_n: int = knob(20, "FT_REGRESSION_MIN_N", "report", "Reviewed records a group needs on each side of the 7-day line before a regression is tested.")
     alert_rejection_rate: float = knob(0.2, "FT_ALERT_REJECTION_RATE", "report", "Rejection rate of a task above which its alert check fails.")
     alert_latency_p95_ms: float = knob(2000.0, "FT_ALERT_LATENCY_P95_MS", "report", "Latency p95 in ms of a task above which its alert check fails.")
     alert_confidence_drop: float = knob(0.1, "FT_ALERT_CONFIDENCE_DROP", "report", "Fall of mean confidence in the last 7 days above which the alert check fails.")

@@ -210,7 +210,8 @@ def _regressions(group_rows: list[dict], settings: Settings) -> list[dict]:
     found = []
     for row in group_rows:
         x1, n1, x2, n2 = row["accepted_before"], row["n_before"], row["accepted_7d"], row["n_7d"]
-        if not n1 or not n2:
+        # The z-test's normal approximation is meaningless for a handful of records (one user's bad day).
+        if min(n1 or 0, n2 or 0) < settings.regression_min_n:
             continue
         before, after = x1 / n1, x2 / n2
         _, p_value = two_proportion_test(x1, n1, x2, n2)

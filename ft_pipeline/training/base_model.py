@@ -313,7 +313,10 @@ def load_tokenizer(settings: Any) -> Any:
 def load_base_model(settings: Any, device: str = "cpu") -> tuple[Any, Any]:
     """The base causal LM on `device` and its tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
 
+    # A per-load progress bar drowns the step progress in the run log.
+    transformers_logging.disable_progress_bar()
     source = ensure_base_model(settings)
     model = AutoModelForCausalLM.from_pretrained(source).to(device)
     return model, _prepared(AutoTokenizer.from_pretrained(source))

@@ -9,10 +9,10 @@ import pyarrow as pa
 import pytest
 
 from ft_pipeline.core.io import partition_file, write_parquet_atomic
-from ft_pipeline.core.patterns import build_report, longest_phrases, render_markdown
+from ft_pipeline.core.patterns import _regressions, build_report, longest_phrases, render_markdown
+from ft_pipeline.core.schema import RAW_LOG_SCHEMA
 from ft_pipeline.settings import Settings
 from ft_pipeline_tests.gsm8k import gsm8k_records
-from ft_pipeline.core.schema import RAW_LOG_SCHEMA
 from ft_pipeline_tests.lake_fixtures import raw_log, write_raw_logs
 
 AS_OF = date(2024, 6, 30)
@@ -256,3 +256,10 @@ def test_gsm8k_gives_the_true_per_model_acceptance_rates(tmp_path):
     totals = report["totals"]
     assert (totals["records"], totals["reviewed"], totals["rejected"]) == (4 * 1319, 4 * 1319, 0)
     assert report["groups"]["task"]["math_qa"]["rejection_rate"] == 0.0
+
+
+def test_a_regression_needs_enough_records_on_both_sides():
+    settings = Settings.from_env(env={})
+    tiny = {"dimension": "user_id", "key": "u1", "accepted_before": 5, "n_before": 5, "accepted_7d": 0, "n_7d": 5}
+    large = {"dimension": "agent", "key": "a1", "accepted_before": 80, "n_before": 100, "accepted_7d": 10, "n_7d": 40}
+    assert [r["key"] for r in _regressions([tiny, large], settings)] == ["a1"]
