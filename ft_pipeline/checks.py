@@ -39,8 +39,6 @@ def task_dataset_valid(context: AssetCheckExecutionContext, pipeline: PipelineRe
     )
 
 
-asset_checks = [task_dataset_valid]
-
 
 @asset_check(
     asset=adapter_evaluation,
@@ -99,4 +97,4 @@ def champion_live_acceptance(pipeline: PipelineResource) -> AssetCheckResult:
     )
 
 
-asset_checks += [adapter_beats_base, champion_live_acceptance]
+asset_checks = [task_dataset_valid, adapter_beats_base, champion_live_acceptance]

@@ -58,11 +58,9 @@ def print_summary(settings: Settings) -> None:
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     """Train one task's adapter without Dagster."""
-    from ft_pipeline.training.lora import train_task
+    from ft_pipeline.training.lora import main as train_main
 
-    result = train_task(settings, args.task, log=print)
-    print(json.dumps(result.summary(), indent=2, default=str))
-    return 0
+    return train_main(["--task", args.task, "--data-dir", str(settings.root)])
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:

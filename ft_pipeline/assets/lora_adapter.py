@@ -10,7 +10,7 @@ TrainingConfig = stage_config("training", "TrainingConfig")
 
 
 def _float(value: float | None) -> MetadataValue:
-    """A numeric metadata value, or null when a task has no validation split."""
+    """A numeric metadata value, or null when there is none (no validation split, or no training this run)."""
     return MetadataValue.null() if value is None else MetadataValue.float(value)
 
 
@@ -42,8 +42,9 @@ def lora_adapter(context: AssetExecutionContext, config: TrainingConfig, pipelin
             "initial_val_loss": _float(metrics["initial_val_loss"]),
             "best_step": metrics["best_step"],
             "steps": metrics["steps"],
+            "retrained": metrics["retrained"],
             "stopped_early": bool(metrics["stopped_early"]),
-            "tokens_per_s": MetadataValue.float(metrics["tokens_per_s"]),
+            "tokens_per_s": _float(metrics["tokens_per_s"]),
             "trainable_params": metrics["trainable_params"],
             "n_train": metrics["n_train"],
             "n_val": metrics["n_val"],

@@ -37,6 +37,6 @@ def settlements(context: AssetExecutionContext, config: SettlementsConfig, pipel
             "dagster/row_count": totals["settled"],
             **{key: MetadataValue.null() if value is None else value for key, value in totals.items()},
             "path": MetadataValue.path(str(settlements_path(settings, context.partition_keys[-1]))),
-            "preview": MetadataValue.md(preview_markdown(shown.table) if shown.settled else "_no settled records_"),
+            "preview": MetadataValue.md(preview_markdown(shown.preview) if shown.settled else "_no settled records_"),
         }
     )

@@ -4,26 +4,36 @@ A record is settled when its decision is `accepted` (final text = output; a fina
 from the output makes the record ambiguous and excludes it) or `edited` (final text = final_output).
 Every excluded record gets exactly one reason, the first that applies, in the order of EXCLUSION_REASONS.
 
-Near-duplicates (same task, prompt and final text after normalising case and whitespace) are removed
-within the partition being built only: the best quality score wins, then the newest, then the smallest
-log_id. Deduplicating across days would make a day's result depend on other days and on the order in
-which they were built, so a re-run of one partition could change another; the dataset builder
-deduplicates across all partitions when it assembles a task's training set.
+Near-duplicates (same task, prompt and final text after redaction and after normalising case and
+whitespace) are removed within the partition being built only: the best quality score wins, then the
+newest, then the smallest log_id. Deduplicating across days would make a day's result depend on other
+days and on the order in which they were built, so a re-run of one partition could change another; the
+dataset builder deduplicates across all partitions when it assembles a task's training set.
+
+A partition is settled in bounded memory, in two streamed passes over the raw parquet file. The first
+reads only the columns the filters and the duplicate key need, batch by batch, and leaves in DuckDB one
+small row per kept record (the normalised texts as 128-bit MD5 hashes, so the key table does not hold
+the texts; a collision is astronomically unlikely); a window function there picks the survivors. The
+second has DuckDB join the file to the survivors and sort them, spilling to disk beyond its memory limit,
+and streams them through redaction and the edit metrics into a ParquetWriter. PII counts are those of
+the records written.
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ft_pipeline.core.edits import edit_metrics
-from ft_pipeline.core.io import partition_file, write_parquet_atomic
+from ft_pipeline.core.io import atomic_path, partition_file, write_parquet_atomic
 from ft_pipeline.core.redaction import PII_TYPES, redact_column
 from ft_pipeline.core.schema import RAW_LOG_SCHEMA
 from ft_pipeline.settings import Settings
@@ -43,6 +53,9 @@ SETTLED_FIELDS = [
     pa.field("added_spans", pa.list_(pa.string())),
     pa.field("weight", pa.float64()),
 ]
+# Every raw_logs column, then the settlement columns; one schema for every partition, whatever wrote the
+# raw file, so DuckDB globs over the table line up.
+SCHEMA = pa.schema(list(RAW_LOG_SCHEMA) + SETTLED_FIELDS)
 
 EXCLUSION_REASONS = (
     "not_settled:rejected",
@@ -59,46 +72,45 @@ EXCLUSION_REASONS = (
 # (lower bound of quality_score, training weight), best first; no score or below the last bound weighs 1.0.
 WEIGHT_STEPS = ((9.0, 2.0), (8.0, 1.5), (7.0, 1.0))
 
+# The columns the filters and the near-duplicate key read; the first pass reads only these.
+KEY_SCHEMA = pa.schema(
+    [pa.field("row", pa.int64())]
+    + [RAW_LOG_SCHEMA.field(name) for name in
+       ("log_id", "timestamp", "task", "prompt", "output", "final_output", "decision", "quality_score", "confidence", "user_rating")]
+)
+# Rows per streamed batch and per written row group: a batch of long texts stays around 100 MB in Python.
+BATCH_ROWS = 32_768
+# Beyond this DuckDB spills the key table and the sort of the survivors to disk, so memory does not grow with the day.
+DUCKDB_MEMORY_LIMIT = "512MB"
+PREVIEW_ROWS = 5
+
 
 @dataclass
 class SettleResult:
-    """The settled table of one partition and what happened to the records that did not make it."""
+    """What settling one partition wrote, and what happened to the records that did not make it."""
 
-    table: pa.Table
-    rows_in: int
+    rows_in: int = 0
+    settled: int = 0
+    edited: int = 0
+    retained_sum: float = 0.0
     excluded: dict[str, int] = field(default_factory=dict)
     pii: dict[str, int] = field(default_factory=dict)
+    preview: pa.Table = field(default_factory=SCHEMA.empty_table)
     source_missing: bool = False
-
-    @property
-    def settled(self) -> int:
-        """Records written to the partition."""
-        return self.table.num_rows
-
-    @property
-    def edited(self) -> int:
-        """Settled records whose final text differs from the output."""
-        return pc.sum(pc.greater(self.table["edit_distance"], 0)).as_py() or 0
 
 
 def summary(results: list[SettleResult]) -> dict[str, int | float | None]:
     """Counts and rates over one or more partitions: every exclusion reason and PII type, zeros included."""
     settled = sum(r.settled for r in results)
-    retained = sum(pc.sum(r.table["retained"]).as_py() or 0.0 for r in results)
     return {
         "rows_in": sum(r.rows_in for r in results),
         "settled": settled,
         "excluded": sum(sum(r.excluded.values()) for r in results),
         **{f"excluded:{reason}": sum(r.excluded.get(reason, 0) for r in results) for reason in EXCLUSION_REASONS},
         **{f"pii:{kind}": sum(r.pii.get(kind, 0) for r in results) for kind in PII_TYPES},
-        "mean_retained": retained / settled if settled else None,
+        "mean_retained": sum(r.retained_sum for r in results) / settled if settled else None,
         "edit_rate": sum(r.edited for r in results) / settled if settled else None,
     }
-
-
-def settlements_schema(raw_schema: pa.Schema) -> pa.Schema:
-    """The settlements schema: every raw_logs column, then the settlement columns."""
-    return pa.schema(list(raw_schema) + SETTLED_FIELDS)
 
 
 def _present(text: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -140,35 +152,14 @@ def _reasons(raw: pa.Table, settings: Settings) -> tuple[pa.ChunkedArray, pa.Chu
     return reason, use_final
 
 
-def _normalised(text: pa.ChunkedArray) -> pa.ChunkedArray:
-    """Text lowercased with runs of whitespace collapsed and the ends trimmed."""
-    return pc.utf8_lower(pc.utf8_trim_whitespace(pc.replace_substring_regex(text, r"\s+", " ")))
-
-
-def _keep_best_of_duplicates(table: pa.Table) -> pa.Array:
-    """Row indices of `table` that survive near-duplicate removal within each task, ascending."""
-    keys = pa.table(
-        {
-            "task": table["task"],
-            "prompt": _normalised(table["prompt"]),
-            "final": _normalised(table["final_text"]),
-            "quality_score": table["quality_score"],
-            "timestamp": table["timestamp"],
-            "log_id": table["log_id"],
-            "idx": np.arange(table.num_rows),
-        }
-    )
-    # Best first within each key (missing quality sorts last), so the first row of each run of equal keys wins.
-    ordered = keys.sort_by(
-        [("task", "ascending"), ("prompt", "ascending"), ("final", "ascending"),
-         ("quality_score", "descending", "at_end"), ("timestamp", "descending"), ("log_id", "ascending")]
-    )
-    same = np.ones(ordered.num_rows - 1, dtype=bool)
-    for name in ("task", "prompt", "final"):
-        column = ordered[name]
-        same &= pc.fill_null(pc.equal(column[1:], column[:-1]), False).to_numpy(zero_copy_only=False)
-    first = np.concatenate([[True], ~same])
-    return pa.array(np.sort(ordered["idx"].to_numpy()[first]))
+def _duplicate_key(text: pa.ChunkedArray) -> pa.Array:
+    """Text as near-duplicate detection compares it: redacted, lowercased, whitespace runs collapsed, ends trimmed."""
+    redacted, _ = redact_column(text)
+    # The regex replace is ten times slower than a match, and leaves text without a run of two whitespace
+    # characters or a whitespace other than the space (RE2's \s is [\t\n\f\r ]) unchanged: apply it only where it bites.
+    runs = pc.fill_null(pc.match_substring_regex(redacted, r"\s\s|[\t\n\f\r]"), False)
+    collapsed = pc.replace_with_mask(redacted, runs, pc.replace_substring_regex(redacted.filter(runs), r"\s+", " "))
+    return pc.utf8_lower(pc.utf8_trim_whitespace(collapsed))
 
 
 def _span_column(rows: int, changed: np.ndarray, spans: list[list[str]]) -> pa.ListArray:
@@ -214,37 +205,93 @@ def _value_counts(values: pa.ChunkedArray) -> tuple[list[str], list[int]]:
     return counts.field("values").to_pylist(), counts.field("counts").to_pylist()
 
 
-def settle(raw: pa.Table, settings: Settings) -> SettleResult:
-    """Settle one partition of raw_logs: filter, redact, deduplicate, measure edits and weigh."""
-    reason, use_final = _reasons(raw, settings)
-    kept = pc.is_null(reason)
-    excluded = Counter(dict(zip(*_value_counts(pc.filter(reason, pc.invert(kept))))))
-    table = raw.filter(kept)
-    use_final = pc.filter(use_final, kept)
+def _select_survivors(con: duckdb.DuckDBPyConnection, source: str, settings: Settings, result: SettleResult) -> None:
+    """Fill DuckDB table `survivors` (row, use_final) with the rows to settle; count rows_in and exclusions into `result`."""
+    columns = ", ".join(f'"{name}"' for name in KEY_SCHEMA.names[1:])
+    reader = con.sql(
+        f"SELECT file_row_number AS row, {columns} FROM read_parquet(?, file_row_number = true)", params=[source]
+    ).to_arrow_reader(BATCH_ROWS)
+    # Inserts go through a second connection to the same database: a query on `con` would end the stream.
+    keys = con.cursor()
+    keys.execute(
+        "CREATE TABLE keys (row BIGINT, task VARCHAR, prompt_key UHUGEINT, final_key UHUGEINT, "
+        "quality_score DOUBLE, timestamp TIMESTAMPTZ, log_id VARCHAR, use_final BOOLEAN)"
+    )
+    excluded: Counter = Counter()
+    for batch in reader:
+        raw = pa.Table.from_batches([batch]).cast(KEY_SCHEMA)
+        result.rows_in += raw.num_rows
+        reason, use_final = _reasons(raw, settings)
+        kept = pc.is_null(reason)
+        excluded.update(dict(zip(*_value_counts(pc.filter(reason, pc.invert(kept))))))
+        raw, use_final = raw.filter(kept), pc.filter(use_final, kept)
+        batch_keys = raw.select(["row", "task", "quality_score", "timestamp", "log_id"]).append_column("use_final", use_final)
+        batch_keys = batch_keys.append_column("prompt", _duplicate_key(raw["prompt"]))
+        batch_keys = batch_keys.append_column("final", _duplicate_key(pc.if_else(use_final, raw["final_output"], raw["output"])))
+        keys.register("batch_keys", batch_keys)
+        keys.execute(
+            "INSERT INTO keys SELECT row, task, md5_number(prompt), md5_number(final), quality_score, timestamp, log_id, use_final "
+            "FROM batch_keys"
+        )
+    # A null key part never equals anything, so such a row is its own group; otherwise the best row of a group wins.
+    con.execute(
+        "CREATE TABLE survivors AS SELECT row, use_final FROM keys "
+        "QUALIFY task IS NULL OR prompt_key IS NULL OR final_key IS NULL OR row_number() OVER ("
+        "PARTITION BY task, prompt_key, final_key "
+        "ORDER BY quality_score DESC NULLS LAST, timestamp DESC NULLS LAST, log_id NULLS LAST, row) = 1"
+    )
+    kept_rows, surviving = con.execute("SELECT (SELECT count(*) FROM keys), (SELECT count(*) FROM survivors)").fetchall()[0]
+    excluded["near_duplicate"] += kept_rows - surviving
+    result.excluded = {r: c for r, c in excluded.items() if c}
 
-    pii: Counter = Counter()
+
+def _settled(raw: pa.Table, use_final: pa.ChunkedArray, pii: Counter) -> pa.Table:
+    """Surviving raw rows redacted, with final text, edit metrics and weight, in the settlements schema; counts PII into `pii`."""
     for name in REDACTED_COLUMNS:
-        if name in table.column_names:
-            cleaned, counts = redact_column(table[name], json_text=name in JSON_COLUMNS)
-            table = table.set_column(table.schema.get_field_index(name), name, cleaned)
-            pii.update(counts)
+        cleaned, counts = redact_column(raw[name], json_text=name in JSON_COLUMNS)
+        raw = raw.set_column(raw.schema.get_field_index(name), name, cleaned)
+        pii.update(counts)
     # Built from the redacted columns, so the approved text never carries PII either.
-    table = table.append_column("final_text", pc.if_else(use_final, table["final_output"], table["output"]))
-
-    survivors = _keep_best_of_duplicates(table) if table.num_rows else pa.array([], pa.int64())
-    excluded["near_duplicate"] += table.num_rows - len(survivors)
-    table = table.take(survivors)
-
+    table = raw.append_column("final_text", pc.if_else(use_final, raw["final_output"], raw["output"]))
     for name, column in _edit_columns(table["output"], table["final_text"]).items():
         table = table.append_column(name, column)
-    table = table.append_column("weight", _weights(table["quality_score"]))
-    table = table.sort_by([("timestamp", "ascending"), ("log_id", "ascending")])
-    return SettleResult(
-        table=table.cast(settlements_schema(raw.schema)),
-        rows_in=raw.num_rows,
-        excluded={r: c for r, c in excluded.items() if c},
-        pii=dict(pii),
-    )
+    return table.append_column("weight", _weights(table["quality_score"])).cast(SCHEMA)
+
+
+def _settle_file(source: Path, target: Path, settings: Settings) -> SettleResult:
+    """Settle the raw_logs parquet file `source` into the settlements parquet file `target`, written atomically."""
+    result = SettleResult()
+    pii: Counter = Counter()
+    # Spill files on the lake's filesystem, not in a /tmp that may be memory.
+    with tempfile.TemporaryDirectory(prefix=".settlements-", dir=settings.lake_dir) as spill, duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")  # timestamps come back in UTC, as raw_logs stores them
+        con.execute(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'")
+        # Each thread pins its own blocks while sorting wide rows: with two, 512 MB runs out instead of spilling.
+        con.execute("SET threads = 1")
+        con.execute("SET temp_directory = ?", [spill])
+        _select_survivors(con, str(source), settings, result)
+        columns = ", ".join(f'r."{name}"' for name in RAW_LOG_SCHEMA.names)
+        # Ordered by time then id; the file row only breaks ties of repeated ids, so re-runs write the same bytes.
+        reader = con.sql(
+            f"SELECT {columns}, s.use_final FROM read_parquet(?, file_row_number = true) r "
+            "JOIN survivors s ON r.file_row_number = s.row "
+            "ORDER BY r.timestamp NULLS LAST, r.log_id NULLS LAST, r.file_row_number",
+            params=[str(source)],
+        ).to_arrow_reader(BATCH_ROWS)
+        with atomic_path(target) as tmp, pq.ParquetWriter(tmp, SCHEMA, compression="zstd") as writer:
+            for batch in reader:
+                table = pa.Table.from_batches([batch])
+                settled = _settled(table.drop_columns("use_final").cast(RAW_LOG_SCHEMA), table["use_final"], pii)
+                writer.write_table(settled)
+                if result.preview.num_rows < PREVIEW_ROWS:
+                    # A copy (take), so the preview does not keep the whole batch alive.
+                    wanted = np.arange(min(PREVIEW_ROWS - result.preview.num_rows, settled.num_rows))
+                    result.preview = pa.concat_tables([result.preview, settled.take(wanted)])
+                result.settled += settled.num_rows
+                result.edited += pc.sum(pc.greater(settled["edit_distance"], 0)).as_py() or 0
+                result.retained_sum += pc.sum(settled["retained"]).as_py() or 0.0
+    result.pii = dict(pii)
+    return result
 
 
 def settlements_path(settings: Settings, date: str) -> Path:
@@ -259,16 +306,13 @@ def build_partition(settings: Settings, date: str) -> SettleResult:
     partition, so downstream can tell a processed empty day from one never built.
     """
     source = partition_file(settings.lake_dir, RAW_TABLE, date)
-    # One schema for every partition, whatever wrote the raw file, so DuckDB globs over the table line up.
-    missing = not source.is_file()
-    raw = RAW_LOG_SCHEMA.empty_table() if missing else pq.read_table(source).select(RAW_LOG_SCHEMA.names).cast(RAW_LOG_SCHEMA)
-    result = settle(raw, settings)
-    result.source_missing = missing
-    write_parquet_atomic(result.table, settlements_path(settings, date))
-    return result
+    if not source.is_file():
+        write_parquet_atomic(SCHEMA.empty_table(), settlements_path(settings, date))
+        return SettleResult(source_missing=True)
+    return _settle_file(source, settlements_path(settings, date), settings)
 
 
-def preview_markdown(table: pa.Table, rows: int = 5, width: int = 60) -> str:
+def preview_markdown(table: pa.Table, rows: int = PREVIEW_ROWS, width: int = 60) -> str:
     """A markdown table of the first settled rows: id, task, decision, retained, weight and shortened texts."""
     columns = ["log_id", "task", "decision", "retained", "weight", "prompt", "final_text"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import torch
 
 from ft_pipeline.core.io import atomic_path, checked_name, replace_dir_atomic, write_json_atomic
-from ft_pipeline.core.lineage import ADAPTER_CONFIG, adapter_dir, dataset_dir, read_dataset_manifest
+from ft_pipeline.core.lineage import ADAPTER_CONFIG, adapter_dir, dataset_dir, latest_adapter, read_dataset_manifest
 from ft_pipeline.settings import Settings
 from ft_pipeline.training.data import IGNORE, Example, collate, encode_all, length_grouped_batches, read_jsonl
 
@@ -367,6 +367,11 @@ def train_task(settings: Settings, task: str, log: Log = print, tags: dict[str, 
         "device": device,
     }
     fingerprint = hashlib.sha256(json.dumps([hyper, lineage], sort_keys=True, default=str).encode()).hexdigest()
+    latest = latest_adapter(settings.adapters_dir, task)
+    if latest is not None and latest.get("fingerprint") == fingerprint:
+        # Training is deterministic: the same data and settings would only register a copy of this adapter.
+        log(f"{task}: adapter v{latest['version']} was trained on dataset {manifest['version'][:12]} with these settings; not retraining")
+        return up_to_date_result(settings, task, latest)
     ckpt_dir = checkpoint_dir(settings, task, manifest["version"])
     resume = read_checkpoint(ckpt_dir / CHECKPOINT_FILE, fingerprint)
 
@@ -402,6 +407,7 @@ def train_task(settings: Settings, task: str, log: Log = print, tags: dict[str, 
         config = {
             **hyper, **lineage, "target_modules": modules, "trainable_params": trainable,
             "mlflow_run_id": tracker.run_id, "trained_at": datetime.now(timezone.utc).isoformat(), "version": version,
+            "fingerprint": fingerprint,
             "steps": result.steps, "best_step": result.best_step, "best_val_loss": result.best_val_loss,
         }
         write_json_atomic(config, staging / ADAPTER_CONFIG)
@@ -428,9 +434,25 @@ def train_task(settings: Settings, task: str, log: Log = print, tags: dict[str, 
         "n_train": len(train),
         "n_val": len(val),
         "resumed_from_step": result.resumed_from_step,
+        "retrained": True,
     }
     log(f"adapter {task} v{version} -> {target} (best val_loss {result.best_val_loss} at step {result.best_step})")
     return TrainResult(task, version, target, tracker.run_id, run_path(settings, tracker.run_id), metrics)
+
+
+def up_to_date_result(settings: Settings, task: str, config: dict[str, Any]) -> TrainResult:
+    """The result of a training that found its adapter already trained, from that adapter's saved config."""
+    from ft_pipeline.training.tracking import run_path
+
+    metrics = {
+        "best_val_loss": config.get("best_val_loss"), "best_step": config.get("best_step"), "steps": config.get("steps"),
+        "tokens_per_s": None, "stopped_early": None, "train_loss": None, "initial_val_loss": None,
+        "trainable_params": config.get("trainable_params"), "n_train": config.get("n_train"), "n_val": config.get("n_val"),
+        "resumed_from_step": None, "retrained": False,
+    }
+    version = int(config["version"])
+    return TrainResult(task, version, adapter_dir(settings.adapters_dir, task, version), config["mlflow_run_id"],
+                       run_path(settings, config["mlflow_run_id"]), metrics)
 
 
 def main(argv: list[str] | None = None) -> int:

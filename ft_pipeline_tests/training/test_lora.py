@@ -250,3 +250,13 @@ def test_trains_on_the_gpu(tmp_path, base):
     write_dataset(settings)
     result = train_task(settings, TASK, log=lambda _: None)
     assert read_adapter_config(settings.adapters_dir, TASK, result.version)["device"] == "cuda"
+
+
+def test_the_same_data_and_settings_are_not_trained_twice(trained):
+    settings, first, _ = trained
+    logs = []
+    again = train_task(settings, TASK, log=logs.append)
+    assert again.version == first.version and again.run_id == first.run_id
+    assert again.metrics["retrained"] is False and any("not retraining" in line for line in logs)
+    changed = train_task(settings.replace(seed=settings.seed + 1), TASK, log=lambda _: None)
+    assert changed.version == first.version + 1 and changed.metrics["retrained"] is True
