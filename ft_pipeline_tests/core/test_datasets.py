@@ -166,3 +166,23 @@ def test_validation_report_minimum_overlap_and_diversity():
     assert small["distinct_prompt_ratio"] == 0.25
     leaked = validation_report([ex(i) for i in range(5)], [ex(1)], 5, stats)
     assert not leaked["valid"] and leaked["split_overlap"] == 1
+
+
+def test_files_load_unchanged_with_the_datasets_library(tiny_base_settings, tokenizer, write_settlement_rows, make_settlement):
+    from datasets import load_dataset
+
+    settings = tiny_base_settings.replace(min_train_examples=1, val_share=0.0)
+    write_settlement_rows(settings.lake_dir, [
+        make_settlement("e1", decision="edited", output="Bad draft.", final_text="Good answer."),
+        make_settlement("a1", messages=json.dumps([{"role": "user", "content": "Earlier"}, {"role": "assistant", "content": "Reply"}])),
+    ])
+    build_task_dataset(settings, "support", tokenizer)
+    folder = settings.datasets_dir / "support"
+    cache = str(settings.root / "hf_cache")
+    train = load_dataset("json", data_files=str(folder / "train.jsonl"), split="train", cache_dir=cache)
+    assert train.column_names == ["messages", "weight", "id"] and len(train) == 2
+    assert train[0]["messages"] == _lines(folder / "train.jsonl")[0]["messages"]
+    preferences = load_dataset("json", data_files=str(folder / "preferences.jsonl"), split="train", cache_dir=cache)
+    assert set(preferences.column_names) == {"prompt", "chosen", "rejected", "id"}
+    # TRL's conversational format: the prompt is a list of messages ending with the user turn.
+    assert preferences[0]["prompt"][-1]["role"] == "user"
