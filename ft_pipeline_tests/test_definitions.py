@@ -1,0 +1,24 @@
+import subprocess
+import sys
+
+from ft_pipeline.definitions import defs
+
+
+def test_definitions_load_with_every_stage():
+    defs.validate_loadable(defs)
+    graph = defs.resolve_asset_graph()
+    assert {key.to_user_string() for key in graph.get_all_asset_keys()} == {
+        "raw_logs", "settlements", "pattern_report", "base_model", "task_dataset", "lora_adapter", "adapter_evaluation"
+    }
+    checks = {key.name for key in graph.asset_check_keys}
+    assert {"task_dataset_valid", "adapter_beats_base", "no_regressions", "champion_live_acceptance"} <= checks
+    assert {job.name for job in defs.jobs} == {"ingest_job", "retrain_job"}
+    assert {s.name for s in defs.sensors} == {"inbox_sensor", "retrain_sensor"}
+    assert {s.name for s in defs.schedules} == {"daily_ingest_schedule", "nightly_retrain_schedule"}
+
+
+def test_loading_the_code_location_imports_no_training_stack():
+    # Every code-location load (webserver, daemon, each run) pays the import time of what definitions imports.
+    code = "import sys, ft_pipeline.definitions; print(sorted(m for m in ('torch', 'transformers', 'peft', 'mlflow', 'scipy') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
