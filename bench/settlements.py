@@ -3,9 +3,10 @@
     .venv/bin/python bench/settlements.py --rows 1000000
     .venv/bin/python bench/settlements.py --input path/to/raw_logs/part-0.parquet
 
-Generates raw_logs rows (realistic text lengths, ~30% edited, a little PII) unless --input is given,
-writes them as one raw_logs partition in a temporary data dir, then times `build_partition` (read,
-settle, write) and DuckDB's `COPY (SELECT * FROM read_parquet(...)) TO ...` on the same file.
+Generates raw_logs rows (realistic text lengths, ~30% edited, a little PII) in batches straight into one
+raw_logs partition in a temporary data dir, never holding them all, unless --input is given. Then times
+`build_partition` (read, settle, write) and DuckDB's `COPY (SELECT * FROM read_parquet(...)) TO ...` on
+the same file, each in its own subprocess so that each peak RSS (ru_maxrss) is that side's alone.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import resource
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -25,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ft_pipeline.core.io import partition_file, write_parquet_atomic
+from ft_pipeline.core.io import atomic_path, partition_file
 from ft_pipeline.core.schema import RAW_LOG_SCHEMA
 from ft_pipeline.core.settlements import RAW_TABLE, build_partition, settlements_path
 from ft_pipeline.settings import Settings
@@ -33,6 +37,8 @@ from ft_pipeline.settings import Settings
 DATE = "2024-01-15"
 SYLLABLES = "ka lo mi ne ra to su vi de an el in or us et pa ri co mu la be ta ge".split()
 PREAMBLE = "As an AI language model, I"
+# Rows generated and written at a time (one row group each, like DuckDB's default of 122,880).
+GENERATE_BATCH = 100_000
 PII_SNIPPETS = [
     "write to jane.roe@example.com",
     "call +44 20 7946 0958",
@@ -75,22 +81,33 @@ def _edit(rng: random.Random, vocab: list[str], output: str) -> str:
     return " ".join(words)
 
 
-def generate(rows: int, seed: int = 0) -> pa.Table:
-    """`rows` raw_logs records of one day; text is drawn from pools so generating 1M rows takes seconds."""
+def generate(path: Path, rows: int, seed: int = 0) -> None:
+    """Write `rows` raw_logs records of one day to `path`, batch by batch; text comes from pools, so 1M rows take seconds."""
     rng = random.Random(seed)
     np_rng = np.random.default_rng(seed)
     vocab = sorted({"".join(rng.choices(SYLLABLES, k=rng.randint(1, 4))) for _ in range(5000)})
-    prompts = [_text(rng, vocab, 40) for _ in range(5000)]
-    outputs = [(PREAMBLE + " " if rng.random() < 0.2 else "") + _text(rng, vocab, 120) for _ in range(20000)]
-    edited_pool = [(o, _edit(rng, vocab, o)) for o in outputs[:20000]]
+    prompts = pa.array([_text(rng, vocab, 40) for _ in range(5000)])
+    output_texts = [(PREAMBLE + " " if rng.random() < 0.2 else "") + _text(rng, vocab, 120) for _ in range(20000)]
+    outputs = pa.array(output_texts)
+    finals = pa.array([_edit(rng, vocab, o) for o in output_texts])
+    system_prompts = pa.array([f"You are assistant {i}. " + _text(rng, vocab, 30) for i in range(20)])
+    pools = (prompts, outputs, finals, system_prompts)
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, RAW_LOG_SCHEMA, compression="zstd") as writer:
+        for first in range(0, rows, GENERATE_BATCH):
+            writer.write_table(_batch(rng, np_rng, pools, first, min(GENERATE_BATCH, rows - first)))
+
+
+def _batch(rng: random.Random, np_rng: np.random.Generator, pools: tuple[pa.Array, ...], first: int, rows: int) -> pa.Table:
+    """`rows` records with log ids from `first` on, their texts drawn from the pools."""
+    prompts, outputs, finals, system_prompts = pools
 
     decision = np_rng.choice(["accepted", "edited", "rejected", "pending"], size=rows, p=[0.55, 0.30, 0.10, 0.05])
     out_idx = np_rng.integers(0, len(outputs), rows)
-    output = pa.array(outputs).take(pa.array(out_idx))
-    final = pa.array([f for _, f in edited_pool]).take(pa.array(out_idx))
+    output = outputs.take(pa.array(out_idx))
+    final = finals.take(pa.array(out_idx))
     final_output = pc.if_else(pa.array(decision == "edited"), final, pa.nulls(rows, pa.string()))
-    ids = pa.array(np.arange(rows)).cast(pa.string())
-    prompt = pc.binary_join_element_wise("Request ", ids, ": ", pa.array(prompts).take(pa.array(np_rng.integers(0, len(prompts), rows))), "")
+    ids = pa.array(np.arange(first, first + rows)).cast(pa.string())
+    prompt = pc.binary_join_element_wise("Request ", ids, ": ", prompts.take(pa.array(np_rng.integers(0, len(prompts), rows))), "")
 
     # About 1% of prompts and 0.5% of outputs carry a piece of PII.
     def sprinkle(column: pa.Array, share: float) -> pa.Array:
@@ -106,7 +123,6 @@ def generate(rows: int, seed: int = 0) -> pa.Table:
     seconds = np_rng.integers(0, 86400, rows)
     day = int(datetime.fromisoformat(DATE).replace(tzinfo=timezone.utc).timestamp() * 1e6)
     timestamp = pa.array(day + seconds * 1_000_000, pa.timestamp("us", tz="UTC"))
-    system_prompts = pa.array([f"You are assistant {i}. " + _text(rng, vocab, 30) for i in range(20)])
     messages = json.dumps([{"role": "user", "content": "Earlier question about the same topic."}])
     return pa.table(
         {
@@ -145,44 +161,70 @@ def generate(rows: int, seed: int = 0) -> pa.Table:
     ).cast(RAW_LOG_SCHEMA)
 
 
-def run(table: pa.Table, data_dir: Path) -> dict[str, float]:
-    """Time the settlements transform and a bare DuckDB copy of the same partition."""
+def measure(side: str, data_dir: Path) -> dict:
+    """Run one side on the partition in `data_dir` in this process: its seconds, peak RSS and output facts."""
     settings = Settings.from_env(data_dir=str(data_dir))
-    source = write_parquet_atomic(table, partition_file(settings.lake_dir, RAW_TABLE, DATE))
-
+    source = partition_file(settings.lake_dir, RAW_TABLE, DATE)
     start = time.perf_counter()
-    result = build_partition(settings, DATE)
-    ours = time.perf_counter() - start
+    if side == "settlements":
+        result = build_partition(settings, DATE)
+        facts = {"settled": result.settled, "excluded": sum(result.excluded.values()), "pii": result.pii,
+                 "output_mb": settlements_path(settings, DATE).stat().st_size / 1e6}
+    else:
+        copy = data_dir / "duckdb_copy.parquet"
+        with duckdb.connect() as con:
+            con.execute(f"COPY (SELECT * FROM read_parquet('{source}')) TO '{copy}' (FORMAT parquet, COMPRESSION zstd)")
+        facts = {"output_mb": copy.stat().st_size / 1e6}
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **facts}
 
-    copy = data_dir / "duckdb_copy.parquet"
-    start = time.perf_counter()
-    with duckdb.connect() as con:
-        con.execute(f"COPY (SELECT * FROM read_parquet('{source}')) TO '{copy}' (FORMAT parquet, COMPRESSION zstd)")
-    bare = time.perf_counter() - start
 
-    rows = table.num_rows
-    print(f"rows: {rows:,}  raw file: {source.stat().st_size / 1e6:.0f} MB  settled: {result.settled:,}  "
-          f"excluded: {sum(result.excluded.values()):,}  PII: {result.pii}")
-    print(f"settlements file: {settlements_path(settings, DATE).stat().st_size / 1e6:.0f} MB")
-    print(f"settlements: {ours:.2f} s  {rows / ours:,.0f} rows/s")
-    print(f"duckdb copy: {bare:.2f} s  {rows / bare:,.0f} rows/s")
-    print(f"ratio: {ours / bare:.2f}")
-    return {"settlements_s": ours, "duckdb_s": bare, "ratio": ours / bare}
+def _measure_apart(side: str, data_dir: Path) -> dict:
+    """`measure` in a fresh interpreter, so that its peak RSS is not mixed with the other side's or the generator's."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--side", side, "--data-dir", str(data_dir)]
+    return json.loads(subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout.splitlines()[-1])
+
+
+def run(data_dir: Path) -> dict[str, float]:
+    """Time the settlements transform and a bare DuckDB copy of the partition in `data_dir`, and print both."""
+    source = partition_file(Settings.from_env(data_dir=str(data_dir)).lake_dir, RAW_TABLE, DATE)
+    rows = pq.ParquetFile(source).metadata.num_rows
+    bare = _measure_apart("duckdb", data_dir)
+    ours = _measure_apart("settlements", data_dir)
+    print(f"rows: {rows:,}  raw file: {source.stat().st_size / 1e6:.0f} MB  settled: {ours['settled']:,}  "
+          f"excluded: {ours['excluded']:,}  PII: {ours['pii']}")
+    for name, side in (("settlements", ours), ("duckdb copy", bare)):
+        print(f"{name}: {side['seconds']:.2f} s  {rows / side['seconds']:,.0f} rows/s  peak RSS {side['peak_rss_mb']:,.0f} MB  "
+              f"output {side['output_mb']:.0f} MB")
+    print(f"ratio: {ours['seconds'] / bare['seconds']:.2f}")
+    return {"settlements_s": ours["seconds"], "duckdb_s": bare["seconds"], "ratio": ours["seconds"] / bare["seconds"],
+            "settlements_rss_mb": ours["peak_rss_mb"], "duckdb_rss_mb": bare["peak_rss_mb"]}
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Parse arguments, build or read the input and run the benchmark in a temporary data dir."""
+    """Parse arguments, write or link the input into a temporary data dir and run the benchmark there."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000, help="Records to generate.")
     parser.add_argument("--input", type=Path, help="A raw_logs parquet file to use instead of generated rows.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the generator.")
+    parser.add_argument("--side", choices=["settlements", "duckdb"], help=argparse.SUPPRESS)
+    parser.add_argument("--data-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    start = time.perf_counter()
-    table = pq.read_table(args.input) if args.input else generate(args.rows, args.seed)
-    print(f"input ready in {time.perf_counter() - start:.1f} s")
+    if args.side:
+        print(json.dumps(measure(args.side, args.data_dir)))
+        return
     data_dir = Path(tempfile.mkdtemp(prefix="ft_bench_"))
     try:
-        run(table, data_dir)
+        source = partition_file(Settings.from_env(data_dir=str(data_dir)).lake_dir, RAW_TABLE, DATE)
+        start = time.perf_counter()
+        if args.input:
+            source.parent.mkdir(parents=True)
+            source.symlink_to(args.input.resolve())
+        else:
+            generate(source, args.rows, args.seed)
+        print(f"input ready in {time.perf_counter() - start:.1f} s  "
+              f"(generator peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB)")
+        run(data_dir)
     finally:
         shutil.rmtree(data_dir)
 

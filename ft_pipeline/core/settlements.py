@@ -78,9 +78,10 @@ KEY_SCHEMA = pa.schema(
     + [RAW_LOG_SCHEMA.field(name) for name in
        ("log_id", "timestamp", "task", "prompt", "output", "final_output", "decision", "quality_score", "confidence", "user_rating")]
 )
-# Rows per streamed batch and per written row group: a batch of long texts stays around 100 MB in Python.
-BATCH_ROWS = 32_768
-# Beyond this DuckDB spills the key table and the sort of the survivors to disk, so memory does not grow with the day.
+# Rows per streamed batch and per written row group: a batch and its redacted, measured copy stay near 100 MB.
+BATCH_ROWS = 16_384
+# Beyond this DuckDB spills the key table and the sort of the survivors to disk, so memory does not grow with the
+# day; its parquet reads and sort runs need about 300 MB whatever the size of the day.
 DUCKDB_MEMORY_LIMIT = "512MB"
 PREVIEW_ROWS = 5
 
@@ -233,6 +234,7 @@ def _select_survivors(con: duckdb.DuckDBPyConnection, source: str, settings: Set
             "INSERT INTO keys SELECT row, task, md5_number(prompt), md5_number(final), quality_score, timestamp, log_id, use_final "
             "FROM batch_keys"
         )
+    keys.close()
     # A null key part never equals anything, so such a row is its own group; otherwise the best row of a group wins.
     con.execute(
         "CREATE TABLE survivors AS SELECT row, use_final FROM keys "

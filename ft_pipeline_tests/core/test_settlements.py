@@ -6,15 +6,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from ft_pipeline.core.schema import RAW_LOG_SCHEMA
-from ft_pipeline.core.settlements import (
-    EXCLUSION_REASONS,
-    build_partition,
-    settle,
-    settlements_path,
-    summary,
-)
+from ft_pipeline.core.settlements import EXCLUSION_REASONS, build_partition, settlements_path, summary
 from ft_pipeline.settings import Settings
-from ft_pipeline_tests.lake_fixtures import DEFAULT_DATE, raw_log, raw_logs_table, write_raw_logs
+from ft_pipeline_tests.lake_fixtures import DEFAULT_DATE, raw_log, write_raw_logs
 
 from .test_redaction import PII
 
@@ -25,9 +19,16 @@ def settings(tmp_path):
     return Settings.from_env(env={}, data_dir=str(tmp_path))
 
 
+def settle(rows, settings):
+    """Settle `rows` as the raw_logs partition of DEFAULT_DATE: the result and the written table."""
+    write_raw_logs(settings.lake_dir, DEFAULT_DATE, rows)
+    result = build_partition(settings, DEFAULT_DATE)
+    return result, pq.read_table(settlements_path(settings, DEFAULT_DATE))
+
+
 def settled_ids(rows, settings):
     """log_ids of the rows that settle."""
-    return settle(raw_logs_table(rows), settings).table["log_id"].to_pylist()
+    return settle(rows, settings)[1]["log_id"].to_pylist()
 
 
 def test_pii_of_every_type_never_reaches_the_written_partition(settings):
@@ -64,7 +65,7 @@ def test_pii_of_every_type_never_reaches_the_written_partition(settings):
 def test_no_false_positives_in_settled_text(settings):
     prompt = "SELECT name FROM orders WHERE year = 2024 AND total > 19.99; card 1234 5678 9012 3456"
     output = "In 2024 the price was $1,234.56 on 2024-01-15 at 12:30."
-    table = settle(raw_logs_table([raw_log("a", prompt=prompt, output=output)]), settings).table
+    _, table = settle([raw_log("a", prompt=prompt, output=output)], settings)
     assert table["prompt"].to_pylist() == [prompt]
     assert table["final_text"].to_pylist() == [output]
 
@@ -79,8 +80,8 @@ def test_only_accepted_and_edited_records_settle_with_their_final_text(settings)
         raw_log("rejected", decision="rejected"),
         raw_log("pending", decision=None),
     ]
-    result = settle(raw_logs_table(rows), settings)
-    final = dict(zip(result.table["log_id"].to_pylist(), result.table["final_text"].to_pylist()))
+    result, table = settle(rows, settings)
+    final = dict(zip(table["log_id"].to_pylist(), table["final_text"].to_pylist()))
     assert final == {
         "accepted": "Answer one is right.",
         "accepted-equal-final": "Answer two.",
@@ -104,8 +105,8 @@ def test_quality_filters_apply_only_to_present_fields(settings):
         raw_log("short", output="k"),
         raw_log("several", quality_score=1.0, confidence=0.1),
     ]
-    result = settle(raw_logs_table(rows), settings)
-    assert sorted(result.table["log_id"].to_pylist()) == ["good", "no-scores"]
+    result, table = settle(rows, settings)
+    assert sorted(table["log_id"].to_pylist()) == ["good", "no-scores"]
     assert result.excluded == {
         "low_quality_score": 2,
         "low_confidence": 1,
@@ -123,7 +124,7 @@ def test_filters_switched_off_with_none(settings):
 def test_weights_follow_quality(settings):
     scores = {"none": None, "q7": 7.0, "q7.9": 7.9, "q8": 8.0, "q9": 9.0, "q10": 10.0}
     rows = [raw_log(name, quality_score=score) for name, score in scores.items()]
-    table = settle(raw_logs_table(rows), settings).table
+    _, table = settle(rows, settings)
     weights = dict(zip(table["log_id"].to_pylist(), table["weight"].to_pylist()))
     assert weights == {"none": 1.0, "q7": 1.0, "q7.9": 1.0, "q8": 1.5, "q9": 2.0, "q10": 2.0}
 
@@ -138,8 +139,8 @@ def test_near_duplicates_keep_best_quality_then_newest(settings):
         raw_log("other-task", task="support", prompt=prompt, output=final, quality_score=7.0),
         raw_log("other-final", prompt=prompt, output="Ask an administrator.", quality_score=7.0),
     ]
-    result = settle(raw_logs_table(rows), settings)
-    assert sorted(result.table["log_id"].to_pylist()) == ["new-q9", "other-final", "other-task"]
+    result, table = settle(rows, settings)
+    assert sorted(table["log_id"].to_pylist()) == ["new-q9", "other-final", "other-task"]
     assert result.excluded == {"near_duplicate": 3}
 
 
@@ -153,7 +154,7 @@ def test_edit_metrics_of_settled_records(settings):
         ),
         raw_log("accepted"),
     ]
-    table = settle(raw_logs_table(rows), settings).table
+    _, table = settle(rows, settings)
     by_id = {row["log_id"]: row for row in table.to_pylist()}
     edited, accepted = by_id["edited"], by_id["accepted"]
     assert "As an AI language model," in edited["deleted_spans"][0]
@@ -167,17 +168,38 @@ def test_rerun_gives_identical_rows(settings):
         raw_log(f"r{i}", decision="edited" if i % 2 else "accepted", final_output=f"Final answer {i}." if i % 2 else None, quality_score=7 + i % 3)
         for i in range(12)
     ]
-    write_raw_logs(settings.lake_dir, DEFAULT_DATE, rows)
-    first = build_partition(settings, DEFAULT_DATE).table
+    _, first = settle(rows, settings)
     first_bytes = settlements_path(settings, DEFAULT_DATE).read_bytes()
     build_partition(settings, DEFAULT_DATE)
     assert settlements_path(settings, DEFAULT_DATE).read_bytes() == first_bytes
     # the same records in another order settle to the same rows
-    write_raw_logs(settings.lake_dir, DEFAULT_DATE, list(reversed(rows)))
-    build_partition(settings, DEFAULT_DATE)
-    again = pq.read_table(settlements_path(settings, DEFAULT_DATE))
+    _, again = settle(list(reversed(rows)), settings)
     assert again.equals(first)
     assert again.num_rows == 12
+
+
+def test_small_batches_settle_like_one_batch(settings, monkeypatch):
+    # duplicates and the time order span batch boundaries; PII sits in several batches
+    rows = [
+        raw_log(
+            f"b{i:02d}",
+            prompt=f"Question {i % 7}: mail x{i}@example.com",
+            decision="edited" if i % 3 else "accepted",
+            final_output=f"Answer {i % 7}, edited." if i % 3 else None,
+            quality_score=7.0 + i % 4,
+            timestamp=f"{DEFAULT_DATE}T{23 - i % 24:02d}:00:00+00:00",
+        )
+        for i in range(40)
+    ]
+    one_result, one = settle(rows, settings)
+    monkeypatch.setattr("ft_pipeline.core.settlements.BATCH_ROWS", 3)
+    many_result, many = settle(rows, settings)
+    assert many.equals(one)
+    assert pq.ParquetFile(settlements_path(settings, DEFAULT_DATE)).num_row_groups > 1
+    assert summary([many_result]) == summary([one_result])
+    assert one_result.excluded["near_duplicate"] > 0 and one_result.pii["EMAIL"] == one_result.settled
+    assert many_result.preview.equals(many.slice(0, 5))
+    assert many["timestamp"].to_pylist() == sorted(many["timestamp"].to_pylist())
 
 
 def test_partition_without_settlements_still_gets_a_file(settings):
@@ -197,8 +219,8 @@ def test_day_without_raw_file_settles_to_an_empty_partition(settings):
 
 
 def test_summary_names_every_reason_and_adds_partitions(settings):
-    one = settle(raw_logs_table([raw_log("a"), raw_log("b", decision="rejected")]), settings)
-    two = settle(raw_logs_table([raw_log("c", decision="edited", output="one two", final_output="one three")]), settings)
+    one, _ = settle([raw_log("a"), raw_log("b", decision="rejected")], settings)
+    two, _ = settle([raw_log("c", decision="edited", output="one two", final_output="one three")], settings)
     totals = summary([one, two])
     assert {f"excluded:{reason}" for reason in EXCLUSION_REASONS} <= set(totals)
     assert totals["rows_in"] == 3 and totals["settled"] == 2 and totals["excluded"] == 1
