@@ -78,21 +78,16 @@ def decide(
 ) -> tuple[bool, list[str]]:
     """Whether to promote the candidate, and why: it must beat the base, and the champion if there is one."""
     reasons, promote = [], True
-    vs_base = tests["vs_base"]
-    if vs_base["p_value"] < p_threshold:
-        reasons.append(f"beats the base model: p={vs_base['p_value']:.3g} < {p_threshold}, median loss difference {vs_base['median_difference']:.4f}")
-    else:
-        promote = False
-        reasons.append(f"does not beat the base model: p={vs_base['p_value']:.3g} >= {p_threshold}")
-    if "vs_champion" not in tests:
-        reasons.append("no other champion to compare with: beating the base model is enough")
-        return promote, reasons
-    vs_champion = tests["vs_champion"]
-    if vs_champion["p_value"] < p_threshold:
-        reasons.append(f"beats the champion: p={vs_champion['p_value']:.3g} < {p_threshold}, median loss difference {vs_champion['median_difference']:.4f}")
-    else:
-        promote = False
-        reasons.append(f"does not beat the champion: p={vs_champion['p_value']:.3g} >= {p_threshold}")
+    for key, rival in (("vs_base", "the base model"), ("vs_champion", "the champion")):
+        if key not in tests:
+            reasons.append("no other champion to compare with: beating the base model is enough")
+            return promote, reasons
+        p_value = tests[key]["p_value"]
+        if p_value < p_threshold:
+            reasons.append(f"beats {rival}: p={p_value:.3g} < {p_threshold}, median loss difference {tests[key]['median_difference']:.4f}")
+        else:
+            promote = False
+            reasons.append(f"does not beat {rival}: p={p_value:.3g} >= {p_threshold}")
     candidate_chrf, champion_chrf = scores["candidate"]["chrf"], scores["champion"]["chrf"]
     if candidate_chrf is not None and champion_chrf is not None:
         if candidate_chrf < champion_chrf - tolerance:
