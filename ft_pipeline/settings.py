@@ -136,11 +136,6 @@ class Settings:
         return self.root / "models"
 
     @property
-    def state_dir(self) -> Path:
-        """Small JSON state files of the pipeline (champion history, training markers)."""
-        return self.root / "state"
-
-    @property
     def mlflow_dir(self) -> Path:
         return self.root / "mlflow"
 
