@@ -12,9 +12,9 @@ from ft_pipeline.partitions import daily_partitions, task_partitions
 from ft_pipeline.resources import PipelineResource
 
 
-@sensor(job=ingest_job, minimum_interval_seconds=30)
+@sensor(job=ingest_job, minimum_interval_seconds=30, default_status=DefaultSensorStatus.RUNNING)
 def inbox_sensor(context: SensorEvaluationContext, pipeline: PipelineResource):
-    """Requests an ingest run for each day found in inbox files that are new or changed since the last tick."""
+    """Requests one ingest run over the range of days found in inbox files that are new or changed since the last tick."""
     inbox = pipeline.settings().inbox_dir
     seen = json.loads(context.cursor) if context.cursor else {}
     files = {p.relative_to(inbox).as_posix(): p for p in inbox_files(inbox)}
@@ -26,9 +26,13 @@ def inbox_sensor(context: SensorEvaluationContext, pipeline: PipelineResource):
     days = sorted(inbox_dates(files[name] for name in changed) & set(daily_partitions.get_partition_keys()))
     if not days:
         return SkipReason(f"{len(changed)} new or changed inbox files hold no record of a partition day")
-    # the run key names the file states, so a file changed again triggers again while a replayed tick does not
+    # one run for the whole range: every run reads the whole inbox, and the single-run backfill policy of the job's
+    # assets lets one run cover a range; days in between with nothing new are left as they are by the ingest
     stamp = hashlib.sha256(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:12]
-    return [RunRequest(run_key=f"inbox:{day}:{stamp}", partition_key=day) for day in days]
+    return RunRequest(
+        run_key=f"inbox:{days[0]}:{days[-1]}:{stamp}",  # names the file states: a file changed again triggers again
+        tags={"dagster/asset_partition_range_start": days[0], "dagster/asset_partition_range_end": days[-1]},
+    )
 
 
 @sensor(

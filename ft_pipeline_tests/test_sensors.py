@@ -1,31 +1,45 @@
-"""inbox_sensor: new or changed inbox files request ingest runs for the days they hold, once."""
+"""inbox_sensor: new or changed inbox files request one ingest run over the range of days they hold, once."""
 
 import json
 
-from dagster import DagsterInstance, SkipReason, build_sensor_context
+from dagster import Definitions, DagsterInstance, DefaultSensorStatus, RunRequest, build_sensor_context
 
+from ft_pipeline.assets.raw_logs import raw_logs
+from ft_pipeline.assets.settlements import settlements
+from ft_pipeline.core.io import partition_dates
+from ft_pipeline.jobs import ingest_job
 from ft_pipeline.resources import PipelineResource
 from ft_pipeline.sensors import inbox_sensor
 
+RANGE = ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
+
 
 def tick(instance, cursor, data_dir):
-    context = build_sensor_context(instance=instance, cursor=cursor, resources={"pipeline": PipelineResource(data_dir=str(data_dir))})
-    return inbox_sensor(context), context.cursor
+    """One evaluation of the sensor: its run requests or skip message, and the new cursor."""
+    resources = {"pipeline": PipelineResource(data_dir=str(data_dir))}
+    with build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
+        data = inbox_sensor.evaluate_tick(context)
+        return (data.run_requests or data.skip_message), data.cursor
 
 
-def test_new_and_changed_files_request_their_days(tmp_path):
+def test_new_and_changed_files_request_one_run_over_their_days(tmp_path):
+    assert inbox_sensor.default_status == DefaultSensorStatus.RUNNING
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     record = {"log_id": "a", "timestamp": "2024-03-01T23:30:00-01:00", "task": "game", "prompt": "p", "output": "o"}
     (inbox / "a.jsonl").write_text(json.dumps(record) + "\n")
     with DagsterInstance.ephemeral() as instance:
-        requests, cursor = tick(instance, None, tmp_path)
-        assert [r.partition_key for r in requests] == ["2024-03-02"]
+        (request,), cursor = tick(instance, None, tmp_path)
+        assert isinstance(request, RunRequest) and request.partition_key is None
+        assert tuple(request.tags[t] for t in RANGE) == ("2024-03-02", "2024-03-02")
         skipped, cursor = tick(instance, cursor, tmp_path)
-        assert isinstance(skipped, SkipReason)
+        assert isinstance(skipped, str)
         (inbox / "a.jsonl").write_text(json.dumps(record) + "\n" + json.dumps({**record, "log_id": "b", "timestamp": "2024-03-05T01:00:00Z"}) + "\n")
         (inbox / ".spool").mkdir()
         (inbox / ".spool" / "c.jsonl").write_text(json.dumps({**record, "timestamp": "2024-04-01T00:00:00Z"}) + "\n")
-        requests, _ = tick(instance, cursor, tmp_path)
-        assert [r.partition_key for r in requests] == ["2024-03-02", "2024-03-05"]
-        assert requests[0].run_key != "inbox:2024-03-02:" and len({r.run_key for r in requests}) == 2
+        (again,), _ = tick(instance, cursor, tmp_path)
+        assert tuple(again.tags[t] for t in RANGE) == ("2024-03-02", "2024-03-05") and again.run_key != request.run_key
+        # the request launches as is: one run of ingest_job over the range, which stores both days
+        defs = Definitions(assets=[raw_logs, settlements], jobs=[ingest_job], resources={"pipeline": PipelineResource(data_dir=str(tmp_path))})
+        run = defs.resolve_job_def("ingest_job").execute_in_process(instance=instance, tags=again.tags)
+        assert run.success and partition_dates(tmp_path / "lake", "raw_logs") == ["2024-03-02", "2024-03-05"]

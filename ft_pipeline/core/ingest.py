@@ -42,8 +42,9 @@ def inbox_files(inbox_dir: Path) -> list[Path]:
     )
 
 
-def line_batches(path: Path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[pa.Table]:
+def line_batches(path: Path) -> Iterator[pa.Table]:
     """The lines of one file (gzip or plain) as Arrow tables of (line_no, raw bytes with newline), a chunk at a time."""
+    chunk_bytes = CHUNK_BYTES  # read at call time, so that a test can make chunks small
     opener = gzip.open if path.name.endswith(".gz") else open
     next_line, rest = 1, b""
     with opener(path, "rb") as fh:
@@ -102,6 +103,10 @@ def _in_days(days: list[str] | None) -> str:
 
 def _sql_str(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
+
+
+def _sql_id(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _sql_list(values: Iterable[str]) -> str:
@@ -201,9 +206,11 @@ def _day(rules: tuple[FieldRule, ...]) -> str:
     return f"strftime({_value(next(r for r in rules if r.kind == 'timestamp'))}, '%Y-%m-%d')"
 
 
-def _fingerprint(rules: tuple[FieldRule, ...]) -> str:
-    """SQL for the content hash: every field's minified JSON text and the extra fields, so key order and spacing do not count."""
-    return "md5(" + " || chr(30) || ".join([f"coalesce(s.\"{r.name}\"::VARCHAR, '')" for r in rules] + ["coalesce(extra, '')"]) + ")"
+def _content_hash(rules: tuple[FieldRule, ...]) -> str:
+    """SQL for the content hash of a typed row: its contract values and extra fields, so key order, spacing and escapes do not count."""
+    # DuckDB's own 64-bit hash: several times cheaper than md5 over the text; its values are pinned by a test, because
+    # stored hashes must keep matching new ones (a DuckDB that changed them would need the lake rebuilt)
+    return "printf('%016x', hash(" + ", ".join([f'"{r.name}"' for r in rules] + ["extra"]) + "))"
 
 
 def classify_sql(first_day: str, last_day: str) -> str:
@@ -236,30 +243,32 @@ def classify_sql(first_day: str, last_day: str) -> str:
     ), judged AS (
         SELECT *, {reason} AS reason FROM typed
     )
-    SELECT line_no, reason, CASE WHEN reason IS NOT NULL THEN raw END AS bad_raw, day, {values},
-           extra, CASE WHEN reason IS NULL THEN {_fingerprint(rules)} END AS content_hash
+    SELECT line_no, reason, CASE WHEN reason IS NOT NULL THEN raw END AS bad_raw, day, {values}, extra
     FROM judged
     """
 
 
-def clean_file_sql(path: Path, file_idx: int, first_day: str, last_day: str) -> str:
-    """The query that types every record of a file with DuckDB's own parallel JSON reader, marking rows that break a rule."""
+def clean_file_sql(path: Path, first_day: str, last_day: str, non_null: Iterable[str] = ()) -> str:
+    """The query that types every record of a file with DuckDB's own parallel JSON reader, and fails on a row that breaks a rule.
+
+    `non_null` names optional fields that every record of the file gives, so that a NULL from the reader is a null.
+    """
     # The reader cannot see unknown keys, tell a null from an absent key, or number lines: `screen_sql` covers the first
     # two, and a file whose rows need line numbers (quarantine, conflicts) is parsed line by line. Rows are not numbered
     # here at all: a row number serializes the reader and cost more than everything else.
     rules = field_rules()
     columns = "{" + ", ".join(f"{_sql_str(r.name)}: 'JSON'" for r in rules) + "}"
     dirty = " OR ".join(
-        [f's."{r.name}" IS NULL' for r in rules if r.required]
+        [f's."{r.name}" IS NULL' for r in rules if r.required or r.name in non_null]
         + [f'(s."{r.name}" IS NOT NULL AND {cond})' for r in rules for cond, _ in _value_checks(r)]
         + [f"day NOT BETWEEN '{first_day}' AND '{last_day}'"]
     )
     values = ", ".join(f'{_value(r)} AS "{r.name}"' for r in rules)
+    # failing the whole query on the first dirty row keeps a dirty file from being written at all
     return f"""
-    SELECT {file_idx}, NULL AS line_no, CASE WHEN {dirty} THEN 'unchecked' END AS reason, NULL AS bad_raw,
-           day, {values}, extra, {_fingerprint(rules)} AS content_hash
-    FROM (SELECT *, {_day(rules)} AS day, NULL::VARCHAR AS extra
-          FROM read_json({_sql_str(str(path))}, format='newline_delimited', columns={columns}, auto_detect=false) s) s
+    SELECT day, {values}, NULL::VARCHAR AS extra
+    FROM (SELECT *, {_day(rules)} AS day FROM read_json({_sql_str(str(path))}, format='newline_delimited', columns={columns}, auto_detect=false) s) s
+    WHERE CASE WHEN {dirty} THEN error('a row breaks the contract') ELSE true END
     """
 
 
@@ -275,31 +284,6 @@ def screen_sql(path: Path) -> str:
 def _non_null_optional(rules: tuple[FieldRule, ...]) -> list[FieldRule]:
     """The optional fields that may be absent but not null."""
     return [r for r in rules if not r.required and not r.nullable]
-
-
-def _parse_clean_file(con, path: Path, file_idx: int, first_day: str, last_day: str) -> bool:
-    """Parse a file into `parsed` the fast way when every record in it is valid; False, with nothing kept, otherwise."""
-    try:
-        lines, known_keys, *given = con.execute(screen_sql(path)).fetchall()[0]
-        if not known_keys:
-            return False
-        con.execute(f"INSERT INTO parsed {clean_file_sql(path, file_idx, first_day, last_day)}")
-    except duckdb.InvalidInputException:  # a line that is not a JSON object, or not UTF-8
-        return False
-    optional = ", ".join(f'count("{r.name}")' for r in _non_null_optional(field_rules()))
-    rows, dirty, *non_null = con.execute(f"SELECT count(*), count(reason), {optional} FROM parsed WHERE file_idx = {file_idx}").fetchall()[0]
-    # a present key with a NULL value is a null, which these fields must not be
-    if rows == lines and not dirty and non_null == given:
-        return True
-    con.execute(f"DELETE FROM parsed WHERE file_idx = {file_idx}")
-    return False
-
-
-def _parse_lines(con, path: Path, file_idx: int, query: str) -> None:
-    """Parse a file line by line into `parsed`, each line with its number and, when rejected, its reason and bytes."""
-    for batches in line_batches(path):
-        con.register("chunk", pa.Table.from_batches(batches))
-        con.execute(f"INSERT INTO parsed SELECT {file_idx}, * FROM ({query})")
 
 
 @dataclass
@@ -326,11 +310,125 @@ class IngestResult:
 
 
 LAKE_COLUMNS = ", ".join(f'"{name}"' for name in RAW_LOG_SCHEMA.names)
-# the lake columns of parsed rows: contract defaults fill absent fields
+# the lake columns of typed rows: contract defaults fill absent fields
 NEW_COLUMNS = ", ".join(
     f'coalesce("{r.name}", {_sql_str(r.spec["default"])}) AS "{r.name}"' if "default" in r.spec else f'"{r.name}"'
     for r in field_rules()
 )
+
+
+@dataclass
+class _Stager:
+    """Writes the valid rows of inbox files, a unit (a whole file or one chunk of it) at a time, as staged lake rows per day.
+
+    Only each row's key (unit, line, log_id, content hash, day) stays in DuckDB, in table `keys`, and only rejected
+    lines in table `rejected`: memory does not grow with the rows' text.
+    """
+
+    con: duckdb.DuckDBPyConnection
+    work: Path
+    sources: list[str]  # source_file of each file index
+    first_day: str
+    last_day: str
+    ingested_at: str
+    fast: dict[tuple[int, int], bool] = field(default_factory=dict)  # fast-path unit -> covers its whole file
+
+    def __post_init__(self):
+        self.con.execute("CREATE TABLE keys (file_idx INTEGER, unit_line BIGINT, line_no BIGINT, log_id VARCHAR, content_hash VARCHAR, day VARCHAR)")
+        self.con.execute("CREATE TABLE rejected (file_idx INTEGER, line_no BIGINT, reason VARCHAR, raw BLOB)")
+        self.line_query = classify_sql(self.first_day, self.last_day)
+        (self.work / "stage").mkdir()
+
+    def unit_dir(self, file_idx: int, unit_line: int) -> Path:
+        return self.work / "stage" / f"{file_idx}-{unit_line}"
+
+    def stage_file(self, file_idx: int, path: Path) -> None:
+        """Stage a file the fast way when it is clean; otherwise chunk by chunk, so that only chunks with bad lines go line by line."""
+        if self._stage_clean(file_idx, 1, path):
+            self.fast[(file_idx, 1)] = True
+            return
+        piece = self.work / "chunk.jsonl"
+        for chunk in (pa.Table.from_batches(batches) for batches in line_batches(path)):
+            first = chunk["line_no"][0].as_py()
+            piece.write_bytes(b"".join(chunk["raw"].to_pylist()))
+            if self._stage_clean(file_idx, first, piece):
+                self.fast[(file_idx, first)] = False
+            else:
+                self._stage_lines(file_idx, chunk)
+
+    def restage_by_line(self, file_idx: int, unit_line: int, path: Path) -> None:
+        """Stage a fast-path unit again line by line, for the true line numbers that conflicts need."""
+        whole = self.fast.pop((file_idx, unit_line))
+        self.con.execute("DELETE FROM keys WHERE file_idx = $f AND unit_line = $u", {"f": file_idx, "u": unit_line})
+        shutil.rmtree(self.unit_dir(file_idx, unit_line))
+        for chunk in (pa.Table.from_batches(batches) for batches in line_batches(path)):
+            if whole or chunk["line_no"][0].as_py() == unit_line:
+                self._stage_lines(file_idx, chunk)
+
+    def _copy(self, file_idx: int, unit_line: int, typed: str) -> int:
+        """Write typed rows (day, contract values, extra) of one unit as lake rows, partitioned by day; returns the row count."""
+        target = self.unit_dir(file_idx, unit_line)
+        (count,) = self.con.execute(f"""
+            COPY (SELECT {LAKE_COLUMNS}, day FROM (
+                SELECT {NEW_COLUMNS}, extra, {_content_hash(field_rules())} AS content_hash,
+                       {_sql_str(self.sources[file_idx])} AS source_file, TIMESTAMPTZ '{self.ingested_at}' AS ingested_at, day
+                FROM ({typed})))
+            TO '{target}' (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (day))
+        """).fetchall()[0]
+        return count
+
+    def _stage_clean(self, file_idx: int, unit_line: int, path: Path) -> bool:
+        """Stage a file with the parallel reader when every record in it is valid; False, with nothing kept, otherwise."""
+        folder = self.unit_dir(file_idx, unit_line)
+        rules = _non_null_optional(field_rules())
+        try:
+            lines, known_keys, *given = self.con.execute(screen_sql(path)).fetchall()[0]
+            if not known_keys:
+                return False
+            # where every record gives a field, the reader's NULL can only be an explicit null
+            everywhere = [r.name for r, n in zip(rules, given) if n == lines]
+            rows = self._copy(file_idx, unit_line, clean_file_sql(path, self.first_day, self.last_day, everywhere))
+        except duckdb.InvalidInputException:  # a line that is not a JSON object, not UTF-8, or breaks a rule
+            shutil.rmtree(folder, ignore_errors=True)
+            return False
+        if not rows:
+            return lines == 0
+        staged = f"read_parquet('{folder}/*/*.parquet', hive_partitioning=true, hive_types={{'day': VARCHAR}})"
+        if rows != lines or not self._values_given(path, staged, [(r, n) for r, n in zip(rules, given) if 0 < n < lines]):
+            shutil.rmtree(folder)
+            return False
+        self.con.execute(f"INSERT INTO keys SELECT {file_idx}, {unit_line}, NULL, log_id, content_hash, day FROM {staged}")
+        return True
+
+    def _values_given(self, path: Path, staged: str, fields: list[tuple[FieldRule, int]]) -> bool:
+        """Whether each field holds as many values as records give it (the reader reads a null as absent)."""
+        if not fields:
+            return True
+        # a field stored as read is counted in the staged rows; one that gets a default must be read again
+        stored = [(r, n) for r, n in fields if "default" not in r.spec]
+        reread = [(r, n) for r, n in fields if "default" in r.spec]
+        counts = []
+        if stored:
+            counts += self.con.execute(f"SELECT {', '.join(f'count({_sql_id(r.name)})' for r, _ in stored)} FROM {staged}").fetchall()[0]
+        if reread:
+            columns = "{" + ", ".join(f"{_sql_str(r.name)}: 'JSON'" for r, _ in reread) + "}"
+            counts += self.con.execute(
+                f"SELECT {', '.join(f'count({_sql_id(r.name)})' for r, _ in reread)} "
+                f"FROM read_json({_sql_str(str(path))}, format='newline_delimited', columns={columns}, auto_detect=false)").fetchall()[0]
+        return counts == [n for _, n in stored + reread]
+
+    def _stage_lines(self, file_idx: int, chunk: pa.Table) -> None:
+        """Stage one chunk line by line: each line with its number, rejected ones with their reason and bytes."""
+        first = chunk["line_no"][0].as_py()
+        self.con.register("chunk", chunk)
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE judged AS {self.line_query}")
+        self.con.execute(f"INSERT INTO rejected SELECT {file_idx}, line_no, reason, bad_raw FROM judged WHERE reason IS NOT NULL")
+        typed = f"SELECT * EXCLUDE (line_no, reason, bad_raw) FROM judged WHERE reason IS NULL"
+        self.con.execute(
+            f"INSERT INTO keys SELECT {file_idx}, {first}, line_no, log_id, {_content_hash(field_rules())}, day "
+            f"FROM judged WHERE reason IS NULL")
+        self._copy(file_idx, first, typed)
+        self.con.unregister("chunk")
 
 
 def ingest(settings: Settings, days: Iterable[str] | None = None, last_day: str | None = None) -> IngestResult:
@@ -342,35 +440,29 @@ def ingest(settings: Settings, days: Iterable[str] | None = None, last_day: str 
     work = Path(tempfile.mkdtemp(prefix=".ingest-", dir=settings.lake_dir))  # same filesystem: moves are renames
     try:
         con = _connect(settings, str(work / "spill"))
-        result = _ingest(con, settings, files, days, first_day, last_day, work)
+        stager = _Stager(con, work, [_source_name(settings, p) for p in files], first_day, last_day,
+                         datetime.now(timezone.utc).isoformat())
+        result = _ingest(stager, settings, files, days)
         con.close()
         return result
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _ingest(con, settings: Settings, files: list[Path], days, first_day: str, last_day: str, work: Path) -> IngestResult:
+def _ingest(stager: _Stager, settings: Settings, files: list[Path], days) -> IngestResult:
+    con = stager.con
     result = IngestResult(files=len(files))
-    columns = ", ".join(f'"{r.name}" {_DUCK_COLUMN[r.kind]}' for r in field_rules())
-    con.execute(f"CREATE TABLE parsed (file_idx INTEGER, line_no BIGINT, reason VARCHAR, bad_raw BLOB, day VARCHAR, "
-                f"{columns}, extra VARCHAR, content_hash VARCHAR)")
-    query = classify_sql(first_day, last_day)
-    by_line = set()
     for file_idx, path in enumerate(files):
-        if not _parse_clean_file(con, path, file_idx, first_day, last_day):
-            _parse_lines(con, path, file_idx, query)
-            by_line.add(file_idx)
-    result.lines = con.execute("SELECT count(*) FROM parsed").fetchone()[0]
+        stager.stage_file(file_idx, path)
+    result.lines = con.execute("SELECT (SELECT count(*) FROM keys) + (SELECT count(*) FROM rejected)").fetchall()[0][0]
 
     existing = [partition_file(settings.lake_dir, TABLE, d) for d in partition_dates(settings.lake_dir, TABLE)]
     _decide_fates(con, existing)
-    # a conflict needs true line numbers, to name the line and to know which of a file's records came first
-    redo = [i for (i,) in con.execute(
-        "SELECT DISTINCT file_idx FROM fate WHERE fate = 'conflicting_duplicate' ORDER BY 1").fetchall() if i not in by_line]
+    # a conflict needs true line numbers, to name the line and to know which of a unit's records came first
+    redo = con.execute("SELECT DISTINCT file_idx, unit_line FROM fate WHERE fate = 'conflicting_duplicate' AND line_no IS NULL ORDER BY ALL").fetchall()
+    for file_idx, unit_line in redo:
+        stager.restage_by_line(file_idx, unit_line, files[file_idx])
     if redo:
-        for file_idx in redo:
-            con.execute(f"DELETE FROM parsed WHERE file_idx = {file_idx}")
-            _parse_lines(con, files[file_idx], file_idx, query)
         _decide_fates(con, existing)
 
     wanted = None if days is None else sorted(set(days))
@@ -383,44 +475,39 @@ def _ingest(con, settings: Settings, files: list[Path], days, first_day: str, la
             result.new += count
         else:
             result.pending += count
-    for reason, count in con.execute("SELECT reason, count(*) FROM parsed WHERE reason IS NOT NULL GROUP BY reason").fetchall():
+    for reason, count in con.execute("SELECT reason, count(*) FROM rejected GROUP BY reason").fetchall():
         result.quarantined[reason] += count
 
     _write_quarantine(con, settings, files)
-    _write_partitions(con, settings, files, wanted, work, result)
+    _write_partitions(stager, settings, wanted, result)
     return result
 
 
 def _decide_fates(con, existing: list[Path]) -> None:
-    """Table `fate`: each valid parsed row is new, a duplicate, or a conflicting duplicate of the lake or an earlier line."""
+    """Table `fate`: each staged row is new, a duplicate, or a conflicting duplicate of the lake or an earlier line."""
     # the first record stored under a log_id wins: the lake's, else the inbox's earliest line
     lake_ids = f"SELECT log_id, content_hash FROM read_parquet({_sql_list(map(str, existing))})" if existing else \
         "SELECT NULL::VARCHAR AS log_id, NULL::VARCHAR AS content_hash WHERE false"
     con.execute(f"""
         CREATE OR REPLACE TABLE fate AS
         WITH ranked AS (
-            SELECT p.rowid AS row_id, p.file_idx, p.line_no, p.day, p.content_hash, l.content_hash AS lake_hash,
-                   first_value(p.content_hash) OVER w AS first_hash, row_number() OVER w AS rank
-            FROM parsed p LEFT JOIN ({lake_ids}) l USING (log_id)
-            WHERE p.reason IS NULL
-            WINDOW w AS (PARTITION BY p.log_id ORDER BY p.file_idx, p.line_no)
+            SELECT k.*, l.content_hash AS lake_hash,
+                   first_value(k.content_hash) OVER w AS first_hash, row_number() OVER w AS rank
+            FROM keys k LEFT JOIN ({lake_ids}) l USING (log_id)
+            WINDOW w AS (PARTITION BY k.log_id ORDER BY k.file_idx, k.unit_line, k.line_no)
         )
-        SELECT row_id, file_idx, line_no, day,
+        SELECT file_idx, unit_line, line_no, log_id, content_hash, day,
                CASE WHEN coalesce(lake_hash, first_hash) <> content_hash THEN 'conflicting_duplicate'
                     WHEN lake_hash IS NOT NULL OR rank > 1 THEN 'duplicate' ELSE 'new' END AS fate
         FROM ranked
     """)
 
 
-_DUCK_COLUMN = {"string": "VARCHAR", "number": "DOUBLE", "integer": "BIGINT", "timestamp": "TIMESTAMPTZ",
-                "string_list": "VARCHAR[]", "json": "VARCHAR"}
-
-
 def _write_quarantine(con, settings: Settings, files: list[Path]) -> None:
     """Rewrite each source file's quarantine file with its rejected lines (one file per source: reruns never duplicate)."""
     for file_idx, path in enumerate(files):
         rows = con.execute(
-            "SELECT line_no, reason, bad_raw FROM parsed WHERE file_idx = $i AND reason IS NOT NULL "
+            "SELECT line_no, reason, raw FROM rejected WHERE file_idx = $i "
             "UNION ALL SELECT line_no, fate, NULL FROM fate WHERE file_idx = $i AND fate = 'conflicting_duplicate' "
             "ORDER BY line_no",
             {"i": file_idx},
@@ -471,39 +558,42 @@ def _detail(reason: str, text: str, settings: Settings) -> str:
     return next((detail for code, detail in record_problems(record) if code == reason), reason)
 
 
-def _write_partitions(con, settings: Settings, files: list[Path], wanted: list[str] | None, work: Path, result: IngestResult) -> None:
-    """Merge each touched partition's stored rows with its new rows and swap the file in atomically."""
-    in_run = _in_days(wanted)
-    new_days = [d for (d,) in con.execute(f"SELECT DISTINCT day FROM fate WHERE fate = 'new' AND {in_run} ORDER BY day").fetchall()]
-    if new_days:
-        sources = _sql_list(_source_name(settings, p) for p in files)
-        old = [str(partition_file(settings.lake_dir, TABLE, d)) for d in new_days if partition_file(settings.lake_dir, TABLE, d).is_file()]
-        old_rows = f"UNION ALL SELECT {LAKE_COLUMNS}, strftime(timestamp, '%Y-%m-%d') AS day FROM read_parquet({_sql_list(old)})" if old else ""
-        staging = work / "staging"
-        now = datetime.now(timezone.utc).isoformat()
-        con.execute(f"""
-            COPY (
-                SELECT {LAKE_COLUMNS}, day FROM (
-                    SELECT {NEW_COLUMNS}, extra, content_hash, ({sources})[p.file_idx + 1] AS source_file,
-                           TIMESTAMPTZ '{now}' AS ingested_at, day
-                    FROM parsed p WHERE p.rowid IN (SELECT row_id FROM fate WHERE fate = 'new' AND {in_run})
-                ) {old_rows}
-            ) TO '{staging}' (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (day))
-        """)
-        for d in new_days:
-            (written,) = (staging / f"day={d}").glob("*.parquet")
-            with atomic_path(partition_file(settings.lake_dir, TABLE, d)) as tmp:
-                os.replace(written, tmp)
+def _write_partitions(stager: _Stager, settings: Settings, wanted: list[str] | None, result: IngestResult) -> None:
+    """Swap in each touched partition: its staged file as is when it holds exactly the day's new rows, else a merge with the stored rows."""
+    con = stager.con
+    units = con.execute(f"""
+        SELECT day, file_idx, unit_line, count(*) FILTER (fate = 'new'), count(*)
+        FROM fate WHERE day IN (SELECT day FROM fate WHERE fate = 'new' AND {_in_days(wanted)})
+        GROUP BY ALL HAVING count(*) FILTER (fate = 'new') > 0 ORDER BY ALL
+    """).fetchall()
+    new_days = sorted({day for day, *_ in units})
+    for d in new_days:
+        target = partition_file(settings.lake_dir, TABLE, d)
+        parts = [(stager.unit_dir(f, u) / f"day={d}", f, u, new, rows) for day, f, u, new, rows in units if day == d]
+        staged = [sorted(folder.glob("*.parquet")) for folder, *_ in parts]
+        if not target.is_file() and len(parts) == 1 and parts[0][3] == parts[0][4] and len(staged[0]) == 1:
+            with atomic_path(target) as tmp:
+                os.replace(staged[0][0], tmp)
+            continue
+        # several units, stored rows, or rows that are duplicates: keep each new row once
+        selects = [f"SELECT {LAKE_COLUMNS} FROM read_parquet({_sql_list(map(str, files))}) s SEMI JOIN "
+                   f"(SELECT log_id, content_hash FROM fate WHERE fate = 'new' AND file_idx = {f} AND unit_line = {u} AND day = '{d}') n "
+                   f"USING (log_id, content_hash) QUALIFY row_number() OVER (PARTITION BY s.log_id) = 1"
+                   for (_, f, u, _, _), files in zip(parts, staged)]
+        if target.is_file():
+            selects.insert(0, f"SELECT {LAKE_COLUMNS} FROM read_parquet({_sql_str(str(target))})")
+        with atomic_path(target) as tmp:
+            con.execute(f"COPY ({' UNION ALL '.join(selects)}) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)")
     reported = new_days if wanted is None else wanted
     stored = [str(partition_file(settings.lake_dir, TABLE, d)) for d in reported if partition_file(settings.lake_dir, TABLE, d).is_file()]
     if stored:
         lake = f"read_parquet({_sql_list(stored)})"
         result.partitions = dict(con.execute(f"SELECT strftime(timestamp, '%Y-%m-%d'), count(*) FROM {lake} GROUP BY 1 ORDER BY 1").fetchall())
         result.tasks = dict(con.execute(f"SELECT task, count(*) FROM {lake} GROUP BY 1 ORDER BY 2 DESC, 1").fetchall())
-    preview = con.execute(
-        "SELECT log_id, timestamp, task, decision, left(prompt, 60) AS prompt "
-        f"FROM (SELECT rowid AS row_id, file_idx, line_no, {NEW_COLUMNS} FROM parsed) p JOIN fate f USING (row_id) "
-        f"WHERE fate = 'new' AND {in_run} ORDER BY p.file_idx, p.line_no LIMIT 5"
-    )
-    names = [c[0] for c in preview.description]
-    result.preview = [dict(zip(names, row)) for row in preview.fetchall()]
+        first = con.execute(f"SELECT log_id FROM fate WHERE fate = 'new' AND {_in_days(wanted)} ORDER BY file_idx, unit_line, line_no LIMIT 5").fetchall()
+        preview = con.execute(
+            "SELECT log_id, timestamp, task, decision, left(prompt, 60) AS prompt "
+            f"FROM {lake} WHERE log_id IN (SELECT unnest({_sql_list(i for (i,) in first)})) ORDER BY list_position({_sql_list(i for (i,) in first)}, log_id)"
+        )
+        names = [c[0] for c in preview.description]
+        result.preview = [dict(zip(names, row)) for row in preview.fetchall()]

@@ -7,6 +7,7 @@ from collections import Counter
 import pyarrow.parquet as pq
 import pytest
 
+from ft_pipeline.core import ingest as ingest_module
 from ft_pipeline.core.ingest import ingest, inbox_dates, inbox_files
 from ft_pipeline.core.io import partition_dates, partition_file
 from ft_pipeline.core.schema import RAW_LOG_SCHEMA, validate_record
@@ -149,3 +150,27 @@ def test_clean_files_take_the_fast_path_without_losing_checks(settings):
     assert Counter(q["reason"] for q in quarantine(settings)) == {"bad_type:messages": 1, "bad_type:decision": 1, "invalid_json": 1}
     assert (result.new, result.duplicates) == (3, 2)
     assert json.loads({r["log_id"]: r for r in lake_rows(settings)}["f3"]["extra"]) == {"extra_field": 1}
+
+
+def test_only_chunks_with_bad_lines_are_parsed_line_by_line(settings, monkeypatch):
+    monkeypatch.setattr(ingest_module, "CHUNK_BYTES", 2000)  # about 15 lines a chunk
+    by_line = []
+    stage_lines = ingest_module._Stager._stage_lines
+    monkeypatch.setattr(ingest_module._Stager, "_stage_lines", lambda self, i, chunk: by_line.append(chunk) or stage_lines(self, i, chunk))
+    lines = [json.dumps(rec(f"c{i}")) for i in range(100)]
+    lines[40] = BAD["bad_type:prompt"]
+    lines[90] = json.dumps(rec("c3", output="changed"))  # conflicts with line 4, in another chunk
+    write(settings, "a.jsonl", lines)
+    result = ingest(settings, last_day=LAST)
+    assert {(q["line_no"], q["reason"]) for q in quarantine(settings)} == {(41, "bad_type:prompt"), (91, "conflicting_duplicate")}
+    assert result.new == 98 and len(lake_rows(settings)) == 98
+    # the chunk with the bad line, then the chunk of the conflicting line again for its line number
+    numbers = [c["line_no"].to_pylist() for c in by_line]
+    assert [(41 in n, 91 in n) for n in numbers] == [(True, False), (False, True)]
+
+
+def test_content_hash_is_stable(settings):
+    """Stored hashes must match the ones later runs compute: a change of the hash needs a rebuilt lake."""
+    write(settings, "a.jsonl", [json.dumps(rec("h1", quality_score=7.5, failure_reasons=["x"], metadata={"k": [1, "é"]}))])
+    ingest(settings, last_day=LAST)
+    assert [r["content_hash"] for r in lake_rows(settings)] == ["3a3f8e0ae0b7a4bb"]
