@@ -1,9 +1,11 @@
 import json
 
+import duckdb
 import pytest
 from dagster import DagsterRunStatus, RunsFilter, instance_for_test
 
 from ft_pipeline.cli import main
+from ft_pipeline.core.io import table_glob
 from ft_pipeline.runner import run_pipeline, selected_keys
 from ft_pipeline.settings import Settings
 
@@ -34,7 +36,7 @@ def test_selection_syntax_resolves_to_asset_names():
     assert len(selected_keys(defs, "*")) == 7
 
 
-def test_the_main_job_ends_with_a_champion_that_beats_the_base_model(small_pipeline, tmp_path):
+def test_the_main_job_ends_with_a_champion_and_a_rerun_changes_nothing(small_pipeline, tmp_path):
     settings = small_pipeline
     assert main(["demo", "--records", "1500", "--days", "10"]) == 0
     with instance_for_test() as instance:
@@ -44,6 +46,26 @@ def test_the_main_job_ends_with_a_champion_that_beats_the_base_model(small_pipel
         assert {run.run_id for run in stored} == {run.run_id for run in runs}
 
     assert (settings.reports_dir / "pattern_report.json").is_file()
+    assert_champion_beats_base(settings)
+
+    before = pipeline_state(settings)
+    with instance_for_test() as instance:
+        again = run_pipeline("*", settings=settings, instance=instance, log=lambda line: None)
+        assert all(run.success for run in again)
+    assert pipeline_state(settings) == before, "a second run over the same data changed the lake or trained again"
+
+
+def pipeline_state(settings):
+    """What a re-run over the same inbox must leave unchanged: lake rows, quarantine lines, adapter versions."""
+    rows = {table: duckdb.sql(f"SELECT count(*) FROM read_parquet('{table_glob(settings.lake_dir, table)}')").fetchall()[0][0]
+            for table in ("raw_logs", "settlements")}
+    quarantined = sum(len(p.read_text().splitlines()) for p in settings.quarantine_dir.glob("*.jsonl"))
+    adapters = sorted(str(p.relative_to(settings.adapters_dir)) for p in settings.adapters_dir.glob("*/[0-9]*"))
+    return rows, quarantined, adapters
+
+
+def assert_champion_beats_base(settings):
+    """At least one task was promoted, and every promoted adapter beat the base model significantly."""
     champions = []
     for evaluation in sorted(settings.evaluations_dir.glob("*/[0-9]*.json")):
         result = json.loads(evaluation.read_text())
