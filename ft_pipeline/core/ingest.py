@@ -26,6 +26,11 @@ TABLE = "raw_logs"
 CHUNK_BYTES = 32 << 20
 # rows per Arrow batch inside a chunk, so that DuckDB scans one chunk on all its threads
 BATCH_ROWS = 8192
+# rows a DuckDB thread buffers before flushing its PARTITION_BY output: the default (524288) held every day of a
+# 1M-line file in memory (1.1 GB) and wrote them at the end; small flushes measured 37% faster at 540 MB
+PARTITION_FLUSH_ROWS = 4096
+# lake files: zstd level 1 wrote 1M rows 0.4 s (10%) faster than the default level 3, for files 3.5% larger
+PARQUET = "FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1"
 WHITESPACE = " \t\r\n"
 
 
@@ -75,6 +80,7 @@ def _connect(settings: Settings, spill_dir: str | None = None) -> duckdb.DuckDBP
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")  # naive timestamps read as UTC, and day boundaries are UTC days
     con.execute(f"SET memory_limit = '{settings.ingest_memory_limit}'")
+    con.execute(f"SET partitioned_write_flush_threshold = {PARTITION_FLUSH_ROWS}")
     if spill_dir:
         con.execute(f"SET temp_directory = '{spill_dir}'")
     return con
@@ -273,12 +279,11 @@ def clean_file_sql(path: Path, first_day: str, last_day: str, non_null: Iterable
 
 
 def screen_sql(path: Path) -> str:
-    """The query that counts a file's records, whether all their keys are known and distinct, and how many give each optional non-null field."""
-    rules = field_rules()
-    known = _sql_list(r.name for r in rules)
-    given = "".join(f", count_if(list_contains(k, {_sql_str(r.name)}))" for r in _non_null_optional(rules))
-    return (f"SELECT count(*), coalesce(bool_and(list_has_all({known}, k) AND len(k) = len(list_distinct(k))), true){given} "
-            f"FROM (SELECT json_keys(json) AS k FROM read_ndjson_objects({_sql_str(str(path))}))")
+    """The query that counts a file's records (key NULL) and the records that give each top-level key."""
+    # one GROUP BY over the unnested keys measured 3x cheaper than list functions on each record's key list; a key given
+    # twice in a record is not seen here, but the reader of `clean_file_sql` fails on a duplicate contract key
+    return (f"SELECT key, count(*) FROM (SELECT unnest(list_prepend(NULL::VARCHAR, json_keys(json))) AS key "
+            f"FROM read_ndjson_objects({_sql_str(str(path))})) GROUP BY key")
 
 
 def _non_null_optional(rules: tuple[FieldRule, ...]) -> list[FieldRule]:
@@ -373,7 +378,7 @@ class _Stager:
                 SELECT {NEW_COLUMNS}, extra, {_content_hash(field_rules())} AS content_hash,
                        {_sql_str(self.sources[file_idx])} AS source_file, TIMESTAMPTZ '{self.ingested_at}' AS ingested_at, day
                 FROM ({typed})))
-            TO '{target}' (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (day))
+            TO '{target}' ({PARQUET}, PARTITION_BY (day))
         """).fetchall()[0]
         return count
 
@@ -382,9 +387,11 @@ class _Stager:
         folder = self.unit_dir(file_idx, unit_line)
         rules = _non_null_optional(field_rules())
         try:
-            lines, known_keys, *given = self.con.execute(screen_sql(path)).fetchall()[0]
-            if not known_keys:
+            counts = dict(self.con.execute(screen_sql(path)).fetchall())
+            lines = counts.pop(None, 0)
+            if not counts.keys() <= {r.name for r in field_rules()}:  # unknown keys (case variants too) need `extra`
                 return False
+            given = [counts.get(r.name, 0) for r in rules]
             # where every record gives a field, the reader's NULL can only be an explicit null
             everywhere = [r.name for r, n in zip(rules, given) if n == lines]
             rows = self._copy(file_idx, unit_line, clean_file_sql(path, self.first_day, self.last_day, everywhere))
@@ -583,7 +590,7 @@ def _write_partitions(stager: _Stager, settings: Settings, wanted: list[str] | N
         if target.is_file():
             selects.insert(0, f"SELECT {LAKE_COLUMNS} FROM read_parquet({_sql_str(str(target))})")
         with atomic_path(target) as tmp:
-            con.execute(f"COPY ({' UNION ALL '.join(selects)}) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)")
+            con.execute(f"COPY ({' UNION ALL '.join(selects)}) TO '{tmp}' ({PARQUET})")
     reported = new_days if wanted is None else wanted
     stored = [str(partition_file(settings.lake_dir, TABLE, d)) for d in reported if partition_file(settings.lake_dir, TABLE, d).is_file()]
     if stored:

@@ -174,3 +174,16 @@ def test_content_hash_is_stable(settings):
     write(settings, "a.jsonl", [json.dumps(rec("h1", quality_score=7.5, failure_reasons=["x"], metadata={"k": [1, "é"]}))])
     ingest(settings, last_day=LAST)
     assert [r["content_hash"] for r in lake_rows(settings)] == ["3a3f8e0ae0b7a4bb"]
+
+
+def test_fast_path_screen_sends_key_oddities_to_the_line_path(settings):
+    """Each file alone, so that the fast path is tried: a duplicate, a case variant and an escaped key name."""
+    head = '{"log_id": "%s", "timestamp": "2026-01-10T12:00:00Z", "task": "game", "output": "o", '
+    write(settings, "a.jsonl", [head % "k1" + '"prompt": "first", "prompt": "second"}'])
+    write(settings, "b.jsonl", [head % "k2" + '"prompt": "p", "Decision": "accepted"}'])
+    write(settings, "c.jsonl", [head % "k3" + '"prompt": "p", "decisi\\u006fn": null}'])
+    result = ingest(settings, last_day=LAST)
+    assert [(q["source_file"], q["reason"]) for q in quarantine(settings)] == [("c.jsonl", "bad_type:decision")]
+    rows = {r["log_id"]: r for r in lake_rows(settings)}
+    assert result.new == 2 and rows["k1"]["prompt"] == "first"
+    assert rows["k2"]["decision"] == "pending" and json.loads(rows["k2"]["extra"]) == {"Decision": "accepted"}
