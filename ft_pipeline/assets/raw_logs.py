@@ -3,13 +3,21 @@
 from dagster import AssetExecutionContext, BackfillPolicy, MaterializeResult, MetadataValue, asset
 
 from ft_pipeline.core.ingest import ingest
+from ft_pipeline.core.redaction import redact
 from ft_pipeline.partitions import daily_partitions
 from ft_pipeline.resources import PipelineResource, stage_config
 
 RawLogsConfig = stage_config("general", "RawLogsConfig")
 
 
-@asset(partitions_def=daily_partitions, backfill_policy=BackfillPolicy.single_run(), group_name="ingest")
+@asset(
+    partitions_def=daily_partitions,
+    backfill_policy=BackfillPolicy.single_run(),
+    group_name="ingest",
+    kinds={"parquet", "duckdb"},
+    description="Every valid inbox record, checked against the input contract and deduplicated on log_id, one parquet "
+    "file per UTC day; lines that break the contract go to quarantine/ with a reason.",
+)
 def raw_logs(context: AssetExecutionContext, config: RawLogsConfig, pipeline: PipelineResource) -> MaterializeResult:
     """Inbox JSONL -> lake/raw_logs/date=YYYY-MM-DD/part-0.parquet; contract breakers -> quarantine/ with a reason."""
     settings = pipeline.settings(config)
@@ -21,8 +29,9 @@ def raw_logs(context: AssetExecutionContext, config: RawLogsConfig, pipeline: Pi
     )
     for reason, count in sorted(result.quarantined.items()):
         context.log.warning(f"quarantined {count} lines: {reason} (see {settings.quarantine_dir})")
+    # raw_logs keeps the original text; what the UI shows of it is redacted like every later stage
     preview = "\n".join(
-        f"| {r['log_id']} | {r['timestamp']:%Y-%m-%d %H:%M:%S} | {r['task']} | {r['decision']} | {r['prompt'].replace('|', ' ')} |"
+        f"| {r['log_id']} | {r['timestamp']:%Y-%m-%d %H:%M:%S} | {r['task']} | {r['decision']} | {redact(r['prompt'])[0].replace('|', ' ')} |"
         for r in result.preview
     )
     metadata = {

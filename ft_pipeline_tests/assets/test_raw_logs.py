@@ -12,8 +12,8 @@ from ft_pipeline.resources import PipelineResource
 def test_materialize_a_partition_range(tmp_path):
     inbox = tmp_path / "inbox"
     inbox.mkdir()
-    lines = [{"log_id": f"r{i}", "timestamp": f"2024-03-0{1 + i % 3}T10:00:00Z", "task": "game", "prompt": "p", "output": "o"}
-             for i in range(9)]
+    lines = [{"log_id": f"r{i}", "timestamp": f"2024-03-0{1 + i % 3}T10:00:00Z", "task": "game",
+              "prompt": "mail me at jane.doe@example.com", "output": "o"} for i in range(9)]
     (inbox / "a.jsonl").write_text("\n".join(map(json.dumps, lines)) + "\nnot json\n")
     resources = {"pipeline": PipelineResource(data_dir=str(tmp_path))}
     with DagsterInstance.ephemeral() as instance:
@@ -23,6 +23,8 @@ def test_materialize_a_partition_range(tmp_path):
         meta = result.asset_materializations_for_node("raw_logs")[0].metadata
         assert meta["new_rows"].value == 6 and meta["rows_stored"].value == 6 and meta["quarantined_invalid_json"].value == 1
         assert "| r0 |" in meta["preview"].value
+        # the lake keeps the original prompt; the preview the UI shows is redacted
+        assert "jane.doe@example.com" not in meta["preview"].value and "[EMAIL]" in meta["preview"].value
         assert partition_dates(tmp_path / "lake", "raw_logs") == ["2024-03-01", "2024-03-02"]
         again = materialize([raw_logs], resources=resources, instance=instance, partition_key="2024-03-02")
         meta = again.asset_materializations_for_node("raw_logs")[0].metadata
