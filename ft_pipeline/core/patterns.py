@@ -288,8 +288,30 @@ def longest_phrases(counts: dict[str, int]) -> list[tuple[str, int]]:
     kept = {p: c for p, c in counts.items()
             if p not in absorbed and not all(w in STOPWORDS or w.isdigit() for w in p.split())}
     # A phrase that extends a listed one with far less support is that phrase plus incidental context.
-    listed = [(p, c) for p, c in kept.items() if not any(sub in kept for sub in _sub_phrases(p))]
-    return sorted(listed, key=lambda pc: (-pc[1], -len(pc[0].split()), pc[0]))
+    listed = dict((p, c) for p, c in kept.items() if not any(sub in kept for sub in _sub_phrases(p)))
+    return sorted(_stitch_windows(listed).items(), key=lambda pc: (-pc[1], -len(pc[0].split()), pc[0]))
+
+
+def _stitch_windows(phrases: dict[str, int]) -> dict[str, int]:
+    """Join phrases that overlap in all but one word with about the same support: a phrase longer than
+    MAX_PHRASE_WORDS is only counted as its overlapping windows, and people should see it whole."""
+    phrases = dict(phrases)
+    while True:
+        pair = next(((a, b) for a in phrases for b in phrases if a != b and _window_overlap(a, b)
+                     and min(phrases[a], phrases[b]) >= MERGE_SHARE * max(phrases[a], phrases[b])), None)
+        if pair is None:
+            return phrases
+        a, b = pair
+        count = min(phrases.pop(a), phrases.pop(b))
+        joined = a + " " + " ".join(b.split()[_window_overlap(a, b):])
+        phrases[joined] = count
+
+
+def _window_overlap(a: str, b: str) -> int:
+    """Words that end `a` and start `b` when that is all but one word of the shorter one (two sliding windows), else 0."""
+    wa, wb = a.split(), b.split()
+    k = min(len(wa), len(wb)) - 1
+    return k if k >= 2 and wa[-k:] == wb[:k] else 0
 
 
 def _sub_phrases(phrase: str) -> list[str]:

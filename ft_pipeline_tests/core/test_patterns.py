@@ -263,3 +263,11 @@ def test_a_regression_needs_enough_records_on_both_sides():
     tiny = {"dimension": "user_id", "key": "u1", "accepted_before": 5, "n_before": 5, "accepted_7d": 0, "n_7d": 5}
     large = {"dimension": "agent", "key": "a1", "accepted_before": 80, "n_before": 100, "accepted_7d": 10, "n_7d": 40}
     assert [r["key"] for r in _regressions([tiny, large], settings)] == ["a1"]
+
+
+def test_a_phrase_longer_than_the_counted_ngrams_comes_back_whole():
+    # A deleted ten-word phrase is counted only as its overlapping eight-word windows (and their sub-phrases).
+    words = "the air is thick with ancient mystery and untold secrets".split()
+    counts = {" ".join(words[i:i + n]): 30 for n in range(1, 9) for i in range(len(words) - n + 1)}
+    counts["what do you do next"] = 12
+    assert longest_phrases(counts) == [(" ".join(words), 30), ("what do you do next", 12)]
