@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ft_pipeline.core.io import checked_name, partition_dates, table_glob, write_json_atomic, write_jsonl_atomic
-from ft_pipeline.core.lineage import DATASET_MANIFEST, dataset_dir, latest_adapter
+from ft_pipeline.core.lineage import DATASET_MANIFEST, adapter_watermark, dataset_dir, parse_time
 
 # Used when neither the record nor settings.default_system_prompts give a system prompt.
 REASONING_MODE_PROMPTS = {
@@ -232,14 +232,6 @@ def content_version(paths: Iterable[Path]) -> str:
     return digest.hexdigest()[:16]
 
 
-def parse_time(value: Any) -> datetime | None:
-    """A timezone-aware UTC datetime from a datetime or an ISO-8601 string; None stays None."""
-    if value is None or value == "":
-        return None
-    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
-
-
 def build_task_dataset(settings: Any, task: str, tokenizer: Any) -> dict[str, Any]:
     """Write datasets/<task>/{train,val,preferences}.jsonl, validation.json and manifest.json; returns a summary."""
     task = checked_name(task)
@@ -266,8 +258,7 @@ def build_task_dataset(settings: Any, task: str, tokenizer: Any) -> dict[str, An
 
     ingested = [parse_time(r.get("ingested_at")) for r in records]
     watermark = max((t for t in ingested if t is not None), default=None)
-    adapter = latest_adapter(settings.adapters_dir, task)
-    trained_until = parse_time(adapter.get("data_watermark")) if adapter else None
+    trained_until = parse_time(adapter_watermark(settings.adapters_dir, task))
     new_examples = sum(1 for t in ingested if trained_until is None or (t is not None and t > trained_until))
     manifest = {
         "task": task,

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ft_pipeline.core.io import checked_name, partition_dates, partition_file
-from ft_pipeline.core.retrain import SETTLEMENTS, adapter_watermark, parse_time
+from ft_pipeline.core.lineage import adapter_watermark, parse_time
+from ft_pipeline.core.retrain import SETTLEMENTS
 from ft_pipeline.settings import Settings
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -49,3 +50,17 @@ def latest_adapter(adapters_dir: Path, task: str) -> dict[str, Any] | None:
     if not versions:
         return None
     return {**read_adapter_config(adapters_dir, task, versions[-1]), "version": versions[-1]}
+
+
+def adapter_watermark(adapters_dir: Path, task: str) -> str | None:
+    """The data watermark (max ingested_at of the settlements used) of the task's latest adapter, or None."""
+    adapter = latest_adapter(adapters_dir, task)
+    return adapter.get("data_watermark") if adapter else None
+
+
+def parse_time(value: Any) -> datetime | None:
+    """A timezone-aware UTC datetime from a datetime or an ISO-8601 string (naive means UTC); None stays None."""
+    if value is None or value == "":
+        return None
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,21 +13,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ft_pipeline.core.io import partition_dates, partition_file
-from ft_pipeline.core.lineage import latest_adapter
+from ft_pipeline.core.lineage import adapter_watermark, parse_time
 
 SETTLEMENTS = "settlements"
-
-
-def parse_time(value: str) -> datetime:
-    """A UTC datetime from an ISO string; a naive one is taken as UTC."""
-    moment = datetime.fromisoformat(value)
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-
-
-def adapter_watermark(adapters_dir: Path, task: str) -> str | None:
-    """The data watermark (max ingested_at of the settlements used) of the task's latest adapter, or None."""
-    adapter = latest_adapter(adapters_dir, task)
-    return adapter.get("data_watermark") if adapter else None
 
 
 @dataclass

@@ -1,8 +1,9 @@
 import json
+from datetime import datetime, timezone
 
 import pytest
 
-from ft_pipeline.core.lineage import adapter_dir, adapter_versions, latest_adapter, read_dataset_manifest
+from ft_pipeline.core.lineage import adapter_dir, adapter_versions, latest_adapter, parse_time, read_dataset_manifest
 
 
 def write_adapter(root, task, version, watermark):
@@ -26,3 +27,9 @@ def test_versions_and_tasks_are_checked_before_becoming_paths(tmp_path):
     with pytest.raises(ValueError):
         read_dataset_manifest(tmp_path, "../qa")
     assert read_dataset_manifest(tmp_path, "qa") is None
+
+
+def test_watermarks_compare_as_utc_instants():
+    assert parse_time("2026-01-01T23:30:00-02:00") == datetime(2026, 1, 2, 1, 30, tzinfo=timezone.utc)
+    assert parse_time("2026-01-02T01:30:00") == parse_time(datetime(2026, 1, 2, 1, 30))
+    assert parse_time(None) is None and parse_time("") is None
