@@ -14,11 +14,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ft_pipeline.core.schema import record_problems
+from ft_pipeline.core.spool import PUBLISHED_PREFIX, SPOOL_DIR, new_spool_name, publish_spool, recover_spools
 from ft_pipeline.settings import Settings
-
-# spool files live inside the inbox so that publishing is a rename on one filesystem; the hidden folder and the
-# .part suffix keep readers that glob *.jsonl from ever seeing them
-SPOOL_DIR = ".spool"
 
 
 class LogWriter:
@@ -32,6 +29,8 @@ class LogWriter:
         self.flush_every = flush_every
         self.flush_seconds = flush_seconds
         self.published: list[Path] = []
+        # a writer killed before it published left its records in the spool: they reach the inbox now, not never
+        self.recovered: list[Path] = recover_spools(self.inbox_dir)
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._fh: BinaryIO | None = None
@@ -103,7 +102,7 @@ class LogWriter:
     def _open_spool(self) -> None:
         """Start a new spool file of this process."""
         self.spool_dir.mkdir(parents=True, exist_ok=True)
-        self._spool = self.spool_dir / f"{os.getpid()}-{uuid.uuid4().hex}.jsonl.part"
+        self._spool = self.spool_dir / new_spool_name(os.getpid())
         self._fh = open(self._spool, "xb")
         self._opened_at = time.monotonic()
 
@@ -114,9 +113,7 @@ class LogWriter:
         self._fh.flush()
         os.fsync(self._fh.fileno())
         self._fh.close()
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-        target = self.inbox_dir / f"client-{stamp}-{os.getpid()}-{uuid.uuid4().hex[:12]}.jsonl"
-        os.rename(self._spool, target)
+        target = publish_spool(self._spool, self.inbox_dir, PUBLISHED_PREFIX, os.getpid())
         self._fh, self._spool, self._pending = None, None, 0
         self.published.append(target)
         return target

@@ -7,6 +7,7 @@ from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, Se
 
 from ft_pipeline.core.ingest import inbox_dates, inbox_files
 from ft_pipeline.core.retrain import RetrainState, due_retrains, retrain_run_key, scan_settlements
+from ft_pipeline.core.spool import recover_spools
 from ft_pipeline.jobs import ingest_job, retrain_job
 from ft_pipeline.partitions import daily_partitions, task_partitions
 from ft_pipeline.resources import PipelineResource
@@ -14,8 +15,12 @@ from ft_pipeline.resources import PipelineResource
 
 @sensor(job=ingest_job, minimum_interval_seconds=30, default_status=DefaultSensorStatus.RUNNING)
 def inbox_sensor(context: SensorEvaluationContext, pipeline: PipelineResource):
-    """Requests one ingest run over the range of days found in inbox files that are new or changed since the last tick."""
+    """Publishes dead writers' spool files, then requests one ingest run over the days of inbox files new or changed since the last tick."""
     inbox = pipeline.settings().inbox_dir
+    # records of a writer killed before it published would otherwise wait for the next LogWriter on this host
+    recovered = recover_spools(inbox)
+    if recovered:
+        context.log.info(f"recovered {len(recovered)} spool file(s) of dead writers: {', '.join(p.name for p in recovered)}")
     seen = json.loads(context.cursor) if context.cursor else {}
     files = {p.relative_to(inbox).as_posix(): p for p in inbox_files(inbox)}
     state = {name: [p.stat().st_size, p.stat().st_mtime_ns] for name, p in files.items()}

@@ -1,17 +1,30 @@
-"""The logging client: contract checks before writing, atomic publishing from many processes, variant assignment."""
+"""The logging client: contract checks before writing, atomic publishing from many processes, recovery of crashed
+writers' spools, variant assignment."""
 
 import json
 import multiprocessing
 import re
+import signal
+import subprocess
+import sys
+import uuid
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from ft_pipeline import client
 from ft_pipeline.client import LogWriter, assign_variant, log_interaction
+from ft_pipeline.core import spool
+from ft_pipeline.core.ingest import ingest
+from ft_pipeline.core.io import partition_dates, partition_file
 from ft_pipeline.core.schema import validate_record
+from ft_pipeline.core.spool import SpoolOwner, host_name, recover_spools, spool_owner
+from ft_pipeline.settings import Settings
+from ft_pipeline_tests.spool_fixtures import dead_pid, dead_spool
 
 GOOD = {"task": "customer_support", "prompt": "Where is my order?", "output": "It ships today."}
 
@@ -144,6 +157,122 @@ def test_log_interaction_writes_into_the_inbox_of_the_data_dir(tmp_path, monkeyp
     client.default_writer().close()
     rows = [json.loads(line) for line in inbox_lines(tmp_path / "inbox")]
     assert [(r["log_id"], r["agent"], r["decision"]) for r in rows] == [(log_id, "support-bot", "accepted")]
+
+
+# a writer process that spools `count` records with nothing published, then either dies by SIGKILL or stays alive
+# (telling the test it has spooled) until its stdin closes, when it closes the writer normally
+WRITER_SCRIPT = """
+import os, signal, sys
+from ft_pipeline.client import LogWriter
+inbox, count, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+writer = LogWriter(inbox, flush_every=1_000_000, flush_seconds=3600)
+for i in range(count):
+    writer.write({"task": "customer_support", "prompt": f"question {i}", "output": "answer", "log_id": f"{mode}-{i}"})
+if mode == "crash":
+    os.kill(os.getpid(), signal.SIGKILL)
+print("spooled", flush=True)
+sys.stdin.read()
+writer.close()
+"""
+
+
+def crashed_writer(inbox: Path, count: int) -> Path:
+    """Run a writer that is killed before it publishes; returns the spool file it left behind, named after it."""
+    writer = subprocess.Popen([sys.executable, "-c", WRITER_SCRIPT, str(inbox), str(count), "crash"])
+    assert writer.wait(timeout=60) == -signal.SIGKILL
+    (left,) = (inbox / client.SPOOL_DIR).iterdir()
+    assert spool_owner(left.name) == SpoolOwner(host_name(), writer.pid)
+    return left
+
+
+def lake_log_ids(settings: Settings) -> list[str]:
+    """The log_ids stored in the raw_logs lake, sorted."""
+    return sorted(row["log_id"] for day in partition_dates(settings.lake_dir, "raw_logs")
+                  for row in pq.read_table(partition_file(settings.lake_dir, "raw_logs", day), columns=["log_id"]).to_pylist())
+
+
+def test_a_killed_writers_spool_is_published_by_the_next_writer_and_ingested_whole(tmp_path):
+    settings = Settings(data_dir=str(tmp_path))
+    crashed_writer(settings.inbox_dir, 50)
+    assert list(settings.inbox_dir.glob("*.jsonl")) == []
+
+    writer = LogWriter(settings.inbox_dir)
+    (recovered,) = writer.recovered
+    assert recovered.parent == settings.inbox_dir and recovered.name.startswith("client-recovered-")
+    assert list((settings.inbox_dir / client.SPOOL_DIR).iterdir()) == []
+    result = ingest(settings)
+    assert (result.new, result.quarantined_total) == (50, 0)
+    assert lake_log_ids(settings) == sorted(f"crash-{i}" for i in range(50))
+
+
+def test_a_torn_last_line_is_quarantined_and_the_whole_lines_stored(tmp_path):
+    settings = Settings(data_dir=str(tmp_path))
+    left = crashed_writer(settings.inbox_dir, 5)
+    # the process died in the middle of writing its sixth line
+    with open(left, "ab") as fh:
+        fh.write(b'{"task": "customer_support", "prompt": "quest')
+    (recovered,) = recover_spools(settings.inbox_dir)
+    result = ingest(settings)
+    assert (result.new, dict(result.quarantined)) == (5, {"invalid_json": 1})
+    (entry,) = [json.loads(line) for p in settings.quarantine_dir.glob("*.jsonl") for line in p.read_text().splitlines()]
+    assert (entry["source_file"], entry["line_no"]) == (recovered.name, 6)
+    assert lake_log_ids(settings) == [f"crash-{i}" for i in range(5)]
+
+
+def test_a_live_writers_spool_is_left_alone_until_it_publishes_itself(tmp_path):
+    inbox = tmp_path / "inbox"
+    live = subprocess.Popen([sys.executable, "-c", WRITER_SCRIPT, str(inbox), "3", "live"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert live.stdout.readline() == "spooled\n"
+        (spooled,) = (inbox / client.SPOOL_DIR).iterdir()
+        assert spool_owner(spooled.name).pid == live.pid
+        assert recover_spools(inbox) == [] and LogWriter(inbox).recovered == []
+        assert spooled.exists() and list(inbox.glob("*.jsonl")) == []
+    finally:
+        live.communicate("", timeout=60)
+    assert live.returncode == 0
+    assert sorted(json.loads(line)["log_id"] for line in inbox_lines(inbox)) == ["live-0", "live-1", "live-2"]
+    assert [p.name.startswith("client-recovered-") for p in inbox.glob("*.jsonl")] == [False]
+
+
+def test_another_hosts_spool_and_foreign_files_are_left_alone(tmp_path):
+    other_host = dead_spool(tmp_path, [json.dumps(GOOD)], host=host_name() + "-elsewhere")
+    foreign = tmp_path / client.SPOOL_DIR / "notes.txt"
+    foreign.write_text("not a spool")
+    assert recover_spools(tmp_path) == []
+    assert other_host.exists() and foreign.exists()
+
+
+def test_an_empty_dead_spool_is_removed_and_a_legacy_name_counts_as_this_hosts(tmp_path):
+    empty = dead_spool(tmp_path, [])
+    legacy = tmp_path / client.SPOOL_DIR / f"{dead_pid()}-{uuid.uuid4().hex}.jsonl.part"
+    legacy.write_text(json.dumps({**GOOD, "log_id": "legacy"}) + "\n")
+    assert spool_owner(legacy.name).host == host_name()
+    (recovered,) = recover_spools(tmp_path)
+    assert not empty.exists() and not legacy.exists()
+    assert [json.loads(line)["log_id"] for line in inbox_lines(tmp_path)] == ["legacy"]
+    assert recover_spools(tmp_path / "no-such-inbox") == []
+
+
+def test_host_names_are_sanitised_and_parse_back(monkeypatch):
+    monkeypatch.setattr(spool.socket, "gethostname", lambda: "büro pc/1")
+    name = spool.new_spool_name(4242)
+    assert name.startswith("b_ro_pc_1__4242__")
+    assert spool_owner(name) == SpoolOwner("b_ro_pc_1", 4242)
+    monkeypatch.setattr(spool.socket, "gethostname", lambda: "ends_in__")
+    assert spool_owner(spool.new_spool_name(7)) == SpoolOwner("ends_in__", 7)
+
+
+def test_recoverers_racing_publish_each_spool_exactly_once(tmp_path):
+    pid = dead_pid()
+    spools = [dead_spool(tmp_path, [json.dumps({**GOOD, "log_id": f"r{i}"})], pid=pid) for i in range(40)]
+    # eight listings of the same forty files on four threads: most renames and opens lose to another recoverer
+    with ThreadPoolExecutor(4) as pool:
+        published = [path for batch in pool.map(recover_spools, [tmp_path] * 8) for path in batch]
+    assert len(published) == len(set(published)) == len(spools)
+    assert sorted(json.loads(line)["log_id"] for line in inbox_lines(tmp_path)) == sorted(f"r{i}" for i in range(40))
+    assert list((tmp_path / client.SPOOL_DIR).iterdir()) == []
 
 
 def test_assign_variant_is_deterministic_and_depends_on_the_experiment():

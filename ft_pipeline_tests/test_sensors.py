@@ -1,4 +1,5 @@
-"""inbox_sensor: new or changed inbox files request one ingest run over the range of days they hold, once."""
+"""inbox_sensor: new or changed inbox files request one ingest run over the range of days they hold, once; dead writers'
+spools are published first."""
 
 import json
 
@@ -10,6 +11,7 @@ from ft_pipeline.core.io import partition_dates
 from ft_pipeline.jobs import ingest_job
 from ft_pipeline.resources import PipelineResource
 from ft_pipeline.sensors import inbox_sensor
+from ft_pipeline_tests.spool_fixtures import dead_spool
 
 RANGE = ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
 
@@ -43,3 +45,17 @@ def test_new_and_changed_files_request_one_run_over_their_days(tmp_path):
         defs = Definitions(assets=[raw_logs, settlements], jobs=[ingest_job], resources={"pipeline": PipelineResource(data_dir=str(tmp_path))})
         run = defs.resolve_job_def("ingest_job").execute_in_process(instance=instance, tags=again.tags)
         assert run.success and partition_dates(tmp_path / "lake", "raw_logs") == ["2024-03-02", "2024-03-05"]
+
+
+def test_a_tick_publishes_a_dead_writers_spool_and_requests_its_day(tmp_path, capfd):
+    inbox = tmp_path / "inbox"
+    record = {"log_id": "lost", "timestamp": "2024-03-01T12:00:00Z", "task": "game", "prompt": "p", "output": "o"}
+    left = dead_spool(inbox, [json.dumps(record)])
+    with DagsterInstance.ephemeral() as instance:
+        (request,), _ = tick(instance, None, tmp_path)
+    assert tuple(request.tags[t] for t in RANGE) == ("2024-03-01", "2024-03-01")
+    assert not left.exists()
+    (recovered,) = inbox.glob("client-recovered-*.jsonl")
+    assert json.loads(recovered.read_text()) == record
+    # the sensor logs through dagster's own handler, which writes to stderr
+    assert "recovered 1 spool file(s) of dead writers" in capfd.readouterr().err
