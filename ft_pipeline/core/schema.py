@@ -100,6 +100,7 @@ def field_rules() -> tuple[FieldRule, ...]:
 # the contract's task pattern names this reason; any other patterned field gets the generic code
 PATTERN_REASONS = {"task": "bad_task_name"}
 JSON_TYPES = {str: "string", bool: "boolean", int: "integer", float: "number", list: "array", dict: "object", type(None): "null"}
+INT64_RANGE = (-(2**63), 2**63 - 1)  # integer fields are stored as int64
 TIMESTAMP_SHAPE = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|z|[+-]\d{2}(:?\d{2})?)?$")
 
 
@@ -145,6 +146,8 @@ def field_problems(rule: FieldRule, record: dict[str, Any]) -> list[tuple[str, s
         problems.append((f"bad_enum:{name}", f"{name} {str(value)[:80]!r} must be one of {spec['enum']}"))
     if "minimum" in spec and value < spec["minimum"] or "maximum" in spec and value > spec["maximum"]:
         problems.append((f"out_of_range:{name}", f"{name} {value} must be within [{spec.get('minimum')}, {spec.get('maximum')}]"))
+    if rule.kind == "integer" and not INT64_RANGE[0] <= value <= INT64_RANGE[1]:
+        problems.append((f"out_of_range:{name}", f"{name} {value} does not fit a 64-bit integer"))
     if isinstance(value, list) and "items" in spec:
         problems += _item_problems(name, spec["items"], value)
     return problems

@@ -34,6 +34,10 @@ BAD = {
     "bad_type:failure_reasons": json.dumps(rec("b8", failure_reasons=[1])),
     "bad_type:attempt": json.dumps(rec("b9", attempt=1.5)),
     "out_of_range:timestamp": json.dumps(rec("b10", timestamp="2019-12-31T23:59:59Z")),
+    "bad_type:quality_score": json.dumps(rec("b12", quality_score="5")),  # a number in a string is not a number
+    "bad_type:latency_ms": json.dumps(rec("b13", latency_ms=True)),
+    "out_of_range:prompt_tokens": json.dumps(rec("b14", prompt_tokens=2**63)),  # beyond int64, the lake's type
+    "duplicate_key": json.dumps(rec("b15"))[:-1] + ', "prompt": "again"}',
     "invalid_json": '{"log_id": "b11",',
     "not_an_object": "[1, 2]",
 }
@@ -90,8 +94,19 @@ def test_sql_reasons_agree_with_the_python_validator(settings):
     write(settings, "a.jsonl", [line for line in BAD.values() if line.startswith("{") and "b11" not in line])
     ingest(settings, last_day=LAST)
     for q in quarantine(settings):
-        if q["reason"] != "out_of_range:timestamp":
+        # the validator sees a parsed record: neither the ingest's time window nor a key given twice
+        if q["reason"] not in ("out_of_range:timestamp", "duplicate_key"):
             assert validate_record(json.loads(q["raw"]))[0] == q["reason"]
+
+
+def test_the_fast_path_rejects_every_bad_record(settings):
+    """Each bad record alone in a file, so that the parallel reader sees it first: it must hand it to the line checker."""
+    for reason, line in BAD.items():
+        write(settings, f"{reason.replace(':', '_')}.jsonl", [json.dumps(rec(f"ok-{reason}")), line])
+    result = ingest(settings, last_day=LAST)
+    assert {(q["source_file"], q["line_no"], q["reason"]) for q in quarantine(settings)} == {
+        (f"{reason.replace(':', '_')}.jsonl", 2, reason) for reason in BAD}
+    assert result.new == len(BAD)
 
 
 def test_utc_placement_gzip_and_unicode(settings):
@@ -177,13 +192,14 @@ def test_content_hash_is_stable(settings):
 
 
 def test_fast_path_screen_sends_key_oddities_to_the_line_path(settings):
-    """Each file alone, so that the fast path is tried: a duplicate, a case variant and an escaped key name."""
+    """Each file alone, so that the fast path is tried: a key given twice, a case variant and an escaped key name."""
     head = '{"log_id": "%s", "timestamp": "2026-01-10T12:00:00Z", "task": "game", "output": "o", '
     write(settings, "a.jsonl", [head % "k1" + '"prompt": "first", "prompt": "second"}'])
     write(settings, "b.jsonl", [head % "k2" + '"prompt": "p", "Decision": "accepted"}'])
     write(settings, "c.jsonl", [head % "k3" + '"prompt": "p", "decisi\\u006fn": null}'])
     result = ingest(settings, last_day=LAST)
-    assert [(q["source_file"], q["reason"]) for q in quarantine(settings)] == [("c.jsonl", "bad_type:decision")]
+    assert [(q["source_file"], q["reason"]) for q in quarantine(settings)] == [("a.jsonl", "duplicate_key"), ("c.jsonl", "bad_type:decision")]
+    assert "prompt" in quarantine(settings)[0]["detail"]
     rows = {r["log_id"]: r for r in lake_rows(settings)}
-    assert result.new == 2 and rows["k1"]["prompt"] == "first"
+    assert result.new == 1
     assert rows["k2"]["decision"] == "pending" and json.loads(rows["k2"]["extra"]) == {"Decision": "accepted"}
