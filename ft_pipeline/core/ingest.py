@@ -454,7 +454,7 @@ class _Stager:
         self.con.register("chunk", chunk)
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE judged AS {self.line_query}")
         self.con.execute(f"INSERT INTO rejected SELECT {file_idx}, line_no, reason, bad_raw FROM judged WHERE reason IS NOT NULL")
-        typed = f"SELECT * EXCLUDE (line_no, reason, bad_raw) FROM judged WHERE reason IS NULL"
+        typed = "SELECT * EXCLUDE (line_no, reason, bad_raw) FROM judged WHERE reason IS NULL"
         self.con.execute(
             f"INSERT INTO keys SELECT {file_idx}, {first}, line_no, log_id, {_content_hash(field_rules())}, day "
             f"FROM judged WHERE reason IS NULL")
