@@ -203,3 +203,32 @@ def test_fast_path_screen_sends_key_oddities_to_the_line_path(settings):
     rows = {r["log_id"]: r for r in lake_rows(settings)}
     assert result.new == 1
     assert rows["k2"]["decision"] == "pending" and json.loads(rows["k2"]["extra"]) == {"Decision": "accepted"}
+
+
+def test_keys_outside_the_contract_keep_the_fast_path(settings, monkeypatch):
+    """Fields the contract does not name go to `extra` in the parallel reader too, with the line checker's text and hash."""
+    by_line = []
+    monkeypatch.setattr(ingest_module._Stager, "_stage_lines", lambda self, i, chunk: by_line.append(chunk))
+    records = [{"session_id": "s1", **rec("u1"), "meta": {"b": [1, "é"], "a": None}},
+               {**rec("u2"), "meta": 2, "session_id": "s2"},
+               rec("u3")]
+    write(settings, "a.jsonl", [json.dumps(r, ensure_ascii=False) for r in records])
+    result = ingest(settings, last_day=LAST)
+    assert not by_line and result.new == 3
+    rows = {r["log_id"]: r for r in lake_rows(settings)}
+    assert rows["u1"]["extra"] == '{"meta":{"b":[1,"é"],"a":null},"session_id":"s1"}'
+    assert json.loads(rows["u2"]["extra"]) == {"meta": 2, "session_id": "s2"} and rows["u3"]["extra"] is None
+
+    monkeypatch.undo()
+    # the same records among a bad line, so parsed line by line: exact duplicates (of a.jsonl read again, too), not conflicts
+    write(settings, "b.jsonl", [json.dumps(r) for r in records] + [BAD["invalid_json"]])
+    again = ingest(settings, last_day=LAST)
+    assert (again.new, again.duplicates, dict(again.quarantined)) == (0, 6, {"invalid_json": 1})
+
+
+def test_a_null_outside_the_contract_is_kept(settings):
+    """The reader reads a null as absent: a file where a record sets an unknown key to null is parsed line by line."""
+    write(settings, "a.jsonl", [json.dumps(rec("n1", note=None)), json.dumps(rec("n2", note="x")), json.dumps(rec("n3"))])
+    assert ingest(settings, last_day=LAST).new == 3
+    rows = {r["log_id"]: r for r in lake_rows(settings)}
+    assert [rows[i]["extra"] for i in ("n1", "n2", "n3")] == ['{"note":null}', '{"note":"x"}', None]
