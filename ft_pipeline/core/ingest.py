@@ -659,7 +659,7 @@ def _write_partitions(stager: _Stager, settings: Settings, wanted: list[str] | N
             target = partition_file(settings.lake_dir, TABLE, folder.name.removeprefix("day="))
             if len(files) == 1:
                 _swap_in(files[0], target)
-            else:
+            else:  # a partitioned write may split a large day into several files; the lake holds one per day
                 with atomic_path(target) as tmp:
                     con.execute(f"COPY (SELECT * FROM read_parquet({_sql_list(map(str, files))})) TO '{tmp}' ({PARQUET})")
     reported = new_days if wanted is None else wanted
