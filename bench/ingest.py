@@ -14,11 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import resource
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -29,6 +26,8 @@ import duckdb
 
 from ft_pipeline.core.ingest import ingest
 from ft_pipeline.settings import Settings
+
+from sides import peak_rss_mb, run_side  # bench/ itself is on the path of a script run from it
 
 WORDS = (
     "the a to of and in is for on that with as it be this by are or from at your can we will more you "
@@ -108,15 +107,14 @@ def measure(side: str, source: Path, work: Path) -> dict:
             con.execute(f"COPY (SELECT * FROM read_json('{source}', format='newline_delimited')) TO '{work / 'copy.parquet'}' (FORMAT parquet)")
         facts = {}
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **facts}
+    return {"seconds": seconds, "peak_rss_mb": peak_rss_mb(), **facts}
 
 
 def _measure_apart(side: str, source: Path) -> dict:
     """`measure` in a fresh interpreter and a fresh folder, so that runs share neither memory nor output."""
     work = Path(tempfile.mkdtemp(prefix=f"ft_bench_{side}_"))
     try:
-        command = [sys.executable, str(Path(__file__).resolve()), "--side", side, "--input", str(source), "--work", str(work)]
-        return json.loads(subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout.splitlines()[-1])
+        return run_side(__file__, side, "--input", str(source), "--work", str(work))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -14,10 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import resource
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -33,6 +30,8 @@ from ft_pipeline.core.io import atomic_path, partition_file
 from ft_pipeline.core.schema import RAW_LOG_SCHEMA
 from ft_pipeline.core.settlements import RAW_TABLE, build_partition, settlements_path
 from ft_pipeline.settings import Settings
+
+from sides import peak_rss_mb, run_side  # bench/ itself is on the path of a script run from it
 
 DATE = "2024-01-15"
 SYLLABLES = "ka lo mi ne ra to su vi de an el in or us et pa ri co mu la be ta ge".split()
@@ -176,13 +175,12 @@ def measure(side: str, data_dir: Path) -> dict:
             con.execute(f"COPY (SELECT * FROM read_parquet('{source}')) TO '{copy}' (FORMAT parquet, COMPRESSION zstd)")
         facts = {"output_mb": copy.stat().st_size / 1e6}
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **facts}
+    return {"seconds": seconds, "peak_rss_mb": peak_rss_mb(), **facts}
 
 
 def _measure_apart(side: str, data_dir: Path) -> dict:
     """`measure` in a fresh interpreter, so that its peak RSS is not mixed with the other side's or the generator's."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--side", side, "--data-dir", str(data_dir)]
-    return json.loads(subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout.splitlines()[-1])
+    return run_side(__file__, side, "--data-dir", str(data_dir))
 
 
 def run(data_dir: Path) -> dict[str, float]:
@@ -223,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             generate(source, args.rows, args.seed)
         print(f"input ready in {time.perf_counter() - start:.1f} s  "
-              f"(generator peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB)")
+              f"(generator peak RSS {peak_rss_mb():,.0f} MB)")
         run(data_dir)
     finally:
         shutil.rmtree(data_dir)
