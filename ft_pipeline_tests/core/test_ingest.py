@@ -232,3 +232,13 @@ def test_a_null_outside_the_contract_is_kept(settings):
     assert ingest(settings, last_day=LAST).new == 3
     rows = {r["log_id"]: r for r in lake_rows(settings)}
     assert [rows[i]["extra"] for i in ("n1", "n2", "n3")] == ['{"note":null}', '{"note":"x"}', None]
+
+
+def test_a_file_with_too_many_keys_outside_the_contract_is_parsed_line_by_line(settings, monkeypatch):
+    monkeypatch.setattr(ingest_module, "MAX_UNKNOWN_KEYS", 1)
+    by_line = []
+    stage_lines = ingest_module._Stager._stage_lines
+    monkeypatch.setattr(ingest_module._Stager, "_stage_lines", lambda self, i, chunk: by_line.append(chunk) or stage_lines(self, i, chunk))
+    write(settings, "a.jsonl", [json.dumps(rec("m1", a=1)), json.dumps(rec("m2", b=2))])
+    assert ingest(settings, last_day=LAST).new == 2 and by_line
+    assert sorted(r["extra"] for r in lake_rows(settings)) == ['{"a":1}', '{"b":2}']
