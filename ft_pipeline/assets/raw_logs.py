@@ -27,6 +27,9 @@ def raw_logs(context: AssetExecutionContext, config: RawLogsConfig, pipeline: Pi
         f"{result.files} inbox files, {result.lines} lines: {result.new} new rows, {result.duplicates} duplicates, "
         f"{result.quarantined_total} quarantined, {result.pending} valid rows of other days left for their partitions"
     )
+    if result.lines_by_line:
+        context.log.info(f"{result.lines_by_line} lines were checked one by one: the files or 32 MB pieces that hold a bad line "
+                         "or a conflicting duplicate, for the line numbers the quarantine names; the rest went through DuckDB's parallel reader")
     for reason, count in sorted(result.quarantined.items()):
         context.log.warning(f"quarantined {count} lines: {reason} (see {settings.quarantine_dir})")
     # raw_logs keeps the original text; what the UI shows of it is redacted like every later stage
@@ -40,6 +43,7 @@ def raw_logs(context: AssetExecutionContext, config: RawLogsConfig, pipeline: Pi
         "duplicates": result.duplicates,
         "quarantined": result.quarantined_total,
         "lines_read": result.lines,
+        "lines_checked_one_by_one": result.lines_by_line,
         "inbox_files": result.files,
         "partitions": MetadataValue.json(result.partitions),
         "tasks": MetadataValue.json(result.tasks),

@@ -343,6 +343,7 @@ class IngestResult:
     duplicates: int = 0  # valid lines whose record the lake (or an earlier line) already holds
     quarantined: Counter = field(default_factory=Counter)  # reason -> lines
     pending: int = 0  # valid new rows of days this run did not materialize
+    lines_by_line: int = 0  # lines of files or 32 MB pieces that held a bad line or a conflict, checked one by one
     partitions: dict[str, int] = field(default_factory=dict)  # day -> rows stored after the run
     tasks: dict[str, int] = field(default_factory=dict)  # task -> rows stored in those partitions
     preview: list[dict] = field(default_factory=list)  # a few of the new rows
@@ -379,6 +380,7 @@ class _Stager:
     last_day: str
     ingested_at: str
     fast: dict[tuple[int, int], bool] = field(default_factory=dict)  # fast-path unit -> covers its whole file
+    lines_by_line: int = 0  # lines staged by `_stage_lines`
 
     def __post_init__(self):
         self.con.execute("CREATE TABLE keys (file_idx INTEGER, unit_line BIGINT, line_no BIGINT, log_id VARCHAR, content_hash VARCHAR, day VARCHAR)")
@@ -484,6 +486,7 @@ class _Stager:
             f"INSERT INTO keys SELECT {file_idx}, {first}, line_no, log_id, {_content_hash(field_rules())}, day "
             f"FROM judged WHERE reason IS NULL")
         self._copy(file_idx, first, typed)
+        self.lines_by_line += chunk.num_rows
         self.con.unregister("chunk")
 
 
@@ -499,6 +502,7 @@ def ingest(settings: Settings, days: Iterable[str] | None = None, last_day: str 
         stager = _Stager(con, work, [_source_name(settings, p) for p in files], first_day, last_day,
                          datetime.now(timezone.utc).isoformat())
         result = _ingest(stager, settings, files, days)
+        result.lines_by_line = stager.lines_by_line
         con.close()
         return result
     finally:

@@ -22,6 +22,7 @@ def test_materialize_a_partition_range(tmp_path):
         assert result.success
         meta = result.asset_materializations_for_node("raw_logs")[0].metadata
         assert meta["new_rows"].value == 6 and meta["rows_stored"].value == 6 and meta["quarantined_invalid_json"].value == 1
+        assert meta["lines_checked_one_by_one"].value == 10  # the file holds a bad line
         assert "| r0 |" in meta["preview"].value
         # the lake keeps the original prompt; the preview the UI shows is redacted
         assert "jane.doe@example.com" not in meta["preview"].value and "[EMAIL]" in meta["preview"].value

@@ -182,6 +182,7 @@ def test_only_chunks_with_bad_lines_are_parsed_line_by_line(settings, monkeypatc
     # the chunk with the bad line, then the chunk of the conflicting line again for its line number
     numbers = [c["line_no"].to_pylist() for c in by_line]
     assert [(41 in n, 91 in n) for n in numbers] == [(True, False), (False, True)]
+    assert result.lines_by_line == sum(len(n) for n in numbers)
 
 
 def test_content_hash_is_stable(settings):
