@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 UI_PORT ?= 3000
 
-.PHONY: install run test ui bench clean
+.PHONY: install run lint test ui bench clean
 
 # A virtual environment in the repo root, installed with the tested pins (constraints.txt keeps torch on its CPU build).
 $(INSTALLED): pyproject.toml constraints.txt
@@ -19,7 +19,13 @@ install: $(INSTALLED)
 run: install
 	$(BIN)/ft-pipeline run --demo-if-empty
 
-test: install
+# Lint, format and type checks first: they take seconds and fail before the slow tests start.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint
 	$(BIN)/python -m pytest
 
 ui: install

@@ -19,22 +19,85 @@ import statistics
 import tempfile
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
+from sides import peak_rss_mb, run_side  # bench/ itself is on the path of a script run from it
 
 from ft_pipeline.core.ingest import ingest
 from ft_pipeline.settings import Settings
 
-from sides import peak_rss_mb, run_side  # bench/ itself is on the path of a script run from it
-
-WORDS = (
-    "the a to of and in is for on that with as it be this by are or from at your can we will more you "
-    "model answer question customer order refund game level player quest story character website page "
-    "design summary article report data user account please thanks sure here step first then finally "
-    "because however example code function error value result price delivery support issue help"
-).split()
+WORDS = [
+    "the",
+    "a",
+    "to",
+    "of",
+    "and",
+    "in",
+    "is",
+    "for",
+    "on",
+    "that",
+    "with",
+    "as",
+    "it",
+    "be",
+    "this",
+    "by",
+    "are",
+    "or",
+    "from",
+    "at",
+    "your",
+    "can",
+    "we",
+    "will",
+    "more",
+    "you",
+    "model",
+    "answer",
+    "question",
+    "customer",
+    "order",
+    "refund",
+    "game",
+    "level",
+    "player",
+    "quest",
+    "story",
+    "character",
+    "website",
+    "page",
+    "design",
+    "summary",
+    "article",
+    "report",
+    "data",
+    "user",
+    "account",
+    "please",
+    "thanks",
+    "sure",
+    "here",
+    "step",
+    "first",
+    "then",
+    "finally",
+    "because",
+    "however",
+    "example",
+    "code",
+    "function",
+    "error",
+    "value",
+    "result",
+    "price",
+    "delivery",
+    "support",
+    "issue",
+    "help",
+]
 TASKS = ["game", "website", "summarization", "support", "sql", "translation"]
 AGENTS = ["The Entrepreneur", "peter", "Dr. Helper", "Concise Bot", None]
 DECISIONS = ["accepted", "accepted", "edited", "rejected", "pending"]
@@ -85,7 +148,7 @@ def make_record(rng: random.Random, start: datetime, days: int) -> dict:
 def write_inbox(path: Path, lines: int, seed: int = 0, days: int = 30) -> int:
     """Write `lines` records to one JSONL file; returns its size in bytes."""
     rng = random.Random(seed)
-    start = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=days)
+    start = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=days)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as fh:
         for _ in range(lines):
@@ -104,7 +167,9 @@ def measure(side: str, source: Path, work: Path) -> dict:
         facts = {"stored": result.stored, "quarantined": result.quarantined_total}
     else:
         with duckdb.connect() as con:
-            con.execute(f"COPY (SELECT * FROM read_json('{source}', format='newline_delimited')) TO '{work / 'copy.parquet'}' (FORMAT parquet)")
+            con.execute(
+                f"COPY (SELECT * FROM read_json('{source}', format='newline_delimited')) TO '{work / 'copy.parquet'}' (FORMAT parquet)"
+            )
         facts = {}
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "peak_rss_mb": peak_rss_mb(), **facts}
@@ -125,14 +190,19 @@ def run(source: Path, repeat: int) -> dict[str, float]:
     for round_no in range(1, repeat + 1):
         bare.append(_measure_apart("duckdb", source))
         ours.append(_measure_apart("ingest", source))
-        print(f"round {round_no}: ingest {ours[-1]['seconds']:.2f} s, duckdb copy {bare[-1]['seconds']:.2f} s, "
-              f"ratio {ours[-1]['seconds'] / bare[-1]['seconds']:.2f}", flush=True)
+        print(
+            f"round {round_no}: ingest {ours[-1]['seconds']:.2f} s, duckdb copy {bare[-1]['seconds']:.2f} s, "
+            f"ratio {ours[-1]['seconds'] / bare[-1]['seconds']:.2f}",
+            flush=True,
+        )
     ours_s, bare_s = statistics.median(r["seconds"] for r in ours), statistics.median(r["seconds"] for r in bare)
     peak = max(r["peak_rss_mb"] for r in ours)
     print(f"baseline duckdb read_json -> parquet: {bare_s:.2f} s (median of {repeat})")
     print(f"ft_pipeline ingest: {ours_s:.2f} s ({ours[-1]['stored']:,} rows stored, {ours[-1]['quarantined']} quarantined)")
     print(f"ratio: {ours_s / bare_s:.2f} (target <= 1.5)")
-    print(f"peak memory of the ingest process: {peak:.0f} MB (target <= 2048); the copy's: {max(r['peak_rss_mb'] for r in bare):.0f} MB")
+    print(
+        f"peak memory of the ingest process: {peak:.0f} MB (target <= 2048); the copy's: {max(r['peak_rss_mb'] for r in bare):.0f} MB"
+    )
     return {"ingest_s": ours_s, "duckdb_s": bare_s, "ratio": ours_s / bare_s, "ingest_rss_mb": peak}
 
 

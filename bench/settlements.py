@@ -17,7 +17,7 @@ import random
 import shutil
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
@@ -25,16 +25,39 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from sides import peak_rss_mb, run_side  # bench/ itself is on the path of a script run from it
 
 from ft_pipeline.core.io import atomic_path, partition_file
 from ft_pipeline.core.schema import RAW_LOG_SCHEMA
 from ft_pipeline.core.settlements import RAW_TABLE, build_partition, settlements_path
 from ft_pipeline.settings import Settings
 
-from sides import peak_rss_mb, run_side  # bench/ itself is on the path of a script run from it
-
 DATE = "2024-01-15"
-SYLLABLES = "ka lo mi ne ra to su vi de an el in or us et pa ri co mu la be ta ge".split()
+SYLLABLES = [
+    "ka",
+    "lo",
+    "mi",
+    "ne",
+    "ra",
+    "to",
+    "su",
+    "vi",
+    "de",
+    "an",
+    "el",
+    "in",
+    "or",
+    "us",
+    "et",
+    "pa",
+    "ri",
+    "co",
+    "mu",
+    "la",
+    "be",
+    "ta",
+    "ge",
+]
 PREAMBLE = "As an AI language model, I"
 # Rows generated and written at a time (one row group each, like DuckDB's default of 122,880).
 GENERATE_BATCH = 100_000
@@ -106,7 +129,9 @@ def _batch(rng: random.Random, np_rng: np.random.Generator, pools: tuple[pa.Arra
     final = finals.take(pa.array(out_idx))
     final_output = pc.if_else(pa.array(decision == "edited"), final, pa.nulls(rows, pa.string()))
     ids = pa.array(np.arange(first, first + rows)).cast(pa.string())
-    prompt = pc.binary_join_element_wise("Request ", ids, ": ", prompts.take(pa.array(np_rng.integers(0, len(prompts), rows))), "")
+    prompt = pc.binary_join_element_wise(
+        "Request ", ids, ": ", prompts.take(pa.array(np_rng.integers(0, len(prompts), rows))), ""
+    )
 
     # About 1% of prompts and 0.5% of outputs carry a piece of PII.
     def sprinkle(column: pa.Array, share: float) -> pa.Array:
@@ -120,7 +145,7 @@ def _batch(rng: random.Random, np_rng: np.random.Generator, pools: tuple[pa.Arra
         return pa.array(values, mask=np_rng.random(rows) >= share)
 
     seconds = np_rng.integers(0, 86400, rows)
-    day = int(datetime.fromisoformat(DATE).replace(tzinfo=timezone.utc).timestamp() * 1e6)
+    day = int(datetime.fromisoformat(DATE).replace(tzinfo=UTC).timestamp() * 1e6)
     timestamp = pa.array(day + seconds * 1_000_000, pa.timestamp("us", tz="UTC"))
     messages = json.dumps([{"role": "user", "content": "Earlier question about the same topic."}])
     return pa.table(
@@ -130,7 +155,11 @@ def _batch(rng: random.Random, np_rng: np.random.Generator, pools: tuple[pa.Arra
             "task": pa.array(np_rng.choice(["chat", "summarization", "game", "website"], rows)),
             "prompt": prompt,
             "messages": maybe(np.full(rows, messages), 0.2),
-            "system_prompt": pc.if_else(pa.array(np_rng.random(rows) < 0.6), system_prompts.take(pa.array(np_rng.integers(0, 20, rows))), pa.nulls(rows, pa.string())),
+            "system_prompt": pc.if_else(
+                pa.array(np_rng.random(rows) < 0.6),
+                system_prompts.take(pa.array(np_rng.integers(0, 20, rows))),
+                pa.nulls(rows, pa.string()),
+            ),
             "output": output,
             "final_output": final_output,
             "decision": pa.array(decision),
@@ -167,8 +196,12 @@ def measure(side: str, data_dir: Path) -> dict:
     start = time.perf_counter()
     if side == "settlements":
         result = build_partition(settings, DATE)
-        facts = {"settled": result.settled, "excluded": sum(result.excluded.values()), "pii": result.pii,
-                 "output_mb": settlements_path(settings, DATE).stat().st_size / 1e6}
+        facts = {
+            "settled": result.settled,
+            "excluded": sum(result.excluded.values()),
+            "pii": result.pii,
+            "output_mb": settlements_path(settings, DATE).stat().st_size / 1e6,
+        }
     else:
         copy = data_dir / "duckdb_copy.parquet"
         with duckdb.connect() as con:
@@ -189,14 +222,23 @@ def run(data_dir: Path) -> dict[str, float]:
     rows = pq.ParquetFile(source).metadata.num_rows
     bare = _measure_apart("duckdb", data_dir)
     ours = _measure_apart("settlements", data_dir)
-    print(f"rows: {rows:,}  raw file: {source.stat().st_size / 1e6:.0f} MB  settled: {ours['settled']:,}  "
-          f"excluded: {ours['excluded']:,}  PII: {ours['pii']}")
+    print(
+        f"rows: {rows:,}  raw file: {source.stat().st_size / 1e6:.0f} MB  settled: {ours['settled']:,}  "
+        f"excluded: {ours['excluded']:,}  PII: {ours['pii']}"
+    )
     for name, side in (("settlements", ours), ("duckdb copy", bare)):
-        print(f"{name}: {side['seconds']:.2f} s  {rows / side['seconds']:,.0f} rows/s  peak RSS {side['peak_rss_mb']:,.0f} MB  "
-              f"output {side['output_mb']:.0f} MB")
+        print(
+            f"{name}: {side['seconds']:.2f} s  {rows / side['seconds']:,.0f} rows/s  peak RSS {side['peak_rss_mb']:,.0f} MB  "
+            f"output {side['output_mb']:.0f} MB"
+        )
     print(f"ratio: {ours['seconds'] / bare['seconds']:.2f}")
-    return {"settlements_s": ours["seconds"], "duckdb_s": bare["seconds"], "ratio": ours["seconds"] / bare["seconds"],
-            "settlements_rss_mb": ours["peak_rss_mb"], "duckdb_rss_mb": bare["peak_rss_mb"]}
+    return {
+        "settlements_s": ours["seconds"],
+        "duckdb_s": bare["seconds"],
+        "ratio": ours["seconds"] / bare["seconds"],
+        "settlements_rss_mb": ours["peak_rss_mb"],
+        "duckdb_rss_mb": bare["peak_rss_mb"],
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -220,8 +262,7 @@ def main(argv: list[str] | None = None) -> None:
             source.symlink_to(args.input.resolve())
         else:
             generate(source, args.rows, args.seed)
-        print(f"input ready in {time.perf_counter() - start:.1f} s  "
-              f"(generator peak RSS {peak_rss_mb():,.0f} MB)")
+        print(f"input ready in {time.perf_counter() - start:.1f} s  (generator peak RSS {peak_rss_mb():,.0f} MB)")
         run(data_dir)
     finally:
         shutil.rmtree(data_dir)

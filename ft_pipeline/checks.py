@@ -39,7 +39,6 @@ def task_dataset_valid(context: AssetCheckExecutionContext, pipeline: PipelineRe
     )
 
 
-
 @asset_check(
     asset=adapter_evaluation,
     blocking=True,
@@ -52,7 +51,9 @@ def adapter_beats_base(context: AssetCheckExecutionContext, pipeline: PipelineRe
 
     result = latest_evaluation(pipeline.settings(), context.partition_key)
     if result is None:
-        return AssetCheckResult(passed=False, severity=AssetCheckSeverity.ERROR, description="the newest adapter has no evaluation")
+        return AssetCheckResult(
+            passed=False, severity=AssetCheckSeverity.ERROR, description="the newest adapter has no evaluation"
+        )
     test = result["tests"]["vs_base"]
     return AssetCheckResult(
         passed=test["p_value"] < result["p_threshold"],
@@ -93,7 +94,11 @@ def champion_live_acceptance(pipeline: PipelineResource) -> AssetCheckResult:
         passed=not alarms,
         severity=AssetCheckSeverity.WARN,
         description="; ".join(alarms) or f"{len(findings)} champions compared with their predecessors, no significant drop",
-        metadata={"compared": len(findings), "dropped": len(alarms), "details": MetadataValue.md("\n".join(f"- {line}" for line in lines) or "none")},
+        metadata={
+            "compared": len(findings),
+            "dropped": len(alarms),
+            "details": MetadataValue.md("\n".join(f"- {line}" for line in lines) or "none"),
+        },
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from ft_pipeline.settings import Settings
 
@@ -55,8 +55,11 @@ def print_summary(settings: Settings) -> None:
         print(
             f"task {row['task']}: {row['settled']} settled, champion "
             f"{'v' + str(champion) if champion else 'none'}"
-            + (f", eval loss {row['champion_scores'].get('loss'):.3f} vs base {row['champion_scores'].get('base_loss'):.3f}"
-               if champion and row.get("champion_scores") else "")
+            + (
+                f", eval loss {row['champion_scores'].get('loss'):.3f} vs base {row['champion_scores'].get('base_loss'):.3f}"
+                if champion and row.get("champion_scores")
+                else ""
+            )
         )
 
 

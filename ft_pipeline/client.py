@@ -9,7 +9,7 @@ import os
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -46,10 +46,10 @@ class LogWriter:
             record["log_id"] = uuid.uuid4().hex
         stamp = record.get("timestamp")
         if stamp is None:
-            record["timestamp"] = datetime.now(timezone.utc).isoformat()
+            record["timestamp"] = datetime.now(UTC).isoformat()
         elif isinstance(stamp, datetime):
             # the contract reads a naive time as UTC; say so explicitly in the file
-            record["timestamp"] = (stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)).isoformat()
+            record["timestamp"] = (stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)).isoformat()
         problems = record_problems(record)
         if problems:
             raise ValueError("log record breaks the contract: " + "; ".join(f"{code} ({detail})" for code, detail in problems))
@@ -61,11 +61,10 @@ class LogWriter:
             if self._closed:
                 raise ValueError("this LogWriter is closed")
             self._adopt_after_fork()
-            if self._fh is None:
-                self._open_spool()
-            self._fh.write(data)
+            fh = self._fh or self._open_spool()
+            fh.write(data)
             # nothing stays in this process's buffer, so a fork cannot write the same line twice
-            self._fh.flush()
+            fh.flush()
             self._pending += 1
             # there is no background thread: an idle writer publishes on its next write, flush() or close()
             if self._pending >= self.flush_every or time.monotonic() - self._opened_at >= self.flush_seconds:
@@ -86,7 +85,7 @@ class LogWriter:
                 self._publish()
                 self._closed = True
 
-    def __enter__(self) -> "LogWriter":
+    def __enter__(self) -> LogWriter:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -99,16 +98,17 @@ class LogWriter:
                 self._fh.close()
             self._pid, self._fh, self._spool, self._pending = os.getpid(), None, None, 0
 
-    def _open_spool(self) -> None:
+    def _open_spool(self) -> BinaryIO:
         """Start a new spool file of this process."""
         self.spool_dir.mkdir(parents=True, exist_ok=True)
         self._spool = self.spool_dir / new_spool_name(os.getpid())
         self._fh = open(self._spool, "xb")
         self._opened_at = time.monotonic()
+        return self._fh
 
     def _publish(self) -> Path | None:
         """Move the spool file into the inbox under a unique name (one rename, so readers see all or nothing)."""
-        if self._fh is None:
+        if self._fh is None or self._spool is None:
             return None
         self._fh.flush()
         os.fsync(self._fh.fileno())
@@ -143,7 +143,7 @@ def assign_variant(experiment_id: str, unit_id: str, weights: dict[str, float] |
     arms = list(weights.items()) if isinstance(weights, dict) else [(arm, 1.0) for arm in weights]
     if not arms or any(w < 0 for _, w in arms) or sum(w for _, w in arms) <= 0:
         raise ValueError(f"weights must name at least one arm with non-negative weights summing above 0: {weights!r}")
-    digest = hashlib.sha256(f"{experiment_id}\x1f{unit_id}".encode("utf-8")).digest()
+    digest = hashlib.sha256(f"{experiment_id}\x1f{unit_id}".encode()).digest()
     point = int.from_bytes(digest[:8], "big") / 2**64 * sum(w for _, w in arms)
     cumulative = 0.0
     for arm, weight in arms:

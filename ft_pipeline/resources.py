@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from dagster import Config, ConfigurableResource
 from pydantic import Field, create_model
@@ -17,7 +17,7 @@ class PipelineResource(ConfigurableResource):
     mlflow_tracking_uri: str = Field(default="", description="Overrides FT_MLFLOW_TRACKING_URI.")
     base_model: str = Field(default="", description="Overrides FT_BASE_MODEL.")
 
-    def settings(self, config: Optional[Config] = None) -> Settings:
+    def settings(self, config: Config | None = None) -> Settings:
         """Environment settings, then this resource's fields, then the run config of one asset."""
         overrides: dict[str, Any] = {
             "data_dir": self.data_dir or None,
@@ -38,7 +38,7 @@ def stage_config(stage: str, name: str) -> type[Config]:
             continue
         py_type = _PY_TYPES[str(f.type).split(" ")[0]]
         help_text = f"{f.metadata['help']} Empty: environment variable {f.metadata['env']} or its default."
-        fields[f.name] = (Optional[py_type], Field(default=None, description=help_text))
+        fields[f.name] = (py_type | None, Field(default=None, description=help_text))
     return create_model(name, __base__=Config, **fields)
 
 

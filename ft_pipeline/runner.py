@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from dagster import AssetKey, AssetSelection, DagsterInstance, Definitions, materialize
 
@@ -39,9 +39,7 @@ def pipeline_instance() -> DagsterInstance:
     if Path("dagster.yaml").is_file():
         os.environ["DAGSTER_HOME"] = str(Path.cwd())
         return DagsterInstance.get()
-    raise RuntimeError(
-        "No Dagster instance: set DAGSTER_HOME to a folder with a dagster.yaml, or run from the repo root."
-    )
+    raise RuntimeError("No Dagster instance: set DAGSTER_HOME to a folder with a dagster.yaml, or run from the repo root.")
 
 
 def selected_keys(defs: Definitions, select: str) -> set[str]:

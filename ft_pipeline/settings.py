@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,34 +24,70 @@ def knob(default: Any, env: str, stage: str, help: str) -> Any:
 class Settings:
     """All knobs of the pipeline; `None` on a quality threshold switches that filter off."""
 
-    data_dir: str = knob("./data", "FT_DATA_DIR", "general", "Root of the inbox, lake, quarantine, reports, datasets, models and stores.")
-    partitions_start: str = knob("2020-01-01", "FT_PARTITIONS_START", "general", "First day of the daily partitions; older records are quarantined.")
-    ingest_memory_limit: str = knob("1GB", "FT_INGEST_MEMORY_LIMIT", "general", "DuckDB memory limit of the raw_logs ingest; beyond it DuckDB spills to disk.")
+    data_dir: str = knob(
+        "./data", "FT_DATA_DIR", "general", "Root of the inbox, lake, quarantine, reports, datasets, models and stores."
+    )
+    partitions_start: str = knob(
+        "2020-01-01", "FT_PARTITIONS_START", "general", "First day of the daily partitions; older records are quarantined."
+    )
+    ingest_memory_limit: str = knob(
+        "1GB", "FT_INGEST_MEMORY_LIMIT", "general", "DuckDB memory limit of the raw_logs ingest; beyond it DuckDB spills to disk."
+    )
 
     # settlements: quality filters (each applied only when the record has the field)
-    min_quality_score: float | None = knob(7.0, "FT_MIN_QUALITY_SCORE", "settlements", "Minimum quality_score (0-10) of a settled record.")
+    min_quality_score: float | None = knob(
+        7.0, "FT_MIN_QUALITY_SCORE", "settlements", "Minimum quality_score (0-10) of a settled record."
+    )
     min_confidence: float | None = knob(0.7, "FT_MIN_CONFIDENCE", "settlements", "Minimum confidence (0-1) of a settled record.")
-    min_user_rating: float | None = knob(4.0, "FT_MIN_USER_RATING", "settlements", "Minimum user_rating (1-5) of a settled record.")
-    min_final_chars: int | None = knob(2, "FT_MIN_FINAL_CHARS", "settlements", "Minimum length in characters of the approved text.")
+    min_user_rating: float | None = knob(
+        4.0, "FT_MIN_USER_RATING", "settlements", "Minimum user_rating (1-5) of a settled record."
+    )
+    min_final_chars: int | None = knob(
+        2, "FT_MIN_FINAL_CHARS", "settlements", "Minimum length in characters of the approved text."
+    )
 
     # pattern report
     significance: float = knob(0.05, "FT_SIGNIFICANCE", "report", "p-value under which a regression or an A/B difference counts.")
-    regression_min_drop: float = knob(0.10, "FT_REGRESSION_MIN_DROP", "report", "Fall of a rate (0-1) in the last 7 days that counts as a regression.")
-    regression_min_n: int = knob(20, "FT_REGRESSION_MIN_N", "report", "Reviewed records a group needs on each side of the 7-day line before a regression is tested.")
-    alert_rejection_rate: float = knob(0.2, "FT_ALERT_REJECTION_RATE", "report", "Rejection rate of a task above which its alert check fails.")
-    alert_latency_p95_ms: float = knob(2000.0, "FT_ALERT_LATENCY_P95_MS", "report", "Latency p95 in ms of a task above which its alert check fails.")
-    alert_confidence_drop: float = knob(0.1, "FT_ALERT_CONFIDENCE_DROP", "report", "Fall of mean confidence in the last 7 days above which the alert check fails.")
+    regression_min_drop: float = knob(
+        0.10, "FT_REGRESSION_MIN_DROP", "report", "Fall of a rate (0-1) in the last 7 days that counts as a regression."
+    )
+    regression_min_n: int = knob(
+        20,
+        "FT_REGRESSION_MIN_N",
+        "report",
+        "Reviewed records a group needs on each side of the 7-day line before a regression is tested.",
+    )
+    alert_rejection_rate: float = knob(
+        0.2, "FT_ALERT_REJECTION_RATE", "report", "Rejection rate of a task above which its alert check fails."
+    )
+    alert_latency_p95_ms: float = knob(
+        2000.0, "FT_ALERT_LATENCY_P95_MS", "report", "Latency p95 in ms of a task above which its alert check fails."
+    )
+    alert_confidence_drop: float = knob(
+        0.1, "FT_ALERT_CONFIDENCE_DROP", "report", "Fall of mean confidence in the last 7 days above which the alert check fails."
+    )
     report_top_phrases: int = knob(10, "FT_REPORT_TOP_PHRASES", "report", "Phrases listed per agent for deletions and additions.")
     min_phrase_support: int = knob(3, "FT_MIN_PHRASE_SUPPORT", "report", "Edits a phrase must appear in before it is reported.")
 
     # datasets
     val_share: float = knob(0.1, "FT_VAL_SHARE", "dataset", "Share of records (by hash of log_id) held out for validation.")
-    min_train_examples: int = knob(50, "FT_MIN_TRAIN_EXAMPLES", "dataset", "Training examples a task needs before an adapter is trained.")
-    max_seq_len: int = knob(512, "FT_MAX_SEQ_LEN", "dataset", "Longest tokenized example used for training; longer ones are counted and truncated.")
-    default_system_prompts: dict = knob({}, "FT_DEFAULT_SYSTEM_PROMPTS", "dataset", "JSON object task -> system prompt used when a record has none.")
+    min_train_examples: int = knob(
+        50, "FT_MIN_TRAIN_EXAMPLES", "dataset", "Training examples a task needs before an adapter is trained."
+    )
+    max_seq_len: int = knob(
+        512, "FT_MAX_SEQ_LEN", "dataset", "Longest tokenized example used for training; longer ones are counted and truncated."
+    )
+    default_system_prompts: dict = knob(
+        {}, "FT_DEFAULT_SYSTEM_PROMPTS", "dataset", "JSON object task -> system prompt used when a record has none."
+    )
 
     # base model
-    base_model: str = knob("builtin", "FT_BASE_MODEL", "model", "Hugging Face id or local folder of the base model, or 'builtin' for the small model trained locally.")
+    base_model: str = knob(
+        "builtin",
+        "FT_BASE_MODEL",
+        "model",
+        "Hugging Face id or local folder of the base model, or 'builtin' for the small model trained locally.",
+    )
     builtin_pretrain_steps: int = knob(300, "FT_BUILTIN_PRETRAIN_STEPS", "model", "Pretraining steps of the built-in base model.")
     builtin_vocab_size: int = knob(4096, "FT_BUILTIN_VOCAB_SIZE", "model", "Vocabulary size of the built-in tokenizer.")
 
@@ -58,32 +95,58 @@ class Settings:
     lora_r: int = knob(16, "FT_LORA_R", "training", "LoRA rank.")
     lora_alpha: int = knob(32, "FT_LORA_ALPHA", "training", "LoRA alpha (scaling = alpha / r).")
     lora_dropout: float = knob(0.05, "FT_LORA_DROPOUT", "training", "Dropout on the LoRA path.")
-    lora_target_modules: str = knob("auto", "FT_LORA_TARGET_MODULES", "training", "Comma-separated module names, or 'auto' for the architecture's attention and MLP projections.")
-    learning_rate: float = knob(1e-3, "FT_LEARNING_RATE", "training", "Peak learning rate (AdamW, linear warmup then cosine decay).")
+    lora_target_modules: str = knob(
+        "auto",
+        "FT_LORA_TARGET_MODULES",
+        "training",
+        "Comma-separated module names, or 'auto' for the architecture's attention and MLP projections.",
+    )
+    learning_rate: float = knob(
+        1e-3, "FT_LEARNING_RATE", "training", "Peak learning rate (AdamW, linear warmup then cosine decay)."
+    )
     batch_size: int = knob(16, "FT_BATCH_SIZE", "training", "Examples per batch.")
     max_steps: int = knob(200, "FT_MAX_STEPS", "training", "Upper bound on optimizer steps per training run.")
     eval_every: int = knob(20, "FT_EVAL_EVERY", "training", "Steps between validation-loss evaluations.")
-    early_stopping_patience: int = knob(3, "FT_EARLY_STOPPING_PATIENCE", "training", "Evaluations without improvement before training stops.")
+    early_stopping_patience: int = knob(
+        3, "FT_EARLY_STOPPING_PATIENCE", "training", "Evaluations without improvement before training stops."
+    )
     checkpoint_every: int = knob(50, "FT_CHECKPOINT_EVERY", "training", "Steps between resumable checkpoints.")
     seed: int = knob(0, "FT_SEED", "training", "Seed of every random choice in training.")
     device: str = knob("auto", "FT_DEVICE", "training", "'auto' (GPU when present), 'cpu' or 'cuda'.")
     torch_threads: int = knob(0, "FT_TORCH_THREADS", "training", "CPU threads for torch; 0 keeps torch's default.")
-    mlflow_tracking_uri: str = knob("", "FT_MLFLOW_TRACKING_URI", "training", "MLflow tracking URI; empty means a sqlite store under the data dir.")
+    mlflow_tracking_uri: str = knob(
+        "", "FT_MLFLOW_TRACKING_URI", "training", "MLflow tracking URI; empty means a sqlite store under the data dir."
+    )
 
     # evaluation and promotion
-    promotion_p_value: float = knob(0.05, "FT_PROMOTION_P_VALUE", "evaluation", "Wilcoxon p-value under which the candidate counts as better.")
-    eval_generation_samples: int = knob(16, "FT_EVAL_GENERATION_SAMPLES", "evaluation", "Validation examples that get greedy generations scored by chrF.")
+    promotion_p_value: float = knob(
+        0.05, "FT_PROMOTION_P_VALUE", "evaluation", "Wilcoxon p-value under which the candidate counts as better."
+    )
+    eval_generation_samples: int = knob(
+        16, "FT_EVAL_GENERATION_SAMPLES", "evaluation", "Validation examples that get greedy generations scored by chrF."
+    )
     eval_max_new_tokens: int = knob(64, "FT_EVAL_MAX_NEW_TOKENS", "evaluation", "Longest greedy generation in evaluation.")
-    generation_tolerance: float = knob(0.0, "FT_GENERATION_TOLERANCE", "evaluation", "How far the candidate's chrF may fall below the champion's and still be promoted.")
+    generation_tolerance: float = knob(
+        0.0,
+        "FT_GENERATION_TOLERANCE",
+        "evaluation",
+        "How far the candidate's chrF may fall below the champion's and still be promoted.",
+    )
     dry_run: bool = knob(False, "FT_DRY_RUN", "evaluation", "Evaluate and record the decision without moving the champion alias.")
 
     # automation
-    retrain_threshold: int = knob(50, "FT_RETRAIN_THRESHOLD", "automation", "New settled examples of a task that trigger a retrain.")
-    nightly_retrain_cron: str = knob("0 2 * * *", "FT_NIGHTLY_RETRAIN_CRON", "automation", "Cron of the nightly retrain of every task with new data.")
-    daily_ingest_cron: str = knob("15 0 * * *", "FT_DAILY_INGEST_CRON", "automation", "Cron of the daily ingest of yesterday's partition.")
+    retrain_threshold: int = knob(
+        50, "FT_RETRAIN_THRESHOLD", "automation", "New settled examples of a task that trigger a retrain."
+    )
+    nightly_retrain_cron: str = knob(
+        "0 2 * * *", "FT_NIGHTLY_RETRAIN_CRON", "automation", "Cron of the nightly retrain of every task with new data."
+    )
+    daily_ingest_cron: str = knob(
+        "15 0 * * *", "FT_DAILY_INGEST_CRON", "automation", "Cron of the daily ingest of yesterday's partition."
+    )
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Settings from environment variables (or `env`), then explicit overrides."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
@@ -94,7 +157,7 @@ class Settings:
         values.update({k: v for k, v in overrides.items() if v is not None or _optional(cls, k)})
         return cls(**values)
 
-    def replace(self, **changes: Any) -> "Settings":
+    def replace(self, **changes: Any) -> Settings:
         """A copy with some knobs changed."""
         return dataclasses.replace(self, **changes)
 

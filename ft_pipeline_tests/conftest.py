@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
@@ -13,23 +13,47 @@ import pytest
 from ft_pipeline.core.io import partition_file, write_parquet_atomic
 from ft_pipeline.settings import Settings
 
-TINY_ARCHITECTURE = {"vocab_size": 320, "steps": 3, "hidden": 32, "intermediate": 64, "layers": 2, "heads": 2,
-                     "seq_len": 32, "batch_size": 4, "learning_rate": 1e-3, "seed": 0}
+TINY_ARCHITECTURE = {
+    "vocab_size": 320,
+    "steps": 3,
+    "hidden": 32,
+    "intermediate": 64,
+    "layers": 2,
+    "heads": 2,
+    "seq_len": 32,
+    "batch_size": 4,
+    "learning_rate": 1e-3,
+    "seed": 0,
+}
 
 TINY_CHATS = [
-    [{"role": "user", "content": f"Where is order {n}?"}, {"role": "assistant", "content": f"Order {n} ships tomorrow. Thanks for waiting."}]
+    [
+        {"role": "user", "content": f"Where is order {n}?"},
+        {"role": "assistant", "content": f"Order {n} ships tomorrow. Thanks for waiting."},
+    ]
     for n in range(12)
 ] + [
     [{"role": "user", "content": "Write a short greeting."}, {"role": "assistant", "content": "Hello there, and welcome!"}],
     [{"role": "user", "content": "Summarise: the cat sat on the mat."}, {"role": "assistant", "content": "A cat sat on a mat."}],
 ]
 
-SETTLEMENT_SCHEMA = pa.schema([
-    ("log_id", pa.string()), ("timestamp", pa.timestamp("us", tz="UTC")), ("task", pa.string()),
-    ("prompt", pa.string()), ("messages", pa.string()), ("system_prompt", pa.string()), ("output", pa.string()),
-    ("final_output", pa.string()), ("final_text", pa.string()), ("decision", pa.string()),
-    ("reasoning_mode", pa.string()), ("weight", pa.float64()), ("ingested_at", pa.timestamp("us", tz="UTC")),
-])
+SETTLEMENT_SCHEMA = pa.schema(
+    [
+        ("log_id", pa.string()),
+        ("timestamp", pa.timestamp("us", tz="UTC")),
+        ("task", pa.string()),
+        ("prompt", pa.string()),
+        ("messages", pa.string()),
+        ("system_prompt", pa.string()),
+        ("output", pa.string()),
+        ("final_output", pa.string()),
+        ("final_text", pa.string()),
+        ("decision", pa.string()),
+        ("reasoning_mode", pa.string()),
+        ("weight", pa.float64()),
+        ("ingested_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
 
 
 @pytest.fixture(scope="session")
@@ -61,12 +85,22 @@ def tiny_base_settings(tmp_path, tiny_model_dir) -> Settings:
 
 def settlement(log_id: str, task: str = "support", day: int = 0, **fields) -> dict:
     """A settled record with plausible defaults, timestamped `day` days after 2024-01-01."""
-    when = datetime(2024, 1, 1, 12, tzinfo=timezone.utc) + timedelta(days=day)
+    when = datetime(2024, 1, 1, 12, tzinfo=UTC) + timedelta(days=day)
     final = fields.pop("final_text", f"Answer {log_id}.")
     row = {
-        "log_id": log_id, "timestamp": when, "task": task, "prompt": f"Question {log_id}?", "messages": None,
-        "system_prompt": None, "output": final, "final_output": None, "final_text": final, "decision": "accepted",
-        "reasoning_mode": None, "weight": 1.0, "ingested_at": when + timedelta(hours=1),
+        "log_id": log_id,
+        "timestamp": when,
+        "task": task,
+        "prompt": f"Question {log_id}?",
+        "messages": None,
+        "system_prompt": None,
+        "output": final,
+        "final_output": None,
+        "final_text": final,
+        "decision": "accepted",
+        "reasoning_mode": None,
+        "weight": 1.0,
+        "ingested_at": when + timedelta(hours=1),
     }
     return {**row, **fields}
 

@@ -8,9 +8,50 @@ from ft_pipeline.settings import Settings
 
 TASK = "greet"
 NAMES = [
-    "anna", "ben", "carl", "dora", "emil", "fay", "gus", "hana", "ivo", "jana", "karl", "lea", "max", "nina", "otto",
-    "pia", "quin", "rosa", "sam", "tina", "udo", "vera", "walt", "xena", "yuri", "zoe", "alma", "bert", "cleo", "dirk",
-    "edda", "finn", "gert", "hugo", "inga", "jonas", "kira", "lars", "mila", "nils", "olga", "paul", "rita", "sven",
+    "anna",
+    "ben",
+    "carl",
+    "dora",
+    "emil",
+    "fay",
+    "gus",
+    "hana",
+    "ivo",
+    "jana",
+    "karl",
+    "lea",
+    "max",
+    "nina",
+    "otto",
+    "pia",
+    "quin",
+    "rosa",
+    "sam",
+    "tina",
+    "udo",
+    "vera",
+    "walt",
+    "xena",
+    "yuri",
+    "zoe",
+    "alma",
+    "bert",
+    "cleo",
+    "dirk",
+    "edda",
+    "finn",
+    "gert",
+    "hugo",
+    "inga",
+    "jonas",
+    "kira",
+    "lars",
+    "mila",
+    "nils",
+    "olga",
+    "paul",
+    "rita",
+    "sven",
 ]
 VAL_NAMES = NAMES[:12]
 TRAIN_NAMES = NAMES[12:]
@@ -26,28 +67,64 @@ def build_tiny_base(folder: Path) -> Path:
     from ft_pipeline.training.base_model import build_builtin
 
     chats = [chat(n, w) for n in NAMES for w in ("Hello", "Goodbye")]
-    build_builtin(chats, folder, vocab_size=300, steps=0, hidden=32, intermediate=64, layers=2, heads=4, seq_len=32,
-                  batch_size=4, learning_rate=1e-3, seed=0, log=lambda _: None)
+    build_builtin(
+        chats,
+        folder,
+        vocab_size=300,
+        steps=0,
+        hidden=32,
+        intermediate=64,
+        layers=2,
+        heads=4,
+        seq_len=32,
+        batch_size=4,
+        learning_rate=1e-3,
+        seed=0,
+        log=lambda _: None,
+    )
     return folder
 
 
 def tiny_settings(data_dir: Path, base: Path, **overrides) -> Settings:
     """Settings for fast, deterministic CPU training and evaluation of the tiny model."""
     knobs = dict(
-        data_dir=str(data_dir), base_model=str(base), device="cpu", torch_threads=1, lora_r=8, lora_alpha=16,
-        lora_dropout=0.0, learning_rate=1e-2, batch_size=8, max_steps=30, eval_every=10, checkpoint_every=1000,
-        eval_generation_samples=4, eval_max_new_tokens=8,
+        data_dir=str(data_dir),
+        base_model=str(base),
+        device="cpu",
+        torch_threads=1,
+        lora_r=8,
+        lora_alpha=16,
+        lora_dropout=0.0,
+        learning_rate=1e-2,
+        batch_size=8,
+        max_steps=30,
+        eval_every=10,
+        checkpoint_every=1000,
+        eval_generation_samples=4,
+        eval_max_new_tokens=8,
     )
     return Settings(**{**knobs, **overrides})
 
 
-def write_dataset(settings: Settings, task: str = TASK, word: str = "Hello", watermark: str = "2024-01-01T00:00:00+00:00") -> None:
+def write_dataset(
+    settings: Settings, task: str = TASK, word: str = "Hello", watermark: str = "2024-01-01T00:00:00+00:00"
+) -> None:
     """datasets/<task>/ with train (greetings with `word`), val (always "Hello") and a manifest."""
     folder = settings.datasets_dir / task
     write_jsonl_atomic(({"messages": chat(n, word), "weight": 1.0, "id": f"t-{n}"} for n in TRAIN_NAMES), folder / "train.jsonl")
     write_jsonl_atomic(({"messages": chat(n), "weight": 1.0, "id": f"v-{n}"} for n in VAL_NAMES), folder / "val.jsonl")
-    write_json_atomic({"task": task, "version": f"{word.lower()}-v1", "n_train": len(TRAIN_NAMES), "n_val": len(VAL_NAMES),
-                       "n_preferences": 0, "data_watermark": watermark, "built_at": watermark}, folder / "manifest.json")
+    write_json_atomic(
+        {
+            "task": task,
+            "version": f"{word.lower()}-v1",
+            "n_train": len(TRAIN_NAMES),
+            "n_val": len(VAL_NAMES),
+            "n_preferences": 0,
+            "data_watermark": watermark,
+            "built_at": watermark,
+        },
+        folder / "manifest.json",
+    )
 
 
 def train_adapter(settings: Settings, task: str = TASK, word: str = "Hello", steps: int = 30) -> int:
@@ -55,8 +132,11 @@ def train_adapter(settings: Settings, task: str = TASK, word: str = "Hello", ste
     from ft_pipeline.training.lora import train_task
 
     write_dataset(settings, task, word)
-    return train_task(settings.replace(max_steps=max(steps, 1), learning_rate=settings.learning_rate if steps else 0.0),
-                      task, log=lambda _: None).version
+    return train_task(
+        settings.replace(max_steps=max(steps, 1), learning_rate=settings.learning_rate if steps else 0.0),
+        task,
+        log=lambda _: None,
+    ).version
 
 
 def evaluation(settings: Settings, task: str, version: int) -> dict:

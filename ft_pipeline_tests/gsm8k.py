@@ -5,12 +5,12 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 GSM8K_PATH = Path(__file__).parent / "data" / "example_model_solutions.jsonl.gz"
 MODELS = ("6b_finetuning", "6b_verification", "175b_finetuning", "175b_verification")
-START = datetime(2024, 3, 1, tzinfo=timezone.utc)
+START = datetime(2024, 3, 1, tzinfo=UTC)
 DAYS = 14
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
@@ -11,7 +11,7 @@ import pyarrow as pa
 from ft_pipeline.core.io import partition_file, write_parquet_atomic
 from ft_pipeline_tests.conftest import SETTLEMENT_SCHEMA, settlement
 
-T0 = datetime(2024, 3, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 
 
 def ingested_at(offset: int) -> str:
@@ -26,7 +26,9 @@ def write_partition(lake_dir: Path, date: str, *groups: tuple[str, int, int]) ->
         for task, n, start in groups
         for i in range(n)
     ]
-    return write_parquet_atomic(pa.Table.from_pylist(rows, schema=SETTLEMENT_SCHEMA), partition_file(lake_dir, "settlements", date))
+    return write_parquet_atomic(
+        pa.Table.from_pylist(rows, schema=SETTLEMENT_SCHEMA), partition_file(lake_dir, "settlements", date)
+    )
 
 
 def write_adapter(adapters_dir: Path, task: str, version: int, data_watermark: str) -> Path:

@@ -1,7 +1,7 @@
 """Backfills from the command line: an in-process asset partition range, and a job backfill run by the daemon."""
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
@@ -19,7 +19,7 @@ def demo_env(tmp_path: Path) -> tuple[dict[str, str], Path, DagsterInstance]:
     """A scratch instance and data dir whose inbox holds a few demo records on each of DAYS."""
     env = scratch_env(tmp_path)
     data = Path(env["FT_DATA_DIR"])
-    write_demo_inbox(data / "inbox", records=60, days=len(DAYS), end=datetime(2024, 3, 4, tzinfo=timezone.utc))
+    write_demo_inbox(data / "inbox", records=60, days=len(DAYS), end=datetime(2024, 3, 4, tzinfo=UTC))
     return env, data / "lake", DagsterInstance.from_ref(InstanceRef.from_dir(env["DAGSTER_HOME"]))
 
 
@@ -27,8 +27,17 @@ def test_asset_materialize_partition_range_runs_in_process(tmp_path):
     env, lake, instance = demo_env(tmp_path)
 
     result = run_tool(
-        [tool("dagster"), "asset", "materialize", "--select", "raw_logs,settlements",
-         "--partition-range", f"{DAYS[0]}...{DAYS[-1]}", "-m", "ft_pipeline.definitions"],
+        [
+            tool("dagster"),
+            "asset",
+            "materialize",
+            "--select",
+            "raw_logs,settlements",
+            "--partition-range",
+            f"{DAYS[0]}...{DAYS[-1]}",
+            "-m",
+            "ft_pipeline.definitions",
+        ],
         env,
     )
 
@@ -47,8 +56,20 @@ def test_job_backfill_queues_runs_that_the_daemon_executes(tmp_path):
     env, lake, instance = demo_env(tmp_path)
 
     result = run_tool(
-        [tool("dagster"), "job", "backfill", "-j", "ingest_job", "--from", DAYS[0], "--to", DAYS[-1],
-         "--noprompt", "-m", "ft_pipeline.definitions"],
+        [
+            tool("dagster"),
+            "job",
+            "backfill",
+            "-j",
+            "ingest_job",
+            "--from",
+            DAYS[0],
+            "--to",
+            DAYS[-1],
+            "--noprompt",
+            "-m",
+            "ft_pipeline.definitions",
+        ],
         env,
     )
 

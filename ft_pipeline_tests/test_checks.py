@@ -31,7 +31,9 @@ def test_check_is_registered():
     assert task_dataset_valid in asset_checks
 
 
-def test_too_small_dataset_fails_the_check_and_blocks_downstream(tmp_path, tiny_model_dir, write_settlement_rows, make_settlement):
+def test_too_small_dataset_fails_the_check_and_blocks_downstream(
+    tmp_path, tiny_model_dir, write_settlement_rows, make_settlement
+):
     result = _run(tmp_path, tiny_model_dir, write_settlement_rows, make_settlement, 20)
     [check] = result.get_asset_check_evaluations()
     assert not check.passed and check.severity == AssetCheckSeverity.ERROR

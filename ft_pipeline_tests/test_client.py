@@ -10,7 +10,7 @@ import sys
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -58,16 +58,14 @@ def files_under(folder: Path) -> list[Path]:
 )
 def test_a_record_that_breaks_the_contract_raises_and_writes_nothing(tmp_path, change, reason):
     record = {k: v for k, v in {**GOOD, **change}.items() if v is not None}
-    with LogWriter(tmp_path / "inbox") as writer:
-        with pytest.raises(ValueError, match=re.escape(reason)):
-            writer.write(record)
+    with LogWriter(tmp_path / "inbox") as writer, pytest.raises(ValueError, match=re.escape(reason)):
+        writer.write(record)
     assert files_under(tmp_path / "inbox") == []
 
 
 def test_unserialisable_metadata_raises_and_writes_nothing(tmp_path):
-    with LogWriter(tmp_path / "inbox") as writer:
-        with pytest.raises(ValueError, match="serialisable"):
-            writer.write({**GOOD, "metadata": {"when": object()}})
+    with LogWriter(tmp_path / "inbox") as writer, pytest.raises(ValueError, match="serialisable"):
+        writer.write({**GOOD, "metadata": {"when": object()}})
     assert files_under(tmp_path / "inbox") == []
 
 
@@ -80,7 +78,7 @@ def test_log_id_and_timestamp_are_filled_and_given_ones_kept(tmp_path):
     rows = {r["log_id"]: r for r in map(json.loads, inbox_lines(tmp_path))}
     assert re.fullmatch(r"[0-9a-f]{32}", filled) and kept == "mine-1"
     assert datetime.fromisoformat(rows[filled]["timestamp"]).utcoffset().total_seconds() == 0
-    assert abs((datetime.now(timezone.utc) - datetime.fromisoformat(rows[filled]["timestamp"])).total_seconds()) < 3600
+    assert abs((datetime.now(UTC) - datetime.fromisoformat(rows[filled]["timestamp"])).total_seconds()) < 3600
     assert rows["mine-1"]["timestamp"] == "2024-05-01T10:00:00+02:00"
     assert rows[from_datetime]["timestamp"] == "2024-05-01T12:30:00+00:00"
     assert all(validate_record(r) == [] for r in rows.values())
@@ -187,8 +185,11 @@ def crashed_writer(inbox: Path, count: int) -> Path:
 
 def lake_log_ids(settings: Settings) -> list[str]:
     """The log_ids stored in the raw_logs lake, sorted."""
-    return sorted(row["log_id"] for day in partition_dates(settings.lake_dir, "raw_logs")
-                  for row in pq.read_table(partition_file(settings.lake_dir, "raw_logs", day), columns=["log_id"]).to_pylist())
+    return sorted(
+        row["log_id"]
+        for day in partition_dates(settings.lake_dir, "raw_logs")
+        for row in pq.read_table(partition_file(settings.lake_dir, "raw_logs", day), columns=["log_id"]).to_pylist()
+    )
 
 
 def test_a_killed_writers_spool_is_published_by_the_next_writer_and_ingested_whole(tmp_path):
@@ -221,8 +222,9 @@ def test_a_torn_last_line_is_quarantined_and_the_whole_lines_stored(tmp_path):
 
 def test_a_live_writers_spool_is_left_alone_until_it_publishes_itself(tmp_path):
     inbox = tmp_path / "inbox"
-    live = subprocess.Popen([sys.executable, "-c", WRITER_SCRIPT, str(inbox), "3", "live"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    live = subprocess.Popen(
+        [sys.executable, "-c", WRITER_SCRIPT, str(inbox), "3", "live"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert live.stdout.readline() == "spooled\n"
         (spooled,) = (inbox / client.SPOOL_DIR).iterdir()
@@ -249,7 +251,7 @@ def test_an_empty_dead_spool_is_removed_and_a_legacy_name_counts_as_this_hosts(t
     legacy = tmp_path / client.SPOOL_DIR / f"{dead_pid()}-{uuid.uuid4().hex}.jsonl.part"
     legacy.write_text(json.dumps({**GOOD, "log_id": "legacy"}) + "\n")
     assert spool_owner(legacy.name).host == host_name()
-    (recovered,) = recover_spools(tmp_path)
+    (_recovered,) = recover_spools(tmp_path)
     assert not empty.exists() and not legacy.exists()
     assert [json.loads(line)["log_id"] for line in inbox_lines(tmp_path)] == ["legacy"]
     assert recover_spools(tmp_path / "no-such-inbox") == []
@@ -292,8 +294,9 @@ def test_assign_variant_is_uniform_over_fixed_units():
 
 
 def test_assign_variant_honours_weights():
-    counts = Counter(assign_variant("weighted", f"user-{i}", {"control": 0.9, "treatment": 0.1, "off": 0.0})
-                     for i in range(10000))
+    counts = Counter(
+        assign_variant("weighted", f"user-{i}", {"control": 0.9, "treatment": 0.1, "off": 0.0}) for i in range(10000)
+    )
     assert counts["off"] == 0
     assert 0.88 < counts["control"] / 10000 < 0.92
     with pytest.raises(ValueError):

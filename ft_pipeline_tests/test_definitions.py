@@ -8,7 +8,13 @@ def test_definitions_load_with_every_stage():
     defs.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
     assert {key.to_user_string() for key in graph.get_all_asset_keys()} == {
-        "raw_logs", "settlements", "pattern_report", "base_model", "task_dataset", "lora_adapter", "adapter_evaluation"
+        "raw_logs",
+        "settlements",
+        "pattern_report",
+        "base_model",
+        "task_dataset",
+        "lora_adapter",
+        "adapter_evaluation",
     }
     checks = {key.name for key in graph.asset_check_keys}
     assert {"task_dataset_valid", "adapter_beats_base", "no_regressions", "champion_live_acceptance"} <= checks

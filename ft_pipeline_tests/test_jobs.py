@@ -1,6 +1,6 @@
 """Tests of the ingest and retrain jobs as the code location resolves them."""
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import dagster as dg
 
@@ -14,7 +14,9 @@ from ft_pipeline.settings import Settings
 def selection(job_name: str) -> tuple[set[str], set[dg.AssetCheckKey]]:
     """Asset names and asset check keys a job executes."""
     job = defs.resolve_job_def(job_name)
-    return {key.to_user_string() for key in job.asset_layer.selected_asset_keys}, set(job.asset_layer.asset_graph.asset_check_keys)
+    return {key.to_user_string() for key in job.asset_layer.selected_asset_keys}, set(
+        job.asset_layer.asset_graph.asset_check_keys
+    )
 
 
 def test_retrain_job_runs_dataset_training_and_evaluation_with_their_checks():
@@ -30,7 +32,7 @@ def test_ingest_job_runs_one_day(tmp_path, monkeypatch):
     assert defs.resolve_job_def("ingest_job").partitions_def == daily_partitions
     monkeypatch.setenv("FT_DATA_DIR", str(tmp_path))
     settings = Settings.from_env()
-    write_demo_inbox(settings.inbox_dir, records=40, days=2, end=datetime(2024, 3, 3, tzinfo=timezone.utc))
+    write_demo_inbox(settings.inbox_dir, records=40, days=2, end=datetime(2024, 3, 3, tzinfo=UTC))
 
     with dg.instance_for_test() as instance:
         result = defs.resolve_job_def("ingest_job").execute_in_process(partition_key="2024-03-02", instance=instance)

@@ -28,9 +28,11 @@ def tick(instance: dg.DagsterInstance, settings: Settings, cursor: str | None) -
     """One sensor evaluation, with the partitions it asks for applied to the instance as the daemon would."""
     resources = {"pipeline": PipelineResource(data_dir=settings.data_dir)}
     # the context owns resources and an instance scope; leaving it open leaks them into later tests
-    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
-        with dg.partition_loading_context(dynamic_partitions_store=instance):
-            result = retrain_sensor(context)
+    with (
+        dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context,
+        dg.partition_loading_context(dynamic_partitions_store=instance),
+    ):
+        result = retrain_sensor(context)
     for request in result.dynamic_partitions_requests:
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
     return result

@@ -57,8 +57,10 @@ def test_the_main_job_ends_with_a_champion_and_a_rerun_changes_nothing(small_pip
 
 def pipeline_state(settings):
     """What a re-run over the same inbox must leave unchanged: lake rows, quarantine lines, adapter versions."""
-    rows = {table: duckdb.sql(f"SELECT count(*) FROM read_parquet('{table_glob(settings.lake_dir, table)}')").fetchall()[0][0]
-            for table in ("raw_logs", "settlements")}
+    rows = {
+        table: duckdb.sql(f"SELECT count(*) FROM read_parquet('{table_glob(settings.lake_dir, table)}')").fetchall()[0][0]
+        for table in ("raw_logs", "settlements")
+    }
     quarantined = sum(len(p.read_text().splitlines()) for p in settings.quarantine_dir.glob("*.jsonl"))
     adapters = sorted(str(p.relative_to(settings.adapters_dir)) for p in settings.adapters_dir.glob("*/[0-9]*"))
     return rows, quarantined, adapters

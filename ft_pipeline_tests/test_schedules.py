@@ -1,6 +1,6 @@
 """Tests of the daily ingest and nightly retrain schedules."""
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -12,7 +12,7 @@ from ft_pipeline.schedules import daily_ingest_schedule, nightly_retrain_schedul
 from ft_pipeline.settings import Settings
 from ft_pipeline_tests.retrain_fixtures import ingested_at, write_adapter, write_partition
 
-NIGHT = datetime(2024, 3, 5, 2, 0, tzinfo=timezone.utc)
+NIGHT = datetime(2024, 3, 5, 2, 0, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -25,9 +25,11 @@ def evaluate(schedule: dg.ScheduleDefinition, instance: dg.DagsterInstance, data
     """What one tick at NIGHT returns against the data under `data_dir`."""
     resources = {"pipeline": PipelineResource(data_dir=str(data_dir))}
     # the context owns resources and an instance scope; leaving it open leaks them into later tests
-    with dg.build_schedule_context(instance=instance, scheduled_execution_time=NIGHT, resources=resources) as context:
-        with dg.partition_loading_context(dynamic_partitions_store=instance):
-            return schedule(context)
+    with (
+        dg.build_schedule_context(instance=instance, scheduled_execution_time=NIGHT, resources=resources) as context,
+        dg.partition_loading_context(dynamic_partitions_store=instance),
+    ):
+        return schedule(context)
 
 
 def test_crons_come_from_settings_in_utc():

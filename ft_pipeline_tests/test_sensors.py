@@ -3,7 +3,7 @@ spools are published first."""
 
 import json
 
-from dagster import Definitions, DagsterInstance, DefaultSensorStatus, RunRequest, build_sensor_context
+from dagster import DagsterInstance, DefaultSensorStatus, Definitions, RunRequest, build_sensor_context
 
 from ft_pipeline.assets.raw_logs import raw_logs
 from ft_pipeline.assets.settlements import settlements
@@ -36,13 +36,17 @@ def test_new_and_changed_files_request_one_run_over_their_days(tmp_path):
         assert tuple(request.tags[t] for t in RANGE) == ("2024-03-02", "2024-03-02")
         skipped, cursor = tick(instance, cursor, tmp_path)
         assert isinstance(skipped, str)
-        (inbox / "a.jsonl").write_text(json.dumps(record) + "\n" + json.dumps({**record, "log_id": "b", "timestamp": "2024-03-05T01:00:00Z"}) + "\n")
+        (inbox / "a.jsonl").write_text(
+            json.dumps(record) + "\n" + json.dumps({**record, "log_id": "b", "timestamp": "2024-03-05T01:00:00Z"}) + "\n"
+        )
         (inbox / ".spool").mkdir()
         (inbox / ".spool" / "c.jsonl").write_text(json.dumps({**record, "timestamp": "2024-04-01T00:00:00Z"}) + "\n")
         (again,), _ = tick(instance, cursor, tmp_path)
         assert tuple(again.tags[t] for t in RANGE) == ("2024-03-02", "2024-03-05") and again.run_key != request.run_key
         # the request launches as is: one run of ingest_job over the range, which stores both days
-        defs = Definitions(assets=[raw_logs, settlements], jobs=[ingest_job], resources={"pipeline": PipelineResource(data_dir=str(tmp_path))})
+        defs = Definitions(
+            assets=[raw_logs, settlements], jobs=[ingest_job], resources={"pipeline": PipelineResource(data_dir=str(tmp_path))}
+        )
         run = defs.resolve_job_def("ingest_job").execute_in_process(instance=instance, tags=again.tags)
         assert run.success and partition_dates(tmp_path / "lake", "raw_logs") == ["2024-03-02", "2024-03-05"]
 

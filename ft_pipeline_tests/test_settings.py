@@ -45,9 +45,7 @@ def test_a_bad_value_names_its_variable(name, value):
 def test_run_config_overrides_environment_and_resource(tmp_path, monkeypatch):
     monkeypatch.setenv("FT_MIN_CONFIDENCE", "0.9")
     config_class = stage_config("settlements", "SettlementsConfigForTest")
-    assert set(config_class.model_fields) == {
-        f.name for f in knobs() if f.metadata["stage"] == "settlements"
-    }
+    assert set(config_class.model_fields) == {f.name for f in knobs() if f.metadata["stage"] == "settlements"}
     settings = PipelineResource(data_dir=str(tmp_path)).settings(config_class(min_quality_score=5.0))
     assert settings.root == tmp_path
     assert settings.min_quality_score == 5.0

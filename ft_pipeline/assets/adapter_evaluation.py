@@ -41,7 +41,9 @@ def adapter_evaluation(context: AssetExecutionContext, config: EvaluationConfig,
             "version": result["version"],
             "decision": result["decision"],
             "dry_run": result["dry_run"],
-            "champion_before": MetadataValue.int(result["champion_before"]) if result["champion_before"] else MetadataValue.null(),
+            "champion_before": MetadataValue.int(result["champion_before"])
+            if result["champion_before"]
+            else MetadataValue.null(),
             **{key: MetadataValue.float(value) for key, value in summary_metrics(result).items()},
             "scores": MetadataValue.md(scores_table(result)),
             "reasons": MetadataValue.md(reasons),

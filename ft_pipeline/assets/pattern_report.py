@@ -27,8 +27,10 @@ CHECKS = {
 
 
 @asset(
-    deps=[AssetDep("settlements", partition_mapping=AllPartitionMapping()),
-          AssetDep("raw_logs", partition_mapping=AllPartitionMapping())],
+    deps=[
+        AssetDep("settlements", partition_mapping=AllPartitionMapping()),
+        AssetDep("raw_logs", partition_mapping=AllPartitionMapping()),
+    ],
     check_specs=[AssetCheckSpec(name, asset="pattern_report", description=text) for name, text in CHECKS.items()],
     group_name="curation",
     kinds={"duckdb", "json"},
@@ -42,13 +44,23 @@ def pattern_report(context: AssetExecutionContext, config: ReportConfig, pipelin
     markdown = render_markdown(report)
     json_path = write_json_atomic(report, settings.reports_dir / "pattern_report.json")
     write_text_atomic(markdown, settings.reports_dir / "pattern_report.md")
-    context.log.info(f"pattern report as of {report['as_of']}: {len(report['regressions'])} regressions, "
-                     f"{len(report['recommendations'])} recommendations")
-    rates = {f"acceptance_rate/{task}": g["acceptance_rate"]
-             for task, g in report["groups"].get("task", {}).items() if g["acceptance_rate"] is not None}
+    context.log.info(
+        f"pattern report as of {report['as_of']}: {len(report['regressions'])} regressions, "
+        f"{len(report['recommendations'])} recommendations"
+    )
+    rates = {
+        f"acceptance_rate/{task}": g["acceptance_rate"]
+        for task, g in report["groups"].get("task", {}).items()
+        if g["acceptance_rate"] is not None
+    }
     checks = [
-        AssetCheckResult(check_name=name, passed=not findings, severity=AssetCheckSeverity.WARN,
-                         description="; ".join(findings) or CHECKS[name], metadata={"findings": len(findings)})
+        AssetCheckResult(
+            check_name=name,
+            passed=not findings,
+            severity=AssetCheckSeverity.WARN,
+            description="; ".join(findings) or CHECKS[name],
+            metadata={"findings": len(findings)},
+        )
         for name, findings in check_findings(report).items()
     ]
     return MaterializeResult(

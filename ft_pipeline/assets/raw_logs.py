@@ -28,8 +28,10 @@ def raw_logs(context: AssetExecutionContext, config: RawLogsConfig, pipeline: Pi
         f"{result.quarantined_total} quarantined, {result.pending} valid rows of other days left for their partitions"
     )
     if result.lines_by_line:
-        context.log.info(f"{result.lines_by_line} lines were checked one by one: the files or 32 MB pieces that hold a bad line "
-                         "or a conflicting duplicate, for the line numbers the quarantine names; the rest went through DuckDB's parallel reader")
+        context.log.info(
+            f"{result.lines_by_line} lines were checked one by one: the files or 32 MB pieces that hold a bad line "
+            "or a conflicting duplicate, for the line numbers the quarantine names; the rest went through DuckDB's parallel reader"
+        )
     for reason, count in sorted(result.quarantined.items()):
         context.log.warning(f"quarantined {count} lines: {reason} (see {settings.quarantine_dir})")
     # raw_logs keeps the original text; what the UI shows of it is redacted like every later stage

@@ -53,4 +53,7 @@ def _preview(examples: list[dict]) -> str:
     """Markdown of a few examples, one fenced JSON block each."""
     if not examples:
         return "_no examples_"
-    return "\n\n".join(f"**{ex['id']}** (weight {ex['weight']})\n```json\n{json.dumps(ex['messages'], indent=1, ensure_ascii=False)}\n```" for ex in examples)
+    return "\n\n".join(
+        f"**{ex['id']}** (weight {ex['weight']})\n```json\n{json.dumps(ex['messages'], indent=1, ensure_ascii=False)}\n```"
+        for ex in examples
+    )

@@ -6,9 +6,10 @@ import hashlib
 import json
 import math
 from collections import Counter
-from datetime import datetime, timezone
+from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from ft_pipeline.core.io import checked_name, partition_dates, table_glob, write_json_atomic, write_jsonl_atomic
 from ft_pipeline.core.lineage import DATASET_MANIFEST, adapter_watermark, dataset_dir, parse_time
@@ -27,8 +28,18 @@ ROLES = {"system", "user", "assistant", "function", "tool"}
 MESSAGE_KEYS = {"role", "content", "name", "function_call", "tool_calls", "tool_call_id", "weight"}
 
 SETTLEMENT_COLUMNS = (
-    "log_id", "timestamp", "task", "prompt", "messages", "system_prompt",
-    "output", "final_text", "decision", "reasoning_mode", "weight", "ingested_at",
+    "log_id",
+    "timestamp",
+    "task",
+    "prompt",
+    "messages",
+    "system_prompt",
+    "output",
+    "final_text",
+    "decision",
+    "reasoning_mode",
+    "weight",
+    "ingested_at",
 )
 
 
@@ -102,7 +113,12 @@ def system_prompt(record: dict[str, Any], defaults: dict[str, str]) -> str:
     except json.JSONDecodeError:
         turns = []
     for turn in turns if isinstance(turns, list) else []:
-        if isinstance(turn, dict) and turn.get("role") == "system" and isinstance(turn.get("content"), str) and turn["content"].strip():
+        if (
+            isinstance(turn, dict)
+            and turn.get("role") == "system"
+            and isinstance(turn.get("content"), str)
+            and turn["content"].strip()
+        ):
             return turn["content"]
     if defaults.get(record.get("task") or ""):
         return defaults[record["task"]]
@@ -120,7 +136,7 @@ def prompt_messages(record: dict[str, Any], defaults: dict[str, str]) -> list[di
 
 def chat_example(record: dict[str, Any], defaults: dict[str, str]) -> dict[str, Any]:
     """One training line: the chat ending in the approved text, the record's weight and its id."""
-    messages = prompt_messages(record, defaults) + [{"role": "assistant", "content": record.get("final_text") or ""}]
+    messages = [*prompt_messages(record, defaults), {"role": "assistant", "content": record.get("final_text") or ""}]
     weight = record.get("weight")
     return {"messages": messages, "weight": 1.0 if weight is None else float(weight), "id": str(record["log_id"])}
 
@@ -191,9 +207,7 @@ def token_stats(lengths: list[int], max_seq_len: int) -> dict[str, Any]:
     }
 
 
-def validation_report(
-    train: list[Any], val: list[Any], min_train_examples: int, stats: dict[str, Any]
-) -> dict[str, Any]:
+def validation_report(train: list[Any], val: list[Any], min_train_examples: int, stats: dict[str, Any]) -> dict[str, Any]:
     """Whether a dataset may be trained on: format errors, minimum size, split overlap; plus prompt diversity and token statistics."""
     errors = format_errors([*train, *val])
     train_ids = {ex.get("id") for ex in train if isinstance(ex, dict)}
@@ -267,7 +281,7 @@ def build_task_dataset(settings: Any, task: str, tokenizer: Any) -> dict[str, An
         "n_val": len(val),
         "n_preferences": len(pairs),
         "data_watermark": watermark.isoformat() if watermark else None,
-        "built_at": datetime.now(timezone.utc).isoformat(),
+        "built_at": datetime.now(UTC).isoformat(),
     }
     write_json_atomic(manifest, folder / DATASET_MANIFEST)
     return {

@@ -8,7 +8,7 @@ import random
 import string
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta, timezone
+from datetime import UTC, datetime, time, timedelta
 from itertools import accumulate
 from pathlib import Path
 from typing import Any
@@ -49,22 +49,102 @@ SQL_SCHEMA = (
 )
 
 AGENTS = [
-    Agent("support-bot", "customer_support", 0.6, 0.55, 0.08, "llama-3.1-8b-instruct", "5", "standard", 650.0,
-          "You are the support assistant of Northwind Shop. Solve the customer's problem in one short reply."),
-    Agent("billing-bot", "customer_support", 0.4, 0.62, 0.07, "llama-3.1-8b-instruct", "5", "agent", 800.0,
-          "You are the billing assistant of Northwind Shop. You can issue refunds. Be brief and concrete."),
-    Agent("sql-helper", "sql_generation", 1.0, 0.6, 0.09, "qwen2.5-coder-7b", "7", "chain_of_thought", 450.0,
-          f"You translate questions into SQLite queries. Answer with one SQL statement. Schema: {SQL_SCHEMA}"),
-    Agent("dungeon-master", "game_master", 0.65, 0.56, 0.08, "mistral-7b-instruct", None, "multi_step", 900.0,
-          "You are the narrator of a fantasy adventure. Describe what happens in two or three sentences."),
-    Agent("star-narrator", "game_master", 0.35, 0.58, 0.08, "mistral-7b-instruct", None, "multi_step", 900.0,
-          "You are the narrator of a science-fiction adventure. Describe what happens in two or three sentences."),
-    Agent("The Entrepreneur", "character_chat", 0.4, 0.6, 0.08, "llama-3.1-8b-instruct", "2", "standard", 700.0,
-          "You are The Entrepreneur: confident, practical, always pushing people to act."),
-    Agent("peter", "character_chat", 0.45, 0.62, 0.07, "llama-3.1-8b-instruct", "2", "standard", 700.0,
-          "You are Peter: a friendly, clumsy guy who shares funny personal stories."),
-    Agent("Captain Mira", "character_chat", 0.15, 0.6, 0.08, "llama-3.1-8b-instruct", "2", "standard", 700.0,
-          "You are Captain Mira, an old sea captain who talks like a sailor."),
+    Agent(
+        "support-bot",
+        "customer_support",
+        0.6,
+        0.55,
+        0.08,
+        "llama-3.1-8b-instruct",
+        "5",
+        "standard",
+        650.0,
+        "You are the support assistant of Northwind Shop. Solve the customer's problem in one short reply.",
+    ),
+    Agent(
+        "billing-bot",
+        "customer_support",
+        0.4,
+        0.62,
+        0.07,
+        "llama-3.1-8b-instruct",
+        "5",
+        "agent",
+        800.0,
+        "You are the billing assistant of Northwind Shop. You can issue refunds. Be brief and concrete.",
+    ),
+    Agent(
+        "sql-helper",
+        "sql_generation",
+        1.0,
+        0.6,
+        0.09,
+        "qwen2.5-coder-7b",
+        "7",
+        "chain_of_thought",
+        450.0,
+        f"You translate questions into SQLite queries. Answer with one SQL statement. Schema: {SQL_SCHEMA}",
+    ),
+    Agent(
+        "dungeon-master",
+        "game_master",
+        0.65,
+        0.56,
+        0.08,
+        "mistral-7b-instruct",
+        None,
+        "multi_step",
+        900.0,
+        "You are the narrator of a fantasy adventure. Describe what happens in two or three sentences.",
+    ),
+    Agent(
+        "star-narrator",
+        "game_master",
+        0.35,
+        0.58,
+        0.08,
+        "mistral-7b-instruct",
+        None,
+        "multi_step",
+        900.0,
+        "You are the narrator of a science-fiction adventure. Describe what happens in two or three sentences.",
+    ),
+    Agent(
+        "The Entrepreneur",
+        "character_chat",
+        0.4,
+        0.6,
+        0.08,
+        "llama-3.1-8b-instruct",
+        "2",
+        "standard",
+        700.0,
+        "You are The Entrepreneur: confident, practical, always pushing people to act.",
+    ),
+    Agent(
+        "peter",
+        "character_chat",
+        0.45,
+        0.62,
+        0.07,
+        "llama-3.1-8b-instruct",
+        "2",
+        "standard",
+        700.0,
+        "You are Peter: a friendly, clumsy guy who shares funny personal stories.",
+    ),
+    Agent(
+        "Captain Mira",
+        "character_chat",
+        0.15,
+        0.6,
+        0.08,
+        "llama-3.1-8b-instruct",
+        "2",
+        "standard",
+        700.0,
+        "You are Captain Mira, an old sea captain who talks like a sailor.",
+    ),
 ]
 AGENTS_BY_TASK = {task: [a for a in AGENTS if a.task == task] for task in TASK_SHARES}
 # cumulative weights computed once: random.choices with cum_weights skips re-summing on every record
@@ -77,12 +157,22 @@ ATTEMPT_CUM = list(accumulate(ATTEMPT_WEIGHTS))
 REGRESSION_AGENT, REGRESSION_ADAPTER, REGRESSION_ACCEPT_DROP, REGRESSION_REJECT_RISE = "peter", "3", 0.27, 0.08
 # planted: an A/B test with a real difference and one without
 EXPERIMENTS = {
-    "support-bot": ("greeting_test", {"a": 0.45, "b": 0.65},
-                    {"a": "Greet the customer formally.", "b": "Greet the customer warmly by first name."}),
-    "sql-helper": ("sql_prompt_v2", {"control": 0.6, "treatment": 0.6},
-                   {"control": "", "treatment": "Prefer explicit column lists."}),
+    "support-bot": (
+        "greeting_test",
+        {"a": 0.45, "b": 0.65},
+        {"a": "Greet the customer formally.", "b": "Greet the customer warmly by first name."},
+    ),
+    "sql-helper": (
+        "sql_prompt_v2",
+        {"control": 0.6, "treatment": 0.6},
+        {"control": "", "treatment": "Prefer explicit column lists."},
+    ),
 }
-MODEL_PRICES = {"llama-3.1-8b-instruct": (2e-7, 6e-7), "qwen2.5-coder-7b": (1.5e-7, 4.5e-7), "mistral-7b-instruct": (2.5e-7, 7.5e-7)}
+MODEL_PRICES = {
+    "llama-3.1-8b-instruct": (2e-7, 6e-7),
+    "qwen2.5-coder-7b": (1.5e-7, 4.5e-7),
+    "mistral-7b-instruct": (2.5e-7, 7.5e-7),
+}
 RETRY_REASONS = {
     "customer_support": ["too_formal", "missing_resolution"],
     "sql_generation": ["wrong_sql", "syntax_error"],
@@ -92,39 +182,62 @@ RETRY_REASONS = {
 
 NAMES = ["Jane", "Omar", "Lucia", "Wei", "Priya", "Tom", "Amara", "Jonas", "Sofia", "Kenji", "Fatima", "Liam"]
 SURNAMES = ["doe", "haddad", "rossi", "chen", "patel", "baker", "okafor", "berg", "alves", "sato", "khan", "walsh"]
-PRODUCTS = ["wireless headphones", "standing desk", "coffee grinder", "running shoes", "phone case", "desk lamp",
-            "backpack", "air fryer"]
+PRODUCTS = [
+    "wireless headphones",
+    "standing desk",
+    "coffee grinder",
+    "running shoes",
+    "phone case",
+    "desk lamp",
+    "backpack",
+    "air fryer",
+]
 SUPPORT_ISSUES = {
     "late_delivery": (
-        ["Hi, my order #{order} for the {product} still hasn't arrived and it's been {n} days. Can you check? Thanks, {name}",
-         "Where is my {product}?? Order #{order} was due {n} days ago. - {name}",
-         "Hello, this is {name}. Order #{order} ({product}) is {n} days late. What's going on?"],
+        [
+            "Hi, my order #{order} for the {product} still hasn't arrived and it's been {n} days. Can you check? Thanks, {name}",
+            "Where is my {product}?? Order #{order} was due {n} days ago. - {name}",
+            "Hello, this is {name}. Order #{order} ({product}) is {n} days late. What's going on?",
+        ],
         "I checked order #{order}: your {product} is delayed at the carrier and will arrive within 2 business days. "
-        "I've refunded the shipping fee for the trouble."),
+        "I've refunded the shipping fee for the trouble.",
+    ),
     "damaged_item": (
-        ["Hi, the {product} from order #{order} arrived broken. The box was crushed. {name}",
-         "This is {name}: my {product} (order #{order}) came damaged, what can you do?",
-         "Order #{order}: the {product} is cracked out of the box. Please help. Regards, {name}"],
+        [
+            "Hi, the {product} from order #{order} arrived broken. The box was crushed. {name}",
+            "This is {name}: my {product} (order #{order}) came damaged, what can you do?",
+            "Order #{order}: the {product} is cracked out of the box. Please help. Regards, {name}",
+        ],
         "I'm sorry the {product} arrived damaged. I've shipped a free replacement for order #{order} today, "
-        "and you can keep or recycle the damaged one."),
+        "and you can keep or recycle the damaged one.",
+    ),
     "password_reset": (
-        ["Hi, I'm {name} and I can't log in. The password reset email never arrives. My email is {email}.",
-         "Password reset isn't working for {email}, please help! - {name}",
-         "{name} here. Locked out of my account ({email}), the reset link doesn't come."],
+        [
+            "Hi, I'm {name} and I can't log in. The password reset email never arrives. My email is {email}.",
+            "Password reset isn't working for {email}, please help! - {name}",
+            "{name} here. Locked out of my account ({email}), the reset link doesn't come.",
+        ],
         "I've sent a new password reset link to {email}. It is valid for 24 hours, so please check your spam folder "
-        "if it doesn't show up."),
+        "if it doesn't show up.",
+    ),
     "refund": (
-        ["I'd like to return the {product} from order #{order} and get a refund. Thanks, {name}",
-         "Hi, this is {name}. The {product} (order #{order}) isn't what I expected, can I get my money back?",
-         "Refund please for order #{order}, the {product} doesn't work for me. {name}"],
+        [
+            "I'd like to return the {product} from order #{order} and get a refund. Thanks, {name}",
+            "Hi, this is {name}. The {product} (order #{order}) isn't what I expected, can I get my money back?",
+            "Refund please for order #{order}, the {product} doesn't work for me. {name}",
+        ],
         "I've started a full refund for the {product} on order #{order}. The money will be back on your original "
-        "payment method within 5 business days."),
+        "payment method within 5 business days.",
+    ),
     "double_charge": (
-        ["Hi, I was charged twice (${amount}) for order #{order}. Please fix it. {name}",
-         "{name} here: my card shows two charges of ${amount} for order #{order}.",
-         "Why was I billed ${amount} twice for order #{order}? - {name}"],
+        [
+            "Hi, I was charged twice (${amount}) for order #{order}. Please fix it. {name}",
+            "{name} here: my card shows two charges of ${amount} for order #{order}.",
+            "Why was I billed ${amount} twice for order #{order}? - {name}",
+        ],
         "I checked order #{order} and found the duplicate charge of ${amount}. I've refunded it, and it will show on "
-        "your statement within 3 business days."),
+        "your statement within 3 business days.",
+    ),
 }
 AGENT_ISSUES = {"support-bot": ["late_delivery", "damaged_item", "password_reset"], "billing-bot": ["refund", "double_charge"]}
 SUPPORT_CLOSING = {"support-bot": "Have a great day!", "billing-bot": "Let me know if you need anything else."}
@@ -133,40 +246,67 @@ AI_DISCLAIMER = "As an AI language model,"
 FORMAL_OPENING = "Dear {name}, we apologize for any inconvenience caused."
 
 SQL_TABLES = {
-    "customers": ("customers", [("names and emails", "name, email"), ("names and countries", "name, country"),
-                                ("ids and names", "id, name")],
-                  ("from {v}", "country", ["France", "Germany", "Japan", "Brazil", "Canada", "India", "Spain", "Kenya"]), []),
-    "orders": ("orders", [("ids and totals", "id, total"), ("ids and statuses", "id, status"),
-                          ("customer ids and totals", "customer_id, total")],
-               ("with status {v}", "status", ["shipped", "pending", "cancelled", "delivered", "returned"]),
-               [("total", "total", [50, 100, 250, 500, 1000])]),
-    "products": ("products", [("names and prices", "name, price"), ("names and stock levels", "name, stock")],
-                 ("in the {v} category", "category", ["books", "toys", "garden", "electronics", "sports", "kitchen"]),
-                 [("price", "price", [10, 25, 50, 100]), ("stock", "stock", [5, 10, 20, 100])]),
-    "employees": ("employees", [("names and salaries", "name, salary"), ("names and departments", "name, department")],
-                  ("in the {v} department", "department", ["sales", "engineering", "support", "finance", "marketing", "legal"]),
-                  [("salary", "salary", [50000, 65000, 80000, 120000])]),
+    "customers": (
+        "customers",
+        [("names and emails", "name, email"), ("names and countries", "name, country"), ("ids and names", "id, name")],
+        ("from {v}", "country", ["France", "Germany", "Japan", "Brazil", "Canada", "India", "Spain", "Kenya"]),
+        [],
+    ),
+    "orders": (
+        "orders",
+        [("ids and totals", "id, total"), ("ids and statuses", "id, status"), ("customer ids and totals", "customer_id, total")],
+        ("with status {v}", "status", ["shipped", "pending", "cancelled", "delivered", "returned"]),
+        [("total", "total", [50, 100, 250, 500, 1000])],
+    ),
+    "products": (
+        "products",
+        [("names and prices", "name, price"), ("names and stock levels", "name, stock")],
+        ("in the {v} category", "category", ["books", "toys", "garden", "electronics", "sports", "kitchen"]),
+        [("price", "price", [10, 25, 50, 100]), ("stock", "stock", [5, 10, 20, 100])],
+    ),
+    "employees": (
+        "employees",
+        [("names and salaries", "name, salary"), ("names and departments", "name, department")],
+        ("in the {v} department", "department", ["sales", "engineering", "support", "finance", "marketing", "legal"]),
+        [("salary", "salary", [50000, 65000, 80000, 120000])],
+    ),
 }
 SQL_PROMPTS = {
-    "list": ["List the {cols_nl} of {entity} {filter_nl}.", "Show me the {cols_nl} of all {entity} {filter_nl}.",
-             "I need the {cols_nl} of {entity} {filter_nl}."],
-    "count": ["How many {entity} {filter_nl} are there?", "Count the {entity} {filter_nl}.",
-              "What is the number of {entity} {filter_nl}?"],
-    "above": ["Which {entity} have a {num_nl} above {n}? Give me their {cols_nl}.",
-              "Find the {cols_nl} of {entity} with {num_nl} over {n}.",
-              "Show the {cols_nl} of {entity} whose {num_nl} is greater than {n}."],
-    "top": ["What are the top {k} {entity} by {num_nl}? Show their {cols_nl}.",
-            "Give me the {cols_nl} of the {k} {entity} with the highest {num_nl}.",
-            "List the {cols_nl} of the {k} {entity} with the largest {num_nl}."],
+    "list": [
+        "List the {cols_nl} of {entity} {filter_nl}.",
+        "Show me the {cols_nl} of all {entity} {filter_nl}.",
+        "I need the {cols_nl} of {entity} {filter_nl}.",
+    ],
+    "count": [
+        "How many {entity} {filter_nl} are there?",
+        "Count the {entity} {filter_nl}.",
+        "What is the number of {entity} {filter_nl}?",
+    ],
+    "above": [
+        "Which {entity} have a {num_nl} above {n}? Give me their {cols_nl}.",
+        "Find the {cols_nl} of {entity} with {num_nl} over {n}.",
+        "Show the {cols_nl} of {entity} whose {num_nl} is greater than {n}.",
+    ],
+    "top": [
+        "What are the top {k} {entity} by {num_nl}? Show their {cols_nl}.",
+        "Give me the {cols_nl} of the {k} {entity} with the highest {num_nl}.",
+        "List the {cols_nl} of the {k} {entity} with the largest {num_nl}.",
+    ],
 }
 
 GENRES = {
-    "dungeon-master": ("fantasy", ["the old crypt", "the village tavern", "the forest shrine", "the castle gate"],
-                       ["the wooden chest", "the rusty lever", "the strange map", "the iron door"],
-                       "The air is thick with ancient mystery and untold secrets."),
-    "star-narrator": ("sci-fi", ["the cargo bay", "the bridge", "the reactor room", "the airlock"],
-                      ["the control panel", "the supply crate", "the flickering terminal", "the sealed hatch"],
-                      "The cold void of space whispers of infinite possibilities."),
+    "dungeon-master": (
+        "fantasy",
+        ["the old crypt", "the village tavern", "the forest shrine", "the castle gate"],
+        ["the wooden chest", "the rusty lever", "the strange map", "the iron door"],
+        "The air is thick with ancient mystery and untold secrets.",
+    ),
+    "star-narrator": (
+        "sci-fi",
+        ["the cargo bay", "the bridge", "the reactor room", "the airlock"],
+        ["the control panel", "the supply crate", "the flickering terminal", "the sealed hatch"],
+        "The cold void of space whispers of infinite possibilities.",
+    ),
 }
 ACTIONS = {
     "open": ("opened", "It swings open and reveals a narrow passage leading down."),
@@ -174,39 +314,79 @@ ACTIONS = {
     "push": ("pushed", "Something clicks deep inside the wall, and a hidden door slides aside."),
     "examine": ("examined", "Faint markings glow along its edge, forming an arrow that points north."),
 }
-GM_PROMPTS = ["I {action} {object} in {place}.", "I want to {action} {object} in {place}.",
-              "Let me {action} {object} in {place} carefully.", "{Action} {object} in {place}!"]
+GM_PROMPTS = [
+    "I {action} {object} in {place}.",
+    "I want to {action} {object} in {place}.",
+    "Let me {action} {object} in {place} carefully.",
+    "{Action} {object} in {place}!",
+]
 NEXT = "What do you do next?"
 
 TOPICS = {
-    "business": ["starting a side business", "raising my prices", "hiring my first employee", "quitting my job",
-                 "opening a coffee shop"],
-    "fitness": ["running a marathon", "lifting weights", "a morning workout routine", "joining a climbing gym",
-                "cycling to work"],
-    "travel": ["a trip to Japan", "backpacking in Europe", "travelling on a budget", "a road trip with friends",
-               "living abroad for a year"],
+    "business": [
+        "starting a side business",
+        "raising my prices",
+        "hiring my first employee",
+        "quitting my job",
+        "opening a coffee shop",
+    ],
+    "fitness": [
+        "running a marathon",
+        "lifting weights",
+        "a morning workout routine",
+        "joining a climbing gym",
+        "cycling to work",
+    ],
+    "travel": [
+        "a trip to Japan",
+        "backpacking in Europe",
+        "travelling on a budget",
+        "a road trip with friends",
+        "living abroad for a year",
+    ],
     "food": ["learning to cook", "baking sourdough", "eating healthier", "going vegetarian", "hosting a dinner party"],
-    "technology": ["learning to code", "buying a new laptop", "building a website", "building a gaming PC",
-                   "switching to Linux"],
-    "music": ["learning the guitar", "starting a band", "writing my first song", "taking singing lessons",
-              "learning to DJ"],
+    "technology": ["learning to code", "buying a new laptop", "building a website", "building a gaming PC", "switching to Linux"],
+    "music": ["learning the guitar", "starting a band", "writing my first song", "taking singing lessons", "learning to DJ"],
 }
-CHAT_PROMPTS = ["What do you think about {thing}?", "Any advice on {thing}?", "I'm thinking about {thing}. Thoughts?",
-                "Be honest: is {thing} a good idea?", "What's your take on {thing}?",
-                "My friend says {thing} is a waste of time. Is it?"]
+CHAT_PROMPTS = [
+    "What do you think about {thing}?",
+    "Any advice on {thing}?",
+    "I'm thinking about {thing}. Thoughts?",
+    "Be honest: is {thing} a good idea?",
+    "What's your take on {thing}?",
+    "My friend says {thing} is a waste of time. Is it?",
+]
 CHARACTER_LINES = {
-    "The Entrepreneur": {"business": "charge for value, not for hours", "fitness": "treat your energy like capital",
-                         "travel": "plan the budget before the route", "food": "invest in the basics first",
-                         "technology": "ship something small every week", "music": "find your first ten fans"},
-    "peter": {"business": "my lemonade stand taught me everything", "fitness": "I tried it once and my legs still hurt",
-              "travel": "I got lost twice and loved it", "food": "I burned the first three tries",
-              "technology": "I broke my laptop doing that", "music": "my neighbours were not fans at first"},
-    "Captain Mira": {"business": "A good trade is like a fair wind", "fitness": "Hauling rope built these arms",
-                     "travel": "Every harbour teaches you something", "food": "Nothing beats fish cooked on deck",
-                     "technology": "A good compass never needs charging", "music": "Sea shanties kept my crew alive"},
+    "The Entrepreneur": {
+        "business": "charge for value, not for hours",
+        "fitness": "treat your energy like capital",
+        "travel": "plan the budget before the route",
+        "food": "invest in the basics first",
+        "technology": "ship something small every week",
+        "music": "find your first ten fans",
+    },
+    "peter": {
+        "business": "my lemonade stand taught me everything",
+        "fitness": "I tried it once and my legs still hurt",
+        "travel": "I got lost twice and loved it",
+        "food": "I burned the first three tries",
+        "technology": "I broke my laptop doing that",
+        "music": "my neighbours were not fans at first",
+    },
+    "Captain Mira": {
+        "business": "A good trade is like a fair wind",
+        "fitness": "Hauling rope built these arms",
+        "travel": "Every harbour teaches you something",
+        "food": "Nothing beats fish cooked on deck",
+        "technology": "A good compass never needs charging",
+        "music": "Sea shanties kept my crew alive",
+    },
 }
-CHARACTER_GREETINGS = {"The Entrepreneur": "Let's get to work. What are we building today?",
-                       "peter": "Hey hey! Good to see you again.", "Captain Mira": "Ahoy there, sailor!"}
+CHARACTER_GREETINGS = {
+    "The Entrepreneur": "Let's get to work. What are we building today?",
+    "peter": "Hey hey! Good to see you again.",
+    "Captain Mira": "Ahoy there, sailor!",
+}
 BUZZWORDS = "In today's fast-paced world,"
 
 
@@ -220,7 +400,7 @@ def _luhn_card(rng: random.Random) -> str:
         total += d - 9 if d > 9 else d
     digits.append((10 - total % 10) % 10)
     text = "".join(map(str, digits))
-    return " ".join(text[i:i + 4] for i in range(0, 16, 4))
+    return " ".join(text[i : i + 4] for i in range(0, 16, 4))
 
 
 def _phone(rng: random.Random) -> str:
@@ -252,9 +432,14 @@ def _support(rng: random.Random, agent: Agent) -> Texts:
     issue = rng.choice(AGENT_ISSUES[agent.name])
     prompts, resolution = SUPPORT_ISSUES[issue]
     first = rng.randrange(len(NAMES))
-    slots = {"name": NAMES[first], "order": rng.randrange(10000, 99999), "product": rng.choice(PRODUCTS),
-             "n": rng.randrange(3, 15), "amount": f"{rng.randrange(15, 400)}.{rng.randrange(100):02d}",
-             "email": f"{NAMES[first].lower()}.{rng.choice(SURNAMES)}@example.com"}
+    slots = {
+        "name": NAMES[first],
+        "order": rng.randrange(10000, 99999),
+        "product": rng.choice(PRODUCTS),
+        "n": rng.randrange(3, 15),
+        "amount": f"{rng.randrange(15, 400)}.{rng.randrange(100):02d}",
+        "email": f"{NAMES[first].lower()}.{rng.choice(SURNAMES)}@example.com",
+    }
     prompt = rng.choice(prompts).format(**slots)
     extra = rng.random()
     if extra < 0.05:
@@ -262,8 +447,14 @@ def _support(rng: random.Random, agent: Agent) -> Texts:
     elif extra < 0.07 and issue == "double_charge":
         prompt += f" The card is {_luhn_card(rng)}."
     elif extra < 0.2 and issue == "password_reset":
-        prompt += f" I'm logging in from {rng.randrange(1, 255)}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}."
-    hello, body, closing = f"Hi {slots['name']}, thanks for reaching out.", resolution.format(**slots), SUPPORT_CLOSING[agent.name]
+        prompt += (
+            f" I'm logging in from {rng.randrange(1, 255)}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}."
+        )
+    hello, body, closing = (
+        f"Hi {slots['name']}, thanks for reaching out.",
+        resolution.format(**slots),
+        SUPPORT_CLOSING[agent.name],
+    )
     final = f"{hello} {body} {closing}"
     habit = rng.random() < (0.8 if agent.name == "support-bot" else 0.85)
     if habit and agent.name == "support-bot":
@@ -279,8 +470,17 @@ def _support(rng: random.Random, agent: Agent) -> Texts:
     messages = None
     if rng.random() < 0.2:
         messages = [{"role": "user", "content": "Hello?"}, {"role": "assistant", "content": "Hi! How can I help you today?"}]
-    return Texts(prompt, final, edited, reasons, rejected, ["missing_resolution"], messages, issue,
-                 {"channel": rng.choice(["web", "email", "app"]), "ticket_id": f"T-{rng.randrange(100000, 999999)}"})
+    return Texts(
+        prompt,
+        final,
+        edited,
+        reasons,
+        rejected,
+        ["missing_resolution"],
+        messages,
+        issue,
+        {"channel": rng.choice(["web", "email", "app"]), "ticket_id": f"T-{rng.randrange(100000, 999999)}"},
+    )
 
 
 def _sql(rng: random.Random, agent: Agent) -> Texts:
@@ -315,10 +515,11 @@ def _sql(rng: random.Random, agent: Agent) -> Texts:
     rejected = final.replace(f"FROM {table}", f"FROM {wrong}")
     messages = None
     if rng.random() < 0.25:
-        messages = [{"role": "user", "content": "Which tables do we have?"},
-                    {"role": "assistant", "content": "customers, orders, products and employees."}]
-    return Texts(prompt, final, edited, reasons, rejected, ["wrong_sql"], messages, None,
-                 {"dialect": "sqlite", "channel": "ide"})
+        messages = [
+            {"role": "user", "content": "Which tables do we have?"},
+            {"role": "assistant", "content": "customers, orders, products and employees."},
+        ]
+    return Texts(prompt, final, edited, reasons, rejected, ["wrong_sql"], messages, None, {"dialect": "sqlite", "channel": "ide"})
 
 
 def _game(rng: random.Random, agent: Agent) -> Texts:
@@ -335,10 +536,21 @@ def _game(rng: random.Random, agent: Agent) -> Texts:
         edited, reasons = f"{first} {purple} {outcome} {NEXT}", ["too_verbose"]
     messages = None
     if rng.random() < 0.5:
-        messages = [{"role": "user", "content": f"I look around {place}."},
-                    {"role": "assistant", "content": f"You are in {place}. It is quiet, and {obj} catches your eye. {NEXT}"}]
-    return Texts(prompt, final, edited, reasons, f"You {past} {obj}. Nothing happens.", ["poor_engagement", "too_short"],
-                 messages, None, {"genre": genre, "campaign": f"c-{rng.randrange(1, 40)}"})
+        messages = [
+            {"role": "user", "content": f"I look around {place}."},
+            {"role": "assistant", "content": f"You are in {place}. It is quiet, and {obj} catches your eye. {NEXT}"},
+        ]
+    return Texts(
+        prompt,
+        final,
+        edited,
+        reasons,
+        f"You {past} {obj}. Nothing happens.",
+        ["poor_engagement", "too_short"],
+        messages,
+        None,
+        {"genre": genre, "campaign": f"c-{rng.randrange(1, 40)}"},
+    )
 
 
 def _chat(rng: random.Random, agent: Agent) -> Texts:
@@ -347,7 +559,9 @@ def _chat(rng: random.Random, agent: Agent) -> Texts:
     line = CHARACTER_LINES[agent.name][topic]
     prompt = rng.choice(CHAT_PROMPTS).format(thing=thing)
     if agent.name == "The Entrepreneur":
-        final = f"Great question. With {thing}, my rule is simple: {line}. Start small, measure everything, and decide within a week."
+        final = (
+            f"Great question. With {thing}, my rule is simple: {line}. Start small, measure everything, and decide within a week."
+        )
         if rng.random() < 0.75:
             edited, reasons = final.replace("Great question.", f"Great question. {BUZZWORDS}", 1), ["too_generic"]
         else:
@@ -363,11 +577,22 @@ def _chat(rng: random.Random, agent: Agent) -> Texts:
         edited, reasons = f"{thing[0].upper()}{thing[1:]} is a good idea. {line}.", ["out_of_character"]
     messages = None
     if rng.random() < 0.4:
-        messages = [{"role": "user", "content": f"Hey {agent.name}!"},
-                    {"role": "assistant", "content": CHARACTER_GREETINGS[agent.name]}]
+        messages = [
+            {"role": "user", "content": f"Hey {agent.name}!"},
+            {"role": "assistant", "content": CHARACTER_GREETINGS[agent.name]},
+        ]
     rejected = f"As an AI, I don't have personal opinions about {thing}."
-    return Texts(prompt, final, edited, reasons, rejected, ["out_of_character"], messages, topic,
-                 {"character_id": agent.name.lower().replace(" ", "_"), "channel_id": f"ch-{rng.randrange(1, 20)}"})
+    return Texts(
+        prompt,
+        final,
+        edited,
+        reasons,
+        rejected,
+        ["out_of_character"],
+        messages,
+        topic,
+        {"character_id": agent.name.lower().replace(" ", "_"), "channel_id": f"ch-{rng.randrange(1, 20)}"},
+    )
 
 
 BUILDERS = {"customer_support": _support, "sql_generation": _sql, "game_master": _game, "character_chat": _chat}
@@ -475,6 +700,7 @@ def _record(rng: random.Random, when: datetime, recent: bool) -> dict[str, Any]:
 
 def _bad_lines(rng: random.Random, good: list[dict], when: datetime) -> list[tuple[str, str]]:
     """Planted lines that break the contract (with the quarantine reason), a blank line and two duplicates."""
+
     def broken(**changes: Any) -> dict:
         record = dict(_record(rng, when, False), **changes)
         return {k: v for k, v in record.items() if v is not None}
@@ -505,14 +731,15 @@ def _write(target: Path, lines: list[str]) -> None:
             tmp.write_bytes(data)
 
 
-def write_demo_inbox(inbox_dir: Path, records: int = 3000, days: int = 30, seed: int = 0,
-                     end: datetime | None = None) -> dict[str, Any]:
+def write_demo_inbox(
+    inbox_dir: Path, records: int = 3000, days: int = 30, seed: int = 0, end: datetime | None = None
+) -> dict[str, Any]:
     """Write `records` demo interactions over the `days` before `end` (default: today 00:00 UTC) into the inbox."""
     if records < 10 or days < 1:
         raise ValueError("the demo needs at least 10 records and 1 day")
-    end = end or datetime.combine(datetime.now(timezone.utc).date(), time(), tzinfo=timezone.utc)
+    end = end or datetime.combine(datetime.now(UTC).date(), time(), tzinfo=UTC)
     # the contract reads naive times as UTC
-    end = end if end.tzinfo else end.replace(tzinfo=timezone.utc)
+    end = end if end.tzinfo else end.replace(tzinfo=UTC)
     start, span = end - timedelta(days=days), days * 86400.0
     recent_from = end - timedelta(days=REGRESSION_DAYS)
     rng = random.Random(seed)
@@ -522,7 +749,7 @@ def write_demo_inbox(inbox_dir: Path, records: int = 3000, days: int = 30, seed:
     inbox_dir = Path(inbox_dir)
     inbox_dir.mkdir(parents=True, exist_ok=True)
     size = -(-records // FILES)
-    chunks = [good[i:i + size] for i in range(0, records, size)]
+    chunks = [good[i : i + size] for i in range(0, records, size)]
     names = [f"demo-{seed}-{i + 1}.jsonl" for i in range(len(chunks))]
     names[-1] += ".gz"
     bad = _bad_lines(rng, chunks[1], moments[size])

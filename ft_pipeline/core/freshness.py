@@ -41,4 +41,4 @@ def new_examples_count(settings: Settings, task: str) -> int:
         query += " AND ingested_at > CAST(? AS TIMESTAMPTZ)"
         params.append(parse_time(watermark).isoformat())
     with duckdb.connect() as con:
-        return int(con.execute(query, params).fetchone()[0])
+        return int(con.execute(query, params).fetchall()[0][0])

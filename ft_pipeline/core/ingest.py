@@ -8,10 +8,10 @@ import os
 import shutil
 import tempfile
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import duckdb
 import numpy as np
@@ -45,7 +45,8 @@ def inbox_files(inbox_dir: Path) -> list[Path]:
     return sorted(
         p
         for p in root.rglob("*.jsonl*")
-        if p.name.endswith((".jsonl", ".jsonl.gz")) and p.is_file()
+        if p.name.endswith((".jsonl", ".jsonl.gz"))
+        and p.is_file()
         and not any(part.startswith(".") for part in p.relative_to(root).parts)
     )
 
@@ -67,7 +68,7 @@ def line_batches(path: Path) -> Iterator[pa.Table]:
             if len(ends):
                 yield _lines_table(data, ends, next_line)
                 next_line += len(ends)
-                data = data[ends[-1]:]
+                data = data[ends[-1] :]
             rest = data
 
 
@@ -183,18 +184,27 @@ def _value_checks(rule: FieldRule) -> list[tuple[str, str]]:
     if rule.types:
         checks.append((f"NOT {_type_ok(rule)}", f"'bad_type:{name}'"))
     if "minLength" in spec or "maxLength" in spec:
-        checks.append((f"length({text}) NOT BETWEEN {spec.get('minLength', 0)} AND {spec.get('maxLength', 2**62)}", f"'bad_length:{name}'"))
+        checks.append(
+            (f"length({text}) NOT BETWEEN {spec.get('minLength', 0)} AND {spec.get('maxLength', 2**62)}", f"'bad_length:{name}'")
+        )
     if "pattern" in spec:
         reason = PATTERN_REASONS.get(name, f"bad_pattern:{name}")
         checks.append((f"NOT regexp_matches({text}, {_sql_str(spec['pattern'])})", _sql_str(reason)))
     if spec.get("format") == "date-time":
-        checks.append((f"(NOT regexp_matches({text}, {_sql_str(TIMESTAMP_SHAPE.pattern)}) OR {_column(rule, 'time')} IS NULL)", "'bad_timestamp'"))
+        checks.append(
+            (
+                f"(NOT regexp_matches({text}, {_sql_str(TIMESTAMP_SHAPE.pattern)}) OR {_column(rule, 'time')} IS NULL)",
+                "'bad_timestamp'",
+            )
+        )
     if "enum" in spec:
         allowed = ", ".join(_sql_str(json.dumps(v)) for v in spec["enum"] if v is not None)
         checks.append((f"{x} NOT IN ({allowed})", f"'bad_enum:{name}'"))
-    bounds = [f"{number} < {spec['minimum']}" if "minimum" in spec else None,
-              f"{number} > {spec['maximum']}" if "maximum" in spec else None,
-              f"{_column(rule, 'integer')} IS NULL" if rule.kind == "integer" else None]
+    bounds = [
+        f"{number} < {spec['minimum']}" if "minimum" in spec else None,
+        f"{number} > {spec['maximum']}" if "maximum" in spec else None,
+        f"{_column(rule, 'integer')} IS NULL" if rule.kind == "integer" else None,
+    ]
     if any(bounds):
         checks.append(("(" + " OR ".join(b for b in bounds if b) + ")", f"'out_of_range:{name}'"))
     if "items" in spec:
@@ -209,15 +219,24 @@ def _item_checks(name: str, x: str, items: dict) -> list[tuple[str, str]]:
     """Checks of an array's items: their type, required properties, property types and enums."""
     checks = []
     if "type" in items:
-        checks.append((f"NOT list_has_all([{_sql_str(_DUCKDB_TYPES[items['type']])}], json_type({x}, '$[*]'))", f"'bad_type:{name}'"))
+        checks.append(
+            (f"NOT list_has_all([{_sql_str(_DUCKDB_TYPES[items['type']])}], json_type({x}, '$[*]'))", f"'bad_type:{name}'")
+        )
     for prop in items.get("required", []):
         checks.append((f"len(json_extract({x}, '$[*].{prop}')) <> json_array_length({x})", f"'missing_field:{name}.{prop}'"))
     for prop, spec in items.get("properties", {}).items():
         if "type" in spec:
-            checks.append((f"NOT list_has_all([{_sql_str(_DUCKDB_TYPES[spec['type']])}], json_type({x}, '$[*].{prop}'))", f"'bad_type:{name}.{prop}'"))
+            checks.append(
+                (
+                    f"NOT list_has_all([{_sql_str(_DUCKDB_TYPES[spec['type']])}], json_type({x}, '$[*].{prop}'))",
+                    f"'bad_type:{name}.{prop}'",
+                )
+            )
         if "enum" in spec:
             allowed = _sql_list(json.dumps(v) for v in spec["enum"])
-            checks.append((f"NOT list_has_all({allowed}, json_extract({x}, '$[*].{prop}')::VARCHAR[])", f"'bad_enum:{name}.{prop}'"))
+            checks.append(
+                (f"NOT list_has_all({allowed}, json_extract({x}, '$[*].{prop}')::VARCHAR[])", f"'bad_enum:{name}.{prop}'")
+            )
     return checks
 
 
@@ -249,17 +268,22 @@ def classify_sql(first_day: str, last_day: str) -> str:
     known = _sql_list(r.name for r in rules)
     structure = json.dumps({r.name: "JSON" for r in rules}).replace("'", "''")
     checks = [c for r in rules for c in _field_checks(r)]
-    checks.append(("day NOT BETWEEN '%s' AND '%s'" % (first_day, last_day), "'out_of_range:timestamp'"))
-    reason = "CASE WHEN line IS NULL THEN 'invalid_utf8' " \
-             "WHEN s IS NULL THEN CASE WHEN json_valid(line) THEN 'not_an_object' ELSE 'invalid_json' END " \
-             "WHEN len(keys) > len(list_distinct(keys)) THEN 'duplicate_key' " + \
-             " ".join(f"WHEN {cond} THEN {why}" for cond, why in checks) + " END"
+    checks.append((f"day NOT BETWEEN '{first_day}' AND '{last_day}'", "'out_of_range:timestamp'"))
+    reason = (
+        "CASE WHEN line IS NULL THEN 'invalid_utf8' "
+        "WHEN s IS NULL THEN CASE WHEN json_valid(line) THEN 'not_an_object' ELSE 'invalid_json' END "
+        "WHEN len(keys) > len(list_distinct(keys)) THEN 'duplicate_key' "
+        + " ".join(f"WHEN {cond} THEN {why}" for cond, why in checks)
+        + " END"
+    )
     # values only of valid rows: a function like from_json would fail on the wrongly typed ones
-    values = ", ".join(f"CASE WHEN reason IS NULL THEN {_value(r)} END AS \"{r.name}\"" for r in rules)
+    values = ", ".join(f'CASE WHEN reason IS NULL THEN {_value(r)} END AS "{r.name}"' for r in rules)
     # sorted by key, as the parallel reader's `_extra_sql` writes them
-    extra = (f"CASE WHEN NOT list_has_all({known}, keys) THEN '{{' || array_to_string(list_transform("
-             f"list_sort(list_filter(keys, lambda k: NOT list_contains({known}, k))), "
-             f"lambda k: to_json(k) || ':' || json_extract(line, '$.' || to_json(k))), ',') || '}}' END")
+    extra = (
+        f"CASE WHEN NOT list_has_all({known}, keys) THEN '{{' || array_to_string(list_transform("
+        f"list_sort(list_filter(keys, lambda k: NOT list_contains({known}, k))), "
+        f"lambda k: to_json(k) || ':' || json_extract(line, '$.' || to_json(k))), ',') || '}}' END"
+    )
     # rtrim and trim walk a whole line (0.3 s a 32 MB chunk each); the regex and ltrim stop early
     fields = f"""
         SELECT line_no, raw, line, s, keys, s.* FROM (
@@ -292,8 +316,10 @@ def clean_file_sql(path: Path, first_day: str, last_day: str, non_null: Iterable
     rules = field_rules()
     unknown = sorted(unknown)
     columns = "{" + ", ".join(f"{_sql_str(name)}: 'JSON'" for name in [r.name for r in rules] + unknown) + "}"
-    reader = (f"SELECT {', '.join(_sql_id(r.name) for r in rules)}, {_extra_sql(unknown)} AS extra "
-              f"FROM read_json({_sql_str(str(path))}, format='newline_delimited', columns={columns}, auto_detect=false)")
+    reader = (
+        f"SELECT {', '.join(_sql_id(r.name) for r in rules)}, {_extra_sql(unknown)} AS extra "
+        f"FROM read_json({_sql_str(str(path))}, format='newline_delimited', columns={columns}, auto_detect=false)"
+    )
     dirty = " OR ".join(
         [f"{_sql_id(r.name)} IS NULL" for r in rules if r.required or r.name in non_null]
         + [f"({_sql_id(r.name)} IS NOT NULL AND {cond})" for r in rules for cond, _ in _value_checks(r)]
@@ -324,8 +350,10 @@ def screen_sql(path: Path) -> str:
     """The query that counts a file's records (key NULL) and the records that give each top-level key."""
     # one GROUP BY over the unnested keys measured 3x cheaper than list functions on each record's key list; a key given
     # twice in a record is not seen here, but the reader of `clean_file_sql` fails on a duplicate contract key
-    return (f"SELECT key, count(*) FROM (SELECT unnest(list_prepend(NULL::VARCHAR, json_keys(json))) AS key "
-            f"FROM read_ndjson_objects({_sql_str(str(path))})) GROUP BY key")
+    return (
+        f"SELECT key, count(*) FROM (SELECT unnest(list_prepend(NULL::VARCHAR, json_keys(json))) AS key "
+        f"FROM read_ndjson_objects({_sql_str(str(path))})) GROUP BY key"
+    )
 
 
 def _non_null_optional(rules: tuple[FieldRule, ...]) -> list[FieldRule]:
@@ -383,7 +411,9 @@ class _Stager:
     lines_by_line: int = 0  # lines staged by `_stage_lines`
 
     def __post_init__(self):
-        self.con.execute("CREATE TABLE keys (file_idx INTEGER, unit_line BIGINT, line_no BIGINT, log_id VARCHAR, content_hash VARCHAR, day VARCHAR)")
+        self.con.execute(
+            "CREATE TABLE keys (file_idx INTEGER, unit_line BIGINT, line_no BIGINT, log_id VARCHAR, content_hash VARCHAR, day VARCHAR)"
+        )
         self.con.execute("CREATE TABLE rejected (file_idx INTEGER, line_no BIGINT, reason VARCHAR, raw BLOB)")
         self.line_query = classify_sql(self.first_day, self.last_day)
         (self.work / "stage").mkdir()
@@ -460,19 +490,24 @@ class _Stager:
         # a field stored as read is counted in the staged rows; one that gets a default must be read again
         stored = [(r, n) for r, n in fields if "default" not in r.spec]
         reread = [(r, n) for r, n in fields if "default" in r.spec]
-        counts = []
+        counts: list[int] = []
         if stored:
-            counts += self.con.execute(f"SELECT {', '.join(f'count({_sql_id(r.name)})' for r, _ in stored)} FROM {staged}").fetchall()[0]
+            counts += self.con.execute(
+                f"SELECT {', '.join(f'count({_sql_id(r.name)})' for r, _ in stored)} FROM {staged}"
+            ).fetchall()[0]
         if reread:
             columns = "{" + ", ".join(f"{_sql_str(r.name)}: 'JSON'" for r, _ in reread) + "}"
             counts += self.con.execute(
                 f"SELECT {', '.join(f'count({_sql_id(r.name)})' for r, _ in reread)} "
-                f"FROM read_json({_sql_str(str(path))}, format='newline_delimited', columns={columns}, auto_detect=false)").fetchall()[0]
+                f"FROM read_json({_sql_str(str(path))}, format='newline_delimited', columns={columns}, auto_detect=false)"
+            ).fetchall()[0]
         if counts != [n for _, n in stored + reread]:
             return False
         if not unknown:
             return True
-        kept = self.con.execute(f"SELECT key, count(*) FROM (SELECT unnest(json_keys(extra)) AS key FROM {staged}) GROUP BY key").fetchall()
+        kept = self.con.execute(
+            f"SELECT key, count(*) FROM (SELECT unnest(json_keys(extra)) AS key FROM {staged}) GROUP BY key"
+        ).fetchall()
         return dict(kept) == unknown
 
     def _stage_lines(self, file_idx: int, chunk: pa.Table) -> None:
@@ -484,7 +519,8 @@ class _Stager:
         typed = "SELECT * EXCLUDE (line_no, reason, bad_raw) FROM judged WHERE reason IS NULL"
         self.con.execute(
             f"INSERT INTO keys SELECT {file_idx}, {first}, line_no, log_id, {_content_hash(field_rules())}, day "
-            f"FROM judged WHERE reason IS NULL")
+            f"FROM judged WHERE reason IS NULL"
+        )
         self._copy(file_idx, first, typed)
         self.lines_by_line += chunk.num_rows
         self.con.unregister("chunk")
@@ -492,15 +528,16 @@ class _Stager:
 
 def ingest(settings: Settings, days: Iterable[str] | None = None, last_day: str | None = None) -> IngestResult:
     """Ingest every inbox file: store the new valid records of `days` (default: all), quarantine the bad lines."""
-    last_day = last_day or datetime.now(timezone.utc).date().isoformat()
+    last_day = last_day or datetime.now(UTC).date().isoformat()
     first_day = date.fromisoformat(settings.partitions_start).isoformat()
     files = inbox_files(settings.inbox_dir)
     settings.lake_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".ingest-", dir=settings.lake_dir))  # same filesystem: moves are renames
     try:
         con = _connect(settings, str(work / "spill"))
-        stager = _Stager(con, work, [_source_name(settings, p) for p in files], first_day, last_day,
-                         datetime.now(timezone.utc).isoformat())
+        stager = _Stager(
+            con, work, [_source_name(settings, p) for p in files], first_day, last_day, datetime.now(UTC).isoformat()
+        )
         result = _ingest(stager, settings, files, days)
         result.lines_by_line = stager.lines_by_line
         con.close()
@@ -519,7 +556,9 @@ def _ingest(stager: _Stager, settings: Settings, files: list[Path], days) -> Ing
     existing = [partition_file(settings.lake_dir, TABLE, d) for d in partition_dates(settings.lake_dir, TABLE)]
     _decide_fates(con, existing)
     # a conflict needs true line numbers, to name the line and to know which of a unit's records came first
-    redo = con.execute("SELECT DISTINCT file_idx, unit_line FROM fate WHERE fate = 'conflicting_duplicate' AND line_no IS NULL ORDER BY ALL").fetchall()
+    redo = con.execute(
+        "SELECT DISTINCT file_idx, unit_line FROM fate WHERE fate = 'conflicting_duplicate' AND line_no IS NULL ORDER BY ALL"
+    ).fetchall()
     for file_idx, unit_line in redo:
         stager.restage_by_line(file_idx, unit_line, files[file_idx])
     if redo:
@@ -546,8 +585,11 @@ def _ingest(stager: _Stager, settings: Settings, files: list[Path], days) -> Ing
 def _decide_fates(con, existing: list[Path]) -> None:
     """Table `fate`: each staged row is new, a duplicate, or a conflicting duplicate of the lake or an earlier line."""
     # the first record stored under a log_id wins: the lake's, else the inbox's earliest line
-    lake_ids = f"SELECT log_id, content_hash FROM read_parquet({_sql_list(map(str, existing))})" if existing else \
-        "SELECT NULL::VARCHAR AS log_id, NULL::VARCHAR AS content_hash WHERE false"
+    lake_ids = (
+        f"SELECT log_id, content_hash FROM read_parquet({_sql_list(map(str, existing))})"
+        if existing
+        else "SELECT NULL::VARCHAR AS log_id, NULL::VARCHAR AS content_hash WHERE false"
+    )
     # only log_ids given twice or already stored need the ranking window: over all of 1M new keys it took 0.4 s, this 0.2
     con.execute(f"""
         CREATE OR REPLACE TABLE fate AS
@@ -589,8 +631,15 @@ def _write_quarantine(con, settings: Settings, files: list[Path]) -> None:
         entries = []
         for line_no, reason, raw in rows:
             text = (raw if raw is not None else refetched[line_no]).decode("utf-8", "replace").rstrip("\r\n")
-            entries.append({"source_file": source, "line_no": line_no, "reason": reason,
-                            "detail": _detail(reason, text, settings), "raw": text})
+            entries.append(
+                {
+                    "source_file": source,
+                    "line_no": line_no,
+                    "reason": reason,
+                    "detail": _detail(reason, text, settings),
+                    "raw": text,
+                }
+            )
         write_jsonl_atomic(entries, target)
 
 
@@ -624,7 +673,9 @@ def _detail(reason: str, text: str, settings: Settings) -> str:
     except ValueError as exc:
         return f"not valid JSON: {exc}"
     if reason == "out_of_range:timestamp":
-        return f"timestamp {record.get('timestamp')!r} is outside the daily partitions (from {settings.partitions_start} to today)"
+        return (
+            f"timestamp {record.get('timestamp')!r} is outside the daily partitions (from {settings.partitions_start} to today)"
+        )
     return next((detail for code, detail in record_problems(record) if code == reason), reason)
 
 
@@ -653,11 +704,14 @@ def _write_partitions(stager: _Stager, settings: Settings, wanted: list[str] | N
             continue
         # several units, stored rows, or rows that are duplicates: keep each new row once; a unit whose rows are all new
         # is read as is (the join made merging 200k rows in 30 days 2.0 s instead of 1.5)
-        merges += [f"SELECT {LAKE_COLUMNS}, '{d}' AS day FROM read_parquet({_sql_list(map(str, files))})" if new == rows else
-                   f"SELECT {LAKE_COLUMNS}, '{d}' AS day FROM read_parquet({_sql_list(map(str, files))}) s SEMI JOIN "
-                   f"(SELECT log_id, content_hash FROM fate WHERE fate = 'new' AND file_idx = {f} AND unit_line = {u} AND day = '{d}') n "
-                   f"USING (log_id, content_hash) QUALIFY row_number() OVER (PARTITION BY s.log_id) = 1"
-                   for (_, f, u, new, rows), files in zip(parts, staged)]
+        merges += [
+            f"SELECT {LAKE_COLUMNS}, '{d}' AS day FROM read_parquet({_sql_list(map(str, files))})"
+            if new == rows
+            else f"SELECT {LAKE_COLUMNS}, '{d}' AS day FROM read_parquet({_sql_list(map(str, files))}) s SEMI JOIN "
+            f"(SELECT log_id, content_hash FROM fate WHERE fate = 'new' AND file_idx = {f} AND unit_line = {u} AND day = '{d}') n "
+            f"USING (log_id, content_hash) QUALIFY row_number() OVER (PARTITION BY s.log_id) = 1"
+            for (_, f, u, new, rows), files in zip(parts, staged)
+        ]
         if target.is_file():
             merges.append(f"SELECT {LAKE_COLUMNS}, '{d}' AS day FROM read_parquet({_sql_str(str(target))})")
     if merges:
@@ -673,12 +727,20 @@ def _write_partitions(stager: _Stager, settings: Settings, wanted: list[str] | N
                 with atomic_path(target) as tmp:
                     con.execute(f"COPY (SELECT * FROM read_parquet({_sql_list(map(str, files))})) TO '{tmp}' ({PARQUET})")
     reported = new_days if wanted is None else wanted
-    stored = [str(partition_file(settings.lake_dir, TABLE, d)) for d in reported if partition_file(settings.lake_dir, TABLE, d).is_file()]
+    stored = [
+        str(partition_file(settings.lake_dir, TABLE, d))
+        for d in reported
+        if partition_file(settings.lake_dir, TABLE, d).is_file()
+    ]
     if stored:
         lake = f"read_parquet({_sql_list(stored)})"
-        result.partitions = dict(con.execute(f"SELECT strftime(timestamp, '%Y-%m-%d'), count(*) FROM {lake} GROUP BY 1 ORDER BY 1").fetchall())
+        result.partitions = dict(
+            con.execute(f"SELECT strftime(timestamp, '%Y-%m-%d'), count(*) FROM {lake} GROUP BY 1 ORDER BY 1").fetchall()
+        )
         result.tasks = dict(con.execute(f"SELECT task, count(*) FROM {lake} GROUP BY 1 ORDER BY 2 DESC, 1").fetchall())
-        first = con.execute(f"SELECT log_id FROM fate WHERE fate = 'new' AND {_in_days(wanted)} ORDER BY file_idx, unit_line, line_no LIMIT 5").fetchall()
+        first = con.execute(
+            f"SELECT log_id FROM fate WHERE fate = 'new' AND {_in_days(wanted)} ORDER BY file_idx, unit_line, line_no LIMIT 5"
+        ).fetchall()
         preview = con.execute(
             "SELECT log_id, timestamp, task, decision, left(prompt, 60) AS prompt "
             f"FROM {lake} WHERE log_id IN (SELECT unnest({_sql_list(i for (i,) in first)})) ORDER BY list_position({_sql_list(i for (i,) in first)}, log_id)"

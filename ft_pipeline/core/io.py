@@ -7,9 +7,10 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -87,11 +88,10 @@ def write_json_atomic(value: Any, target: Path) -> Path:
 def write_jsonl_atomic(rows: Any, target: Path) -> int:
     """Write an iterable of JSON-serialisable rows as JSONL atomically; returns the row count."""
     count = 0
-    with atomic_path(target) as tmp:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-                count += 1
+    with atomic_path(target) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            count += 1
     return count
 
 

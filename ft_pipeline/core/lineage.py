@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from ft_pipeline.core.io import checked_name
 
@@ -58,9 +58,13 @@ def adapter_watermark(adapters_dir: Path, task: str) -> str | None:
     return adapter.get("data_watermark") if adapter else None
 
 
+@overload
+def parse_time(value: str | datetime) -> datetime: ...
+@overload
+def parse_time(value: Any) -> datetime | None: ...
 def parse_time(value: Any) -> datetime | None:
     """A timezone-aware UTC datetime from a datetime or an ISO-8601 string (naive means UTC); None stays None."""
     if value is None or value == "":
         return None
     moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)

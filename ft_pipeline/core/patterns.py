@@ -3,7 +3,7 @@ failure reasons, A/B experiments, alerts and recommendations, computed with Duck
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,21 +15,34 @@ from ft_pipeline.core.redaction import redact
 from ft_pipeline.core.stats import compare_arms, rate, two_proportion_test
 from ft_pipeline.settings import Settings
 
-DIMENSIONS = ("task", "agent", "topic", "reasoning_mode", "model", "adapter_version", "user_id",
-              "experiment_id", "variant")
+DIMENSIONS = ("task", "agent", "topic", "reasoning_mode", "model", "adapter_version", "user_id", "experiment_id", "variant")
 WINDOWS = {"7d": 7, "30d": 30, "90d": 90}
 # Suffix of each set of group aggregates: the whole history, each window (days back from the newest record's
 # day), and the days before the last 7, which regressions and alerts compare with the 7-day window.
 SPANS = {"": "true", **{f"_{w}": f"days_back < {d}" for w, d in WINDOWS.items()}, "_before": "days_back >= 7"}
 # Columns the report reads, with the type they get when a table lacks them (older or hand-made files).
 RAW_COLUMNS = {
-    "log_id": "VARCHAR", "timestamp": "TIMESTAMPTZ", "decision": "VARCHAR", "quality_score": "DOUBLE",
-    "confidence": "DOUBLE", "attempt": "BIGINT", "failure_reasons": "VARCHAR[]", "latency_ms": "DOUBLE",
-    "cost_usd": "DOUBLE", **{d: "VARCHAR" for d in DIMENSIONS},
+    "log_id": "VARCHAR",
+    "timestamp": "TIMESTAMPTZ",
+    "decision": "VARCHAR",
+    "quality_score": "DOUBLE",
+    "confidence": "DOUBLE",
+    "attempt": "BIGINT",
+    "failure_reasons": "VARCHAR[]",
+    "latency_ms": "DOUBLE",
+    "cost_usd": "DOUBLE",
+    **{d: "VARCHAR" for d in DIMENSIONS},
 }
 SETTLED_COLUMNS = {
-    "log_id": "VARCHAR", "decision": "VARCHAR", "task": "VARCHAR", "agent": "VARCHAR", "output": "VARCHAR",
-    "final_text": "VARCHAR", "retained": "DOUBLE", "deleted_spans": "VARCHAR[]", "added_spans": "VARCHAR[]",
+    "log_id": "VARCHAR",
+    "decision": "VARCHAR",
+    "task": "VARCHAR",
+    "agent": "VARCHAR",
+    "output": "VARCHAR",
+    "final_text": "VARCHAR",
+    "retained": "DOUBLE",
+    "deleted_spans": "VARCHAR[]",
+    "added_spans": "VARCHAR[]",
 }
 # Longest phrase (in words) looked for in edit spans; longer boilerplate still shows as its 8-word pieces.
 MAX_PHRASE_WORDS = 8
@@ -40,8 +53,55 @@ MERGE_SHARE = 0.8
 CHURN_RATIO = 2
 # Phrases made only of these words, or of numbers, say nothing about what editors fix.
 STOPWORDS = frozenset(
-    "a an the and or but of to in on at for with by from is are was were be been it its this that these "
-    "those i you he she we they my your our their as so if then than not no do does did".split()
+    [
+        "a",
+        "an",
+        "the",
+        "and",
+        "or",
+        "but",
+        "of",
+        "to",
+        "in",
+        "on",
+        "at",
+        "for",
+        "with",
+        "by",
+        "from",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "been",
+        "it",
+        "its",
+        "this",
+        "that",
+        "these",
+        "those",
+        "i",
+        "you",
+        "he",
+        "she",
+        "we",
+        "they",
+        "my",
+        "your",
+        "our",
+        "their",
+        "as",
+        "so",
+        "if",
+        "then",
+        "than",
+        "not",
+        "no",
+        "do",
+        "does",
+        "did",
+    ]
 )
 # A word of an edit span (lower-cased); redaction placeholders such as [email] stay one word.
 WORD = r"\[[a-z_]+\]|[\pL\pN']+"
@@ -51,10 +111,14 @@ TONE_MARKERS = {
     "words": (r"\S+", "words"),
     "exclamations": (r"!", "exclamation marks"),
     "questions": (r"\?", "question marks"),
-    "hedging": (r"\b(?:might|maybe|perhaps|possibly|probably|likely|seems?|somewhat|arguably|i think|i believe|it appears)\b",
-                "hedging words"),
-    "formal": (r"\b(?:furthermore|moreover|therefore|thus|hence|consequently|additionally|regarding|utilize|kindly|sincerely|shall|herein)\b",
-               "formal words"),
+    "hedging": (
+        r"\b(?:might|maybe|perhaps|possibly|probably|likely|seems?|somewhat|arguably|i think|i believe|it appears)\b",
+        "hedging words",
+    ),
+    "formal": (
+        r"\b(?:furthermore|moreover|therefore|thus|hence|consequently|additionally|regarding|utilize|kindly|sincerely|shall|herein)\b",
+        "formal words",
+    ),
     "contractions": (r"\b[\pL]+'(?:s|re|ve|ll|d|t|m)\b", "contractions"),
 }
 # Thresholds at which an edit pattern becomes a recommendation: share of edits carrying a phrase, relative
@@ -81,12 +145,12 @@ def _table_view(con: duckdb.DuckDBPyConnection, name: str, lake_dir: Path, table
     """A view over every partition of a lake table with exactly `columns` (NULL where a file lacks one)."""
     if partition_dates(lake_dir, table):
         source = "read_parquet('{}', union_by_name = true, hive_partitioning = false)".format(
-            table_glob(lake_dir, table).replace("'", "''"))
+            table_glob(lake_dir, table).replace("'", "''")
+        )
         present = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
     else:
         source, present = "(SELECT 1) WHERE false", set()
-    select = ", ".join(
-        f'"{col}"' if col in present else f'NULL::{kind} AS "{col}"' for col, kind in columns.items())
+    select = ", ".join(f'"{col}"' if col in present else f'NULL::{kind} AS "{col}"' for col, kind in columns.items())
     con.execute(f"CREATE TEMP VIEW {name} AS SELECT {select} FROM {source}")
 
 
@@ -104,7 +168,9 @@ def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) 
 
 def _report(con: duckdb.DuckDBPyConnection, settings: Settings) -> dict[str, Any]:
     """Assemble every section of the report from the `raw` and `settled` views."""
-    totals = _rows(con, """
+    totals = _rows(
+        con,
+        """
         SELECT count(*) AS records,
                count(*) FILTER (WHERE decision IN ('accepted', 'edited', 'rejected')) AS reviewed,
                (SELECT count(*) FROM settled) AS settled,
@@ -113,10 +179,11 @@ def _report(con: duckdb.DuckDBPyConnection, settings: Settings) -> dict[str, Any
                count(*) FILTER (WHERE decision = 'rejected') AS rejected,
                count(*) FILTER (WHERE decision = 'pending') AS pending,
                CAST(max(timestamp) AS DATE) AS as_of
-        FROM raw""")[0]
+        FROM raw""",
+    )[0]
     as_of = totals.pop("as_of")
     report: dict[str, Any] = {
-        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "as_of": as_of.isoformat() if as_of else None,
         "totals": totals,
     }
@@ -148,13 +215,17 @@ def _key_map(con: duckdb.DuckDBPyConnection, dims: list[str]) -> None:
         for (value,) in con.execute(f'SELECT DISTINCT CAST("{dim}" AS VARCHAR) FROM raw WHERE "{dim}" IS NOT NULL').fetchall():
             rows.append({"dimension": dim, "value": value, "key": redact(value)[0]})
     keymap = pa.Table.from_pylist(
-        rows, schema=pa.schema([("dimension", pa.string()), ("value", pa.string()), ("key", pa.string())]))
+        rows, schema=pa.schema([("dimension", pa.string()), ("value", pa.string()), ("key", pa.string())])
+    )
     con.register("keymap_arrow", keymap)
     con.execute("CREATE TEMP TABLE keymap AS SELECT * FROM keymap_arrow")
     con.unregister("keymap_arrow")
-    union = " UNION ALL ".join(
-        f"SELECT '{d}' AS dimension, CAST(\"{d}\" AS VARCHAR) AS value, * FROM base WHERE \"{d}\" IS NOT NULL"
-        for d in dims) or "SELECT NULL AS dimension, NULL AS value, * FROM base WHERE false"
+    union = (
+        " UNION ALL ".join(
+            f'SELECT \'{d}\' AS dimension, CAST("{d}" AS VARCHAR) AS value, * FROM base WHERE "{d}" IS NOT NULL' for d in dims
+        )
+        or "SELECT NULL AS dimension, NULL AS value, * FROM base WHERE false"
+    )
     con.execute(f"""
         CREATE TEMP VIEW long AS
         SELECT k.key, l.* FROM ({union}) l JOIN keymap k USING (dimension, value)""")
@@ -190,8 +261,10 @@ def _summary(row: dict, suffix: str) -> dict:
         "acceptance_rate": rate(row[f"accepted{suffix}"], n),
         "edit_rate": rate(row[f"edited{suffix}"], n),
         "rejection_rate": rate(row[f"rejected{suffix}"], n),
-        **{k: row[f"{k}{suffix}"] for k in ("mean_retained", "mean_quality", "mean_confidence",
-                                             "latency_ms_p50", "latency_ms_p95", "cost_usd")},
+        **{
+            k: row[f"{k}{suffix}"]
+            for k in ("mean_retained", "mean_quality", "mean_confidence", "latency_ms_p50", "latency_ms_p95", "cost_usd")
+        },
     }
 
 
@@ -216,8 +289,18 @@ def _regressions(group_rows: list[dict], settings: Settings) -> list[dict]:
         before, after = x1 / n1, x2 / n2
         _, p_value = two_proportion_test(x1, n1, x2, n2)
         if before - after > settings.regression_min_drop and p_value < settings.significance:
-            found.append({"dimension": row["dimension"], "key": row["key"], "metric": "acceptance_rate",
-                          "before": before, "after": after, "n_before": n1, "n_after": n2, "p_value": p_value})
+            found.append(
+                {
+                    "dimension": row["dimension"],
+                    "key": row["key"],
+                    "metric": "acceptance_rate",
+                    "before": before,
+                    "after": after,
+                    "n_before": n1,
+                    "n_after": n2,
+                    "p_value": p_value,
+                }
+            )
     return found
 
 
@@ -236,8 +319,9 @@ def _alerts(group_rows: list[dict], settings: Settings) -> dict[str, list[dict]]
             alerts["latency_p95"].append({**where, "value": p95, "threshold": settings.alert_latency_p95_ms})
         before, after = row["mean_confidence_before"], row["mean_confidence_7d"]
         if before is not None and after is not None and before - after > settings.alert_confidence_drop:
-            alerts["confidence_drop"].append({**where, "value": before - after, "before": before, "after": after,
-                                              "threshold": settings.alert_confidence_drop})
+            alerts["confidence_drop"].append(
+                {**where, "value": before - after, "before": before, "after": after, "threshold": settings.alert_confidence_drop}
+            )
     return alerts
 
 
@@ -249,7 +333,9 @@ def _edit_patterns(con: duckdb.DuckDBPyConnection, settings: Settings) -> dict:
         FROM settled WHERE decision = 'edited' AND coalesce(agent, task) IS NOT NULL""")
     edited = dict(con.execute("SELECT scope, count(*) FROM edits GROUP BY scope").fetchall())
     # Each edit counts a phrase once, however often it occurs in its spans.
-    counts = _rows(con, f"""
+    counts = _rows(
+        con,
+        f"""
         WITH spans AS (
             SELECT scope, log_id, 'deleted' AS kind, unnest(deleted_spans) AS span FROM edits
             UNION ALL
@@ -262,7 +348,9 @@ def _edit_patterns(con: duckdb.DuckDBPyConnection, settings: Settings) -> dict:
             SELECT scope, log_id, kind, array_to_string(w[i:i + n - 1], ' ') AS phrase
             FROM starts, range(1, {MAX_PHRASE_WORDS + 1}) t(n) WHERE i + n - 1 <= len(w))
         SELECT scope, kind, phrase, count(DISTINCT log_id) AS count
-        FROM grams GROUP BY ALL HAVING count(DISTINCT log_id) >= ?""", [settings.min_phrase_support])
+        FROM grams GROUP BY ALL HAVING count(DISTINCT log_id) >= ?""",
+        [settings.min_phrase_support],
+    )
     candidates: dict[tuple[str, str], dict[str, int]] = {}
     for row in counts:
         candidates.setdefault((row["scope"], row["kind"]), {})[row["phrase"]] = row["count"]
@@ -283,10 +371,13 @@ def _edit_patterns(con: duckdb.DuckDBPyConnection, settings: Settings) -> dict:
 def longest_phrases(counts: dict[str, int]) -> list[tuple[str, int]]:
     """Phrases with their edit counts, each sub-phrase folded into a longer phrase that carries its support
     and incidental extensions of a listed phrase left out; sorted by count, then length."""
-    absorbed = {sub for phrase, count in counts.items() for sub in _sub_phrases(phrase)
-                if sub in counts and count >= MERGE_SHARE * counts[sub]}
-    kept = {p: c for p, c in counts.items()
-            if p not in absorbed and not all(w in STOPWORDS or w.isdigit() for w in p.split())}
+    absorbed = {
+        sub
+        for phrase, count in counts.items()
+        for sub in _sub_phrases(phrase)
+        if sub in counts and count >= MERGE_SHARE * counts[sub]
+    }
+    kept = {p: c for p, c in counts.items() if p not in absorbed and not all(w in STOPWORDS or w.isdigit() for w in p.split())}
     # A phrase that extends a listed one with far less support is that phrase plus incidental context.
     listed = dict((p, c) for p, c in kept.items() if not any(sub in kept for sub in _sub_phrases(p)))
     return sorted(_stitch_windows(listed).items(), key=lambda pc: (-pc[1], -len(pc[0].split()), pc[0]))
@@ -297,13 +388,20 @@ def _stitch_windows(phrases: dict[str, int]) -> dict[str, int]:
     MAX_PHRASE_WORDS is only counted as its overlapping windows, and people should see it whole."""
     phrases = dict(phrases)
     while True:
-        pair = next(((a, b) for a in phrases for b in phrases if a != b and _window_overlap(a, b)
-                     and min(phrases[a], phrases[b]) >= MERGE_SHARE * max(phrases[a], phrases[b])), None)
+        pair = next(
+            (
+                (a, b)
+                for a in phrases
+                for b in phrases
+                if a != b and _window_overlap(a, b) and min(phrases[a], phrases[b]) >= MERGE_SHARE * max(phrases[a], phrases[b])
+            ),
+            None,
+        )
         if pair is None:
             return phrases
         a, b = pair
         count = min(phrases.pop(a), phrases.pop(b))
-        joined = a + " " + " ".join(b.split()[_window_overlap(a, b):])
+        joined = a + " " + " ".join(b.split()[_window_overlap(a, b) :])
         phrases[joined] = count
 
 
@@ -317,35 +415,47 @@ def _window_overlap(a: str, b: str) -> int:
 def _sub_phrases(phrase: str) -> list[str]:
     """Every shorter run of consecutive words of a phrase."""
     words = phrase.split()
-    return [" ".join(words[start:start + size])
-            for size in range(1, len(words)) for start in range(len(words) - size + 1)]
+    return [" ".join(words[start : start + size]) for size in range(1, len(words)) for start in range(len(words) - size + 1)]
 
 
 def _tone_shifts(con: duckdb.DuckDBPyConnection) -> dict[str, list[dict]]:
     """Per scope, the mean count of each tone marker in the output and in the approved text, and the delta."""
     counts = ", ".join(
-        f"avg(len(regexp_extract_all(lower(output), {_literal(rx)}))) AS \"{m}_output\", "
-        f"avg(len(regexp_extract_all(lower(final_text), {_literal(rx)}))) AS \"{m}_final\""
-        for m, (rx, _) in TONE_MARKERS.items())
+        f'avg(len(regexp_extract_all(lower(output), {_literal(rx)}))) AS "{m}_output", '
+        f'avg(len(regexp_extract_all(lower(final_text), {_literal(rx)}))) AS "{m}_final"'
+        for m, (rx, _) in TONE_MARKERS.items()
+    )
     shifts = {}
-    for row in _rows(con, f"SELECT scope, {counts} FROM edits WHERE output IS NOT NULL AND final_text IS NOT NULL GROUP BY scope"):
+    for row in _rows(
+        con, f"SELECT scope, {counts} FROM edits WHERE output IS NOT NULL AND final_text IS NOT NULL GROUP BY scope"
+    ):
         shifts[row["scope"]] = [
-            {"marker": m, "mean_output": row[f"{m}_output"], "mean_final": row[f"{m}_final"],
-             "mean_delta": row[f"{m}_final"] - row[f"{m}_output"]}
-            for m in TONE_MARKERS]
+            {
+                "marker": m,
+                "mean_output": row[f"{m}_output"],
+                "mean_final": row[f"{m}_final"],
+                "mean_delta": row[f"{m}_final"] - row[f"{m}_output"],
+            }
+            for m in TONE_MARKERS
+        ]
     return shifts
 
 
 def _retries(con: duckdb.DuckDBPyConnection, settings: Settings) -> dict:
     """Acceptance and quality by attempt number, overall and per task, and whether retrying helps."""
-    by_attempt = _rows(con, """
+    by_attempt = _rows(
+        con,
+        """
         SELECT CASE WHEN GROUPING(task) = 1 THEN NULL ELSE task END AS task, coalesce(attempt, 1) AS attempt,
                count(*) FILTER (WHERE reviewed) AS n,
                count(*) FILTER (WHERE decision = 'accepted') AS accepted,
                avg(quality_score) AS mean_quality
         FROM base GROUP BY GROUPING SETS ((coalesce(attempt, 1)), (task, coalesce(attempt, 1)))
-        ORDER BY task NULLS FIRST, attempt""")
-    trends = _rows(con, """
+        ORDER BY task NULLS FIRST, attempt""",
+    )
+    trends = _rows(
+        con,
+        """
         SELECT CASE WHEN GROUPING(task) = 1 THEN NULL ELSE task END AS task,
                count(*) FILTER (WHERE reviewed AND coalesce(attempt, 1) = 1) AS n_first,
                count(*) FILTER (WHERE decision = 'accepted' AND coalesce(attempt, 1) = 1) AS accepted_first,
@@ -354,35 +464,55 @@ def _retries(con: duckdb.DuckDBPyConnection, settings: Settings) -> dict:
                regr_slope(CAST(decision = 'accepted' AS DOUBLE), coalesce(attempt, 1)) FILTER (WHERE reviewed)
                    AS acceptance_slope,
                regr_slope(quality_score, coalesce(attempt, 1)) AS quality_slope
-        FROM base GROUP BY GROUPING SETS ((), (task)) ORDER BY task NULLS FIRST""")
+        FROM base GROUP BY GROUPING SETS ((), (task)) ORDER BY task NULLS FIRST""",
+    )
     sections: dict[str | None, dict] = {}
     for row in by_attempt:
         sections.setdefault(row["task"], {"by_attempt": []})["by_attempt"].append(
-            {"attempt": row["attempt"], "n": row["n"], "acceptance_rate": rate(row["accepted"], row["n"]),
-             "mean_quality": row["mean_quality"]})
+            {
+                "attempt": row["attempt"],
+                "n": row["n"],
+                "acceptance_rate": rate(row["accepted"], row["n"]),
+                "mean_quality": row["mean_quality"],
+            }
+        )
     for row in trends:
         first, retried = rate(row["accepted_first"], row["n_first"]), rate(row["accepted_retried"], row["n_retried"])
         _, p_value = two_proportion_test(row["accepted_first"], row["n_first"], row["accepted_retried"], row["n_retried"])
         sections.setdefault(row["task"], {"by_attempt": []})["trend"] = {
-            "first_acceptance_rate": first, "retried_acceptance_rate": retried, "n_retried": row["n_retried"],
-            "acceptance_slope": row["acceptance_slope"], "quality_slope": row["quality_slope"],
+            "first_acceptance_rate": first,
+            "retried_acceptance_rate": retried,
+            "n_retried": row["n_retried"],
+            "acceptance_slope": row["acceptance_slope"],
+            "quality_slope": row["quality_slope"],
             "p_value": p_value if row["n_retried"] else None,
-            "helps": bool(row["n_retried"] and row["n_first"] and retried > first and p_value < settings.significance),
+            "helps": bool(
+                row["n_retried"]
+                and row["n_first"]
+                and retried is not None
+                and first is not None
+                and retried > first
+                and p_value is not None
+                and p_value < settings.significance
+            ),
         }
     overall = sections.pop(None, {"by_attempt": []})
-    return {**overall, "by_task": {redact(t)[0]: s for t, s in sections.items()}}
+    return {**overall, "by_task": {redact(str(t))[0]: s for t, s in sections.items()}}
 
 
 def _failure_reasons(con: duckdb.DuckDBPyConnection) -> dict:
     """How often each failure reason occurs, overall and per agent and topic (share of the group's records)."""
-    rows = _rows(con, """
+    rows = _rows(
+        con,
+        """
         WITH reasons AS (SELECT DISTINCT log_id, unnest(failure_reasons) AS reason FROM raw),
         sized AS (SELECT dimension, key, count(*) OVER (PARTITION BY dimension, key) AS records, log_id
                   FROM long WHERE dimension IN ('agent', 'topic')
                   UNION ALL SELECT 'overall', NULL, count(*) OVER (), log_id FROM raw)
         SELECT s.dimension, s.key, r.reason, any_value(s.records) AS records, count(*) AS count
         FROM sized s JOIN reasons r USING (log_id) WHERE r.reason IS NOT NULL
-        GROUP BY ALL ORDER BY s.dimension, s.key, count DESC, r.reason""")
+        GROUP BY ALL ORDER BY s.dimension, s.key, count DESC, r.reason""",
+    )
     section: dict[str, Any] = {"overall": [], "agent": {}, "topic": {}}
     for row in rows:
         item = {"reason": redact(row["reason"])[0], "count": row["count"], "rate": row["count"] / row["records"]}
@@ -396,10 +526,13 @@ def _failure_reasons(con: duckdb.DuckDBPyConnection) -> dict:
 def _experiments(con: duckdb.DuckDBPyConnection, settings: Settings) -> dict:
     """Every experiment's arms with their acceptance rates and the test of their difference."""
     arms: dict[str, dict[str, tuple[int, int]]] = {}
-    for row in _rows(con, """
+    for row in _rows(
+        con,
+        """
             SELECT experiment_id, variant, count(*) FILTER (WHERE decision = 'accepted') AS accepted,
                    count(*) FILTER (WHERE reviewed) AS n
-            FROM base WHERE experiment_id IS NOT NULL AND variant IS NOT NULL GROUP BY ALL"""):
+            FROM base WHERE experiment_id IS NOT NULL AND variant IS NOT NULL GROUP BY ALL""",
+    ):
         arm = arms.setdefault(redact(row["experiment_id"])[0], {})
         name = redact(row["variant"])[0]
         x, n = arm.get(name, (0, 0))
@@ -430,57 +563,93 @@ def recommendations(report: dict, settings: Settings) -> list[dict]:
             for item in pattern[kind]:
                 if item["rate"] >= RECOMMEND_PHRASE_RATE:
                     verb = "delete" if kind == "deleted" else "add"
-                    recs.append({"scope": scope,
-                                 "text": f"{scope}: editors {verb} '{item['text']}' in {_pct(item['rate'])} of edits; {advice}.",
-                                 "evidence": f"{item['count']} of {pattern['edited']} edited records"})
+                    recs.append(
+                        {
+                            "scope": scope,
+                            "text": f"{scope}: editors {verb} '{item['text']}' in {_pct(item['rate'])} of edits; {advice}.",
+                            "evidence": f"{item['count']} of {pattern['edited']} edited records",
+                        }
+                    )
         words = next((t for t in pattern["tone_shifts"] if t["marker"] == "words"), None)
-        if (words and words["mean_output"] and abs(words["mean_delta"]) >= RECOMMEND_LENGTH_WORDS
-                and abs(words["mean_delta"]) / words["mean_output"] >= RECOMMEND_LENGTH_SHARE):
+        if (
+            words
+            and words["mean_output"]
+            and abs(words["mean_delta"]) >= RECOMMEND_LENGTH_WORDS
+            and abs(words["mean_delta"]) / words["mean_output"] >= RECOMMEND_LENGTH_SHARE
+        ):
             change = "shorten" if words["mean_delta"] < 0 else "lengthen"
-            recs.append({"scope": scope,
-                         "text": f"{scope}: editors {change} answers by {abs(words['mean_delta']):.0f} words on average; "
-                                 f"ask for {'shorter' if change == 'shorten' else 'longer'} answers.",
-                         "evidence": f"mean {words['mean_output']:.0f} -> {words['mean_final']:.0f} words over "
-                                     f"{pattern['edited']} edits"})
+            recs.append(
+                {
+                    "scope": scope,
+                    "text": f"{scope}: editors {change} answers by {abs(words['mean_delta']):.0f} words on average; "
+                    f"ask for {'shorter' if change == 'shorten' else 'longer'} answers.",
+                    "evidence": f"mean {words['mean_output']:.0f} -> {words['mean_final']:.0f} words over "
+                    f"{pattern['edited']} edits",
+                }
+            )
         for shift in pattern["tone_shifts"]:
             if shift["marker"] != "words" and abs(shift["mean_delta"]) >= RECOMMEND_MARKER_DELTA:
                 direction = "remove" if shift["mean_delta"] < 0 else "add"
                 label = TONE_MARKERS[shift["marker"]][1]
-                recs.append({"scope": scope,
-                             "text": f"{scope}: editors {direction} {label}; adjust the tone the prompt asks for.",
-                             "evidence": f"mean {shift['mean_output']:.2f} -> {shift['mean_final']:.2f} per answer"})
+                recs.append(
+                    {
+                        "scope": scope,
+                        "text": f"{scope}: editors {direction} {label}; adjust the tone the prompt asks for.",
+                        "evidence": f"mean {shift['mean_output']:.2f} -> {shift['mean_final']:.2f} per answer",
+                    }
+                )
     for reg in report["regressions"]:
-        recs.append({"scope": f"{reg['dimension']}={reg['key']}",
-                     "text": f"{reg['dimension']} {reg['key']}: acceptance fell from {_pct(reg['before'])} to "
-                             f"{_pct(reg['after'])} in the last 7 days; check what changed (prompt, model, adapter).",
-                     "evidence": f"n {reg['n_before']} before, {reg['n_after']} after, p={reg['p_value']:.3g}"})
+        recs.append(
+            {
+                "scope": f"{reg['dimension']}={reg['key']}",
+                "text": f"{reg['dimension']} {reg['key']}: acceptance fell from {_pct(reg['before'])} to "
+                f"{_pct(reg['after'])} in the last 7 days; check what changed (prompt, model, adapter).",
+                "evidence": f"n {reg['n_before']} before, {reg['n_after']} after, p={reg['p_value']:.3g}",
+            }
+        )
     for exp, result in report["experiments"].items():
         if result["winner"]:
             win = result["arms"][result["winner"]]
-            recs.append({"scope": f"experiment={exp}",
-                         "text": f"experiment {exp}: variant {result['winner']} wins with {_pct(win['acceptance_rate'])} "
-                                 "acceptance; roll it out.",
-                         "evidence": f"{result['comparison']} = {result['difference']:+.3f}, {result['test']} p={result['p_value']:.3g}"})
+            recs.append(
+                {
+                    "scope": f"experiment={exp}",
+                    "text": f"experiment {exp}: variant {result['winner']} wins with {_pct(win['acceptance_rate'])} "
+                    "acceptance; roll it out.",
+                    "evidence": f"{result['comparison']} = {result['difference']:+.3f}, {result['test']} p={result['p_value']:.3g}",
+                }
+            )
     for dim in ("task", "agent"):
         for key, group in report["groups"].get(dim, {}).items():
             if group["rejection_rate"] is not None and group["rejection_rate"] > settings.alert_rejection_rate:
-                recs.append({"scope": f"{dim}={key}",
-                             "text": f"{dim} {key}: {_pct(group['rejection_rate'])} of answers are rejected; "
-                                     "review its prompt and examples.",
-                             "evidence": f"{group['n']} reviewed records"})
+                recs.append(
+                    {
+                        "scope": f"{dim}={key}",
+                        "text": f"{dim} {key}: {_pct(group['rejection_rate'])} of answers are rejected; "
+                        "review its prompt and examples.",
+                        "evidence": f"{group['n']} reviewed records",
+                    }
+                )
     trend = report["retries"].get("trend")
     if trend and trend["n_retried"]:
         helps = "raise" if trend["helps"] else "do not significantly raise"
-        recs.append({"scope": "retries",
-                     "text": f"retries {helps} acceptance ({_pct(trend['first_acceptance_rate'] or 0)} on the first "
-                             f"attempt, {_pct(trend['retried_acceptance_rate'])} on retries)"
-                             + ("; keep retrying." if trend["helps"] else "; fix the first answer instead."),
-                     "evidence": f"{trend['n_retried']} retried records, p={trend['p_value']:.3g}"})
+        recs.append(
+            {
+                "scope": "retries",
+                "text": f"retries {helps} acceptance ({_pct(trend['first_acceptance_rate'] or 0)} on the first "
+                f"attempt, {_pct(trend['retried_acceptance_rate'])} on retries)"
+                + ("; keep retrying." if trend["helps"] else "; fix the first answer instead."),
+                "evidence": f"{trend['n_retried']} retried records, p={trend['p_value']:.3g}",
+            }
+        )
     for agent, reasons in report["failure_reasons"]["agent"].items():
         top = reasons[0]
-        recs.append({"scope": f"agent={agent}",
-                     "text": f"agent {agent}: the most frequent failure is '{top['reason']}'; address it in the prompt.",
-                     "evidence": f"{top['count']} records ({_pct(top['rate'])})"})
+        recs.append(
+            {
+                "scope": f"agent={agent}",
+                "text": f"agent {agent}: the most frequent failure is '{top['reason']}'; address it in the prompt.",
+                "evidence": f"{top['count']} records ({_pct(top['rate'])})",
+            }
+        )
     return recs
 
 
@@ -488,26 +657,45 @@ def render_markdown(report: dict) -> str:
     """The report as Markdown for people (and the Dagster UI)."""
     t = report["totals"]
     lines = [
-        "# Pattern report", "",
+        "# Pattern report",
+        "",
         f"As of {report['as_of']} (generated {report['generated_at']}): {t['records']} records, "
-        f"{t['reviewed']} reviewed, {t['settled']} settled.", "",
+        f"{t['reviewed']} reviewed, {t['settled']} settled.",
+        "",
     ]
 
     lines += ["## Recommendations", ""]
     lines += [f"- {r['text']} ({r['evidence']})" for r in report["recommendations"]] or ["- none"]
     lines += ["", "## Regressions (last 7 days)", ""]
-    lines += [f"- {r['dimension']} {r['key']}: acceptance {r['before']:.1%} -> {r['after']:.1%} "
-              f"(n {r['n_before']} -> {r['n_after']}, p={r['p_value']:.3g})" for r in report["regressions"]] or ["- none"]
+    lines += [
+        f"- {r['dimension']} {r['key']}: acceptance {r['before']:.1%} -> {r['after']:.1%} "
+        f"(n {r['n_before']} -> {r['n_after']}, p={r['p_value']:.3g})"
+        for r in report["regressions"]
+    ] or ["- none"]
     for dim, groups in report["groups"].items():
-        lines += ["", f"## By {dim}", "",
-                  "| key | n | accepted | edited | rejected | accepted 7d | accepted 30d | retained | quality | p50 ms | p95 ms | cost $ |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## By {dim}",
+            "",
+            "| key | n | accepted | edited | rejected | accepted 7d | accepted 30d | retained | quality | p50 ms | p95 ms | cost $ |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for key, g in groups.items():
             w = g["windows"]
-            rates = [g["acceptance_rate"], g["edit_rate"], g["rejection_rate"], w["7d"]["acceptance_rate"],
-                     w["30d"]["acceptance_rate"], g["mean_retained"]]
-            numbers = [(g["mean_quality"], ".1f"), (g["latency_ms_p50"], ".0f"), (g["latency_ms_p95"], ".0f"),
-                       (g["cost_usd"], ".2f")]
+            rates = [
+                g["acceptance_rate"],
+                g["edit_rate"],
+                g["rejection_rate"],
+                w["7d"]["acceptance_rate"],
+                w["30d"]["acceptance_rate"],
+                g["mean_retained"],
+            ]
+            numbers = [
+                (g["mean_quality"], ".1f"),
+                (g["latency_ms_p50"], ".0f"),
+                (g["latency_ms_p95"], ".0f"),
+                (g["cost_usd"], ".2f"),
+            ]
             cells = [key, str(g["n"]), *map(_rate_cell, rates), *(_number_cell(v, f) for v, f in numbers)]
             lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## Edit patterns", ""]
@@ -520,14 +708,18 @@ def render_markdown(report: dict) -> str:
     for exp, e in report["experiments"].items():
         arms = ", ".join(f"{a} {v['acceptance_rate']:.1%} (n={v['n']})" for a, v in e["arms"].items())
         if e["test"]:
-            lines.append(f"- {exp}: {arms}; {e['comparison']} = {e['difference']:+.3f} "
-                         f"[{e['ci95'][0]:+.3f}, {e['ci95'][1]:+.3f}], {e['test']} p={e['p_value']:.3g}, "
-                         f"winner: {e['winner'] or 'none'}")
+            lines.append(
+                f"- {exp}: {arms}; {e['comparison']} = {e['difference']:+.3f} "
+                f"[{e['ci95'][0]:+.3f}, {e['ci95'][1]:+.3f}], {e['test']} p={e['p_value']:.3g}, "
+                f"winner: {e['winner'] or 'none'}"
+            )
         else:
             lines.append(f"- {exp}: {arms}; fewer than two arms")
     lines += ["", "## Retries", ""]
-    lines += [f"- attempt {a['attempt']}: n={a['n']}, acceptance {_rate_cell(a['acceptance_rate'])}, quality {_number_cell(a['mean_quality'], '.1f')}"
-              for a in report["retries"]["by_attempt"]] or ["- none"]
+    lines += [
+        f"- attempt {a['attempt']}: n={a['n']}, acceptance {_rate_cell(a['acceptance_rate'])}, quality {_number_cell(a['mean_quality'], '.1f')}"
+        for a in report["retries"]["by_attempt"]
+    ] or ["- none"]
     lines += ["", "## Failure reasons", ""]
     lines += [f"- {r['reason']}: {r['count']} ({r['rate']:.1%})" for r in report["failure_reasons"]["overall"]] or ["- none"]
     return "\n".join(lines) + "\n"
@@ -539,14 +731,20 @@ def check_findings(report: dict) -> dict[str, list[str]]:
     return {
         "no_regressions": [
             f"{r['dimension']} {r['key']}: acceptance {r['before']:.1%} -> {r['after']:.1%} in the last 7 days "
-            f"(n {r['n_before']} -> {r['n_after']}, p={r['p_value']:.3g})" for r in report["regressions"]],
+            f"(n {r['n_before']} -> {r['n_after']}, p={r['p_value']:.3g})"
+            for r in report["regressions"]
+        ],
         "rejection_rate_alert": [
             f"{a['dimension']} {a['key']}: rejection rate {a['value']:.1%} > {a['threshold']:.1%} in the last 7 days"
-            for a in alerts["rejection_rate"]],
+            for a in alerts["rejection_rate"]
+        ],
         "latency_p95_alert": [
             f"{a['dimension']} {a['key']}: latency p95 {a['value']:.0f} ms > {a['threshold']:.0f} ms in the last 7 days"
-            for a in alerts["latency_p95"]],
+            for a in alerts["latency_p95"]
+        ],
         "confidence_drop_alert": [
             f"{a['dimension']} {a['key']}: mean confidence fell {a['before']:.2f} -> {a['after']:.2f} "
-            f"(drop {a['value']:.2f} > {a['threshold']:.2f}) in the last 7 days" for a in alerts["confidence_drop"]],
+            f"(drop {a['value']:.2f} > {a['threshold']:.2f}) in the last 7 days"
+            for a in alerts["confidence_drop"]
+        ],
     }

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -30,7 +31,7 @@ class RetrainState:
     requested: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
-    def from_json(cls, text: str | None) -> "RetrainState":
+    def from_json(cls, text: str | None) -> RetrainState:
         """State from a sensor cursor; an empty cursor is an empty state."""
         return cls(**json.loads(text)) if text else cls()
 
@@ -124,7 +125,8 @@ def _totals(state: RetrainState) -> dict[str, TaskCount]:
             if new <= 0:
                 continue
             counts[task] += new
-            if newest[task] is None or parse_time(latest) > parse_time(newest[task]):
+            seen = newest[task]
+            if seen is None or parse_time(latest) > parse_time(seen):
                 newest[task] = latest
     return {task: TaskCount(task, state.watermarks[task], counts[task], newest[task]) for task in sorted(counts)}
 

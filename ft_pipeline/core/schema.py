@@ -136,15 +136,20 @@ def field_problems(rule: FieldRule, record: dict[str, Any]) -> list[tuple[str, s
     if rule.types and not _type_ok(value, rule.types):
         return [(f"bad_type:{name}", f"{name} must be {'|'.join(rule.types)}, got {json_type(value)}")]
     problems = []
-    if "minLength" in spec and len(value) < spec["minLength"] or "maxLength" in spec and len(value) > spec["maxLength"]:
-        problems.append((f"bad_length:{name}", f"{name} must have {spec.get('minLength', 0)}-{spec.get('maxLength')} characters, has {len(value)}"))
+    if ("minLength" in spec and len(value) < spec["minLength"]) or ("maxLength" in spec and len(value) > spec["maxLength"]):
+        problems.append(
+            (
+                f"bad_length:{name}",
+                f"{name} must have {spec.get('minLength', 0)}-{spec.get('maxLength')} characters, has {len(value)}",
+            )
+        )
     if "pattern" in spec and not re.search(spec["pattern"], value):
         problems.append((PATTERN_REASONS.get(name, f"bad_pattern:{name}"), f"{name} {value[:80]!r} must match {spec['pattern']}"))
     if spec.get("format") == "date-time" and _parse_timestamp(value) is None:
         problems.append(("bad_timestamp", f"{name} {value[:80]!r} is not an ISO 8601 date-time"))
     if "enum" in spec and value not in spec["enum"]:
         problems.append((f"bad_enum:{name}", f"{name} {str(value)[:80]!r} must be one of {spec['enum']}"))
-    if "minimum" in spec and value < spec["minimum"] or "maximum" in spec and value > spec["maximum"]:
+    if ("minimum" in spec and value < spec["minimum"]) or ("maximum" in spec and value > spec["maximum"]):
         problems.append((f"out_of_range:{name}", f"{name} {value} must be within [{spec.get('minimum')}, {spec.get('maximum')}]"))
     if rule.kind == "integer" and not INT64_RANGE[0] <= value <= INT64_RANGE[1]:
         problems.append((f"out_of_range:{name}", f"{name} {value} does not fit a 64-bit integer"))

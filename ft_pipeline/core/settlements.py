@@ -75,8 +75,21 @@ WEIGHT_STEPS = ((9.0, 2.0), (8.0, 1.5), (7.0, 1.0))
 # The columns the filters and the near-duplicate key read; the first pass reads only these.
 KEY_SCHEMA = pa.schema(
     [pa.field("row", pa.int64())]
-    + [RAW_LOG_SCHEMA.field(name) for name in
-       ("log_id", "timestamp", "task", "prompt", "output", "final_output", "decision", "quality_score", "confidence", "user_rating")]
+    + [
+        RAW_LOG_SCHEMA.field(name)
+        for name in (
+            "log_id",
+            "timestamp",
+            "task",
+            "prompt",
+            "output",
+            "final_output",
+            "decision",
+            "quality_score",
+            "confidence",
+            "user_rating",
+        )
+    ]
 )
 # Rows per streamed batch and per written row group: a batch and its redacted, measured copy stay near 100 MB.
 BATCH_ROWS = 16_384
@@ -176,10 +189,7 @@ def _edit_columns(output: pa.ChunkedArray, final_text: pa.ChunkedArray) -> dict[
     """retained, edit_distance and span columns; only rows whose text changed go through the word diff."""
     rows = len(output)
     changed = np.flatnonzero(pc.not_equal(output, final_text).to_numpy(zero_copy_only=False))
-    metrics = [
-        edit_metrics(a, b)
-        for a, b in zip(output.take(changed).to_pylist(), final_text.take(changed).to_pylist())
-    ]
+    metrics = [edit_metrics(a, b) for a, b in zip(output.take(changed).to_pylist(), final_text.take(changed).to_pylist())]
     retained = np.ones(rows)
     retained[changed] = [m.retained for m in metrics]
     distance = np.zeros(rows, dtype=np.int64)

@@ -7,7 +7,7 @@ import re
 import socket
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 # spool files live inside the inbox so that publishing is a rename on one filesystem; the hidden folder and the
@@ -65,7 +65,7 @@ def process_alive(pid: int) -> bool:
 
 def publish_spool(spool: Path, inbox_dir: Path, prefix: str, pid: int) -> Path:
     """Move a spool file into the inbox as `<prefix>-<UTC stamp>-<pid>-<random>.jsonl`; one rename, so readers see all or nothing."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     target = Path(inbox_dir) / f"{prefix}-{stamp}-{pid}-{uuid.uuid4().hex[:12]}.jsonl"
     os.rename(spool, target)
     return target

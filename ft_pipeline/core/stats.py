@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from statistics import NormalDist
+from typing import Any
 
 Z95 = NormalDist().inv_cdf(0.975)
 
@@ -40,8 +41,15 @@ def compare_arms(arms: dict[str, tuple[int, int]], significance: float) -> dict:
 
     arms = {name: arms[name] for name in sorted(arms) if arms[name][1] > 0}
     summary = {name: {"n": n, "acceptance_rate": x / n} for name, (x, n) in arms.items()}
-    result = {"arms": summary, "difference": None, "comparison": None, "ci95": None,
-              "p_value": None, "test": None, "winner": None}
+    result: dict[str, Any] = {
+        "arms": summary,
+        "difference": None,
+        "comparison": None,
+        "ci95": None,
+        "p_value": None,
+        "test": None,
+        "winner": None,
+    }
     if len(arms) < 2:
         return result
     table = [[x, n - x] for x, n in arms.values()]

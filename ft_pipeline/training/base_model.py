@@ -9,9 +9,10 @@ import os
 import shutil
 import socket
 import tempfile
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlparse
 
 from ft_pipeline.core.datasets import chat_example, drop_duplicate_pairs, is_validation, read_settlements
@@ -23,8 +24,14 @@ BUILD_INFO = "build.json"
 BUILTIN_RECIPE_VERSION = 1
 # Architecture and pretraining recipe of the builtin model; vocabulary size and steps are settings knobs.
 BUILTIN_DEFAULTS = {
-    "hidden": 256, "intermediate": 512, "layers": 4, "heads": 4,
-    "seq_len": 256, "batch_size": 4, "learning_rate": 2e-3, "seed": 0,
+    "hidden": 256,
+    "intermediate": 512,
+    "layers": 4,
+    "heads": 4,
+    "seq_len": 256,
+    "batch_size": 4,
+    "learning_rate": 2e-3,
+    "seed": 0,
 }
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>"]
@@ -159,8 +166,18 @@ def build_builtin(
             "no settled text to pretrain the builtin base model on: materialize settlements first, "
             "or set FT_BASE_MODEL to a Hugging Face id or a local model folder"
         )
-    params = {"vocab_size": vocab_size, "steps": steps, "hidden": hidden, "intermediate": intermediate, "layers": layers,
-              "heads": heads, "seq_len": seq_len, "batch_size": batch_size, "learning_rate": learning_rate, "seed": seed}
+    params = {
+        "vocab_size": vocab_size,
+        "steps": steps,
+        "hidden": hidden,
+        "intermediate": intermediate,
+        "layers": layers,
+        "heads": heads,
+        "seq_len": seq_len,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "seed": seed,
+    }
     tokenizer = train_tokenizer([m["content"] for chat in chats for m in chat], vocab_size)
     texts = [tokenizer.apply_chat_template(chat, tokenize=False) for chat in chats]
     stream = [t for ids in tokenizer(texts, add_special_tokens=False)["input_ids"] for t in ids]
@@ -187,7 +204,9 @@ def build_builtin(
     warmup = max(1, steps // 10)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda s: (s + 1) / warmup if s < warmup else 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup))),
+        lambda s: (
+            (s + 1) / warmup if s < warmup else 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup)))
+        ),
     )
     generator = torch.Generator().manual_seed(seed)
     losses: list[float] = []
@@ -220,7 +239,7 @@ def build_builtin(
         "final_loss": round(sum(tail) / len(tail), 4) if tail else None,
         "documents": len(chats),
         "corpus_tokens": len(corpus),
-        "built_at": datetime.now(timezone.utc).isoformat(),
+        "built_at": datetime.now(UTC).isoformat(),
     }
     write_json_atomic(info, out_dir / BUILD_INFO)
     return model, tokenizer, info
@@ -252,7 +271,9 @@ def ensure_base_model(settings: Any, log: Callable[[str], None] = print) -> str:
 
 
 def _offline() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in {"1", "true", "yes", "on"} for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(v, "").strip().lower() in {"1", "true", "yes", "on"} for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def _resolve_external(name: str) -> str:
@@ -266,9 +287,9 @@ def _resolve_external(name: str) -> str:
     from huggingface_hub.errors import HFValidationError
 
     fix = (
-        "download it where the hub is reachable (`hf download {name}`) into the HF cache, or set FT_BASE_MODEL "
+        f"download it where the hub is reachable (`hf download {name}`) into the HF cache, or set FT_BASE_MODEL "
         "to a local model folder, or to 'builtin' for the small model built locally"
-    ).format(name=name)
+    )
     try:
         cached = try_to_load_from_cache(name, "config.json")
     except HFValidationError:
@@ -318,8 +339,8 @@ def load_base_model(settings: Any, device: str = "cpu") -> tuple[Any, Any]:
     # A per-load progress bar drowns the step progress in the run log.
     transformers_logging.disable_progress_bar()
     source = ensure_base_model(settings)
-    model = AutoModelForCausalLM.from_pretrained(source).to(device)
-    return model, _prepared(AutoTokenizer.from_pretrained(source))
+    model: Any = AutoModelForCausalLM.from_pretrained(source)
+    return model.to(device), _prepared(AutoTokenizer.from_pretrained(source))
 
 
 def base_model_info(settings: Any, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -336,5 +357,9 @@ def base_model_info(settings: Any, log: Callable[[str], None] = print) -> dict[s
     # Counted on the meta device: no weights are loaded, so this is instant even for a large model.
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
-    return {"path": source, "source": settings.base_model, "parameters": sum(p.numel() for p in model.parameters()),
-            "vocab_size": config.vocab_size}
+    return {
+        "path": source,
+        "source": settings.base_model,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "vocab_size": config.vocab_size,
+    }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,7 @@ def champion_lineage(settings: Settings, task: str) -> list[int]:
 
 def _record(settings: Settings, task: str, action: str, before: int | None, after: int, reason: str) -> dict[str, Any]:
     """Move the alias, tag both versions and append the move to the history."""
-    at = datetime.now(timezone.utc).isoformat()
+    at = datetime.now(UTC).isoformat()
     name = registered_model_name(task)
     mlflow_client = client(settings)
     mlflow_client.set_registered_model_alias(name, ALIAS, str(after))
@@ -130,16 +130,18 @@ def live_acceptance(settings: Settings, report: dict[str, Any]) -> list[dict[str
         accepted_now, accepted_before = round(now["acceptance_rate"] * now["n"]), round(before["acceptance_rate"] * before["n"])
         # two-sided test read in one direction: conservative, and a rise never raises the alarm
         _, p_value = two_proportion_test(accepted_now, now["n"], accepted_before, before["n"])
-        findings.append({
-            "task": task,
-            "champion": champion,
-            "predecessor": predecessor,
-            "acceptance_rate": now["acceptance_rate"],
-            "n": now["n"],
-            "predecessor_acceptance_rate": before["acceptance_rate"],
-            "predecessor_n": before["n"],
-            "p_value": p_value,
-            "dropped": now["acceptance_rate"] < before["acceptance_rate"] and p_value < settings.significance,
-            "rollback_command": f"ft-pipeline rollback {task} --to {predecessor}",
-        })
+        findings.append(
+            {
+                "task": task,
+                "champion": champion,
+                "predecessor": predecessor,
+                "acceptance_rate": now["acceptance_rate"],
+                "n": now["n"],
+                "predecessor_acceptance_rate": before["acceptance_rate"],
+                "predecessor_n": before["n"],
+                "p_value": p_value,
+                "dropped": now["acceptance_rate"] < before["acceptance_rate"] and p_value < settings.significance,
+                "rollback_command": f"ft-pipeline rollback {task} --to {predecessor}",
+            }
+        )
     return findings

@@ -6,9 +6,10 @@ import hashlib
 import json
 import math
 from collections import Counter
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ft_pipeline.core.io import checked_name, write_json_atomic
 from ft_pipeline.core.lineage import adapter_dir, adapter_versions, dataset_dir, read_adapter_config
@@ -84,7 +85,9 @@ def decide(
             return promote, reasons
         p_value = tests[key]["p_value"]
         if p_value < p_threshold:
-            reasons.append(f"beats {rival}: p={p_value:.3g} < {p_threshold}, median loss difference {tests[key]['median_difference']:.4f}")
+            reasons.append(
+                f"beats {rival}: p={p_value:.3g} < {p_threshold}, median loss difference {tests[key]['median_difference']:.4f}"
+            )
         else:
             promote = False
             reasons.append(f"does not beat {rival}: p={p_value:.3g} >= {p_threshold}")
@@ -92,9 +95,13 @@ def decide(
     if candidate_chrf is not None and champion_chrf is not None:
         if candidate_chrf < champion_chrf - tolerance:
             promote = False
-            reasons.append(f"generations worse than the champion's: chrF {candidate_chrf:.1f} < {champion_chrf:.1f} - {tolerance}")
+            reasons.append(
+                f"generations worse than the champion's: chrF {candidate_chrf:.1f} < {champion_chrf:.1f} - {tolerance}"
+            )
         else:
-            reasons.append(f"generations not worse than the champion's: chrF {candidate_chrf:.1f} vs {champion_chrf:.1f} (tolerance {tolerance})")
+            reasons.append(
+                f"generations not worse than the champion's: chrF {candidate_chrf:.1f} vs {champion_chrf:.1f} (tolerance {tolerance})"
+            )
     return promote, reasons
 
 
@@ -116,7 +123,9 @@ def generation_sample(rows: list[dict[str, Any]], size: int) -> list[dict[str, A
     return usable[:size]
 
 
-def score_model(model: Any, tokenizer: Any, examples: list[Any], gen_rows: list[dict[str, Any]], settings: Any, device: Any) -> dict[str, Any]:
+def score_model(
+    model: Any, tokenizer: Any, examples: list[Any], gen_rows: list[dict[str, Any]], settings: Any, device: Any
+) -> dict[str, Any]:
     """Loss, perplexity and token accuracy on assistant tokens of `examples`; chrF and exact match of greedy generations."""
     import torch
 
@@ -139,19 +148,26 @@ def score_model(model: Any, tokenizer: Any, examples: list[Any], gen_rows: list[
             nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE, reduction="none")
             mask = labels != IGNORE
             correct = ((logits.argmax(-1) == labels) & mask).sum(1)
-            for row, i in enumerate(idx):
-                n = int(mask[row].sum())
-                losses[i] = float(nll[row].sum()) / n
-                total_nll += float(nll[row].sum())
+            for j, i in enumerate(idx):
+                n = int(mask[j].sum())
+                losses[i] = float(nll[j].sum()) / n
+                total_nll += float(nll[j].sum())
                 total_tokens += n
-                total_correct += int(correct[row])
+                total_correct += int(correct[j])
     loss = total_nll / total_tokens
     generations = []
     for row in gen_rows:
         reference = row["messages"][-1]["content"]
         text = complete(model, tokenizer, row["messages"][:-1], settings.eval_max_new_tokens, device)
         short = len(reference.split()) <= SHORT_ANSWER_WORDS
-        generations.append({"id": row["id"], "text": text, "chrf": chrf(text, reference), "exact_match": exact_match(text, reference) if short else None})
+        generations.append(
+            {
+                "id": row["id"],
+                "text": text,
+                "chrf": chrf(text, reference),
+                "exact_match": exact_match(text, reference) if short else None,
+            }
+        )
     short_matches = [g["exact_match"] for g in generations if g["exact_match"] is not None]
     return {
         "loss": loss,
@@ -165,7 +181,9 @@ def score_model(model: Any, tokenizer: Any, examples: list[Any], gen_rows: list[
     }
 
 
-def evaluate_candidate(settings: Any, task: str, version: int | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+def evaluate_candidate(
+    settings: Any, task: str, version: int | None = None, log: Callable[[str], None] = print
+) -> dict[str, Any]:
     """Score a task's adapter (default: the latest) against the base model and the champion, record the decision, promote."""
     import torch
     from peft import PeftModel
@@ -186,7 +204,9 @@ def evaluate_candidate(settings: Any, task: str, version: int | None = None, log
     champion = current_champion(settings, task)
     rival = champion if champion is not None and champion != version else None
     rival_note = None
-    if rival is not None and read_adapter_config(settings.adapters_dir, task, rival).get("base_model") != candidate_config.get("base_model"):
+    if rival is not None and read_adapter_config(settings.adapters_dir, task, rival).get("base_model") != candidate_config.get(
+        "base_model"
+    ):
         # a LoRA adapter only means something on the base it was trained on: the old champion cannot be scored here
         rival_note = f"champion v{rival} was trained on another base model and is not compared"
         rival = None
@@ -222,7 +242,7 @@ def evaluate_candidate(settings: Any, task: str, version: int | None = None, log
     result = {
         "task": task,
         "version": int(version),
-        "evaluated_at": datetime.now(timezone.utc).isoformat(),
+        "evaluated_at": datetime.now(UTC).isoformat(),
         "dataset_version": candidate_config.get("dataset_version"),
         "base_model": candidate_config.get("base_model"),
         "champion_before": champion,
@@ -267,7 +287,8 @@ def summary_metrics(result: dict[str, Any]) -> dict[str, float]:
 
 def record_in_mlflow(settings: Any, task: str, result: dict[str, Any], run_id: str | None, path: Path) -> None:
     """Metrics and the evaluation file on the adapter's training run; the decision as tags on its model version."""
-    from ft_pipeline.training.tracking import client as mlflow_client, registered_model_name
+    from ft_pipeline.training.tracking import client as mlflow_client
+    from ft_pipeline.training.tracking import registered_model_name
 
     client = mlflow_client(settings)
     if run_id:

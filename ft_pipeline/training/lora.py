@@ -10,10 +10,11 @@ import math
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -24,10 +25,10 @@ from ft_pipeline.training.data import IGNORE, Example, collate, encode_all, leng
 
 # Attention and MLP projections per architecture (model_type); others get every Linear layer but the output head.
 TARGET_MODULES = {
-    **dict.fromkeys(
-        ["llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo", "olmo2", "smollm3"],
-        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-    ),
+    **{
+        key: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        for key in ["llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo", "olmo2", "smollm3"]
+    },
     "gpt2": ["c_attn", "c_proj", "c_fc"],
     "gpt_bigcode": ["c_attn", "c_proj", "c_fc"],
     "starcoder2": ["q_proj", "k_proj", "v_proj", "o_proj", "c_fc", "c_proj"],
@@ -44,8 +45,18 @@ TARGET_MODULES = {
 PLAIN_HEAD = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gpt2", "gpt_neox", "opt", "phi", "phi3", "starcoder2", "gptj"}
 # Knobs that decide what is learned; they go into training_config.json, MLflow params and the checkpoint fingerprint.
 HYPERPARAMETERS = (
-    "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "learning_rate", "batch_size", "max_steps",
-    "eval_every", "early_stopping_patience", "checkpoint_every", "seed", "max_seq_len",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "lora_target_modules",
+    "learning_rate",
+    "batch_size",
+    "max_steps",
+    "eval_every",
+    "early_stopping_patience",
+    "checkpoint_every",
+    "seed",
+    "max_seq_len",
 )
 WARMUP_SHARE = 0.05  # of max_steps, linear warmup before the cosine decay
 MAX_GRAD_NORM = 1.0
@@ -214,8 +225,16 @@ def fit(
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     s: dict[str, Any] = {
-        "step": 0, "epoch": 0, "position": 0, "best_loss": math.inf, "best_step": 0, "best_state": None,
-        "bad_evals": 0, "stopped_early": False, "train_loss": [], "val_loss": [],
+        "step": 0,
+        "epoch": 0,
+        "position": 0,
+        "best_loss": math.inf,
+        "best_step": 0,
+        "best_state": None,
+        "bad_evals": 0,
+        "stopped_early": False,
+        "train_loss": [],
+        "val_loss": [],
     }
     if resume is not None:
         _load_lora_state(model, resume["lora"])
@@ -296,7 +315,12 @@ def fit(
 
 
 def _save_checkpoint(
-    path: Path, model: Any, optimizer: Any, scheduler: Any, loop: dict[str, Any], device: str,
+    path: Path,
+    model: Any,
+    optimizer: Any,
+    scheduler: Any,
+    loop: dict[str, Any],
+    device: str,
     extra: dict[str, Any] | None,
 ) -> None:
     """Everything a crashed run needs to continue bit-identically, written atomically."""
@@ -370,7 +394,9 @@ def train_task(settings: Settings, task: str, log: Log = print, tags: dict[str, 
     latest = latest_adapter(settings.adapters_dir, task)
     if latest is not None and latest.get("fingerprint") == fingerprint:
         # Training is deterministic: the same data and settings would only register a copy of this adapter.
-        log(f"{task}: adapter v{latest['version']} was trained on dataset {manifest['version'][:12]} with these settings; not retraining")
+        log(
+            f"{task}: adapter v{latest['version']} was trained on dataset {manifest['version'][:12]} with these settings; not retraining"
+        )
         return up_to_date_result(settings, task, latest)
     ckpt_dir = checkpoint_dir(settings, task, manifest["version"])
     resume = read_checkpoint(ckpt_dir / CHECKPOINT_FILE, fingerprint)
@@ -385,13 +411,23 @@ def train_task(settings: Settings, task: str, log: Log = print, tags: dict[str, 
     else:
         params = {**hyper, **lineage, "target_modules": ",".join(modules), "trainable_params": trainable, "total_params": total}
         tracker = Tracker.start(settings, task, params, run_tags, run_name=f"{task}-{manifest['version'][:8]}")
-    log(f"training {task}: {len(train)} train / {len(val)} val examples, {trainable:,} of {total:,} weights trainable "
-        f"on {device}; MLflow run {tracker.run_id}")
+    log(
+        f"training {task}: {len(train)} train / {len(val)} val examples, {trainable:,} of {total:,} weights trainable "
+        f"on {device}; MLflow run {tracker.run_id}"
+    )
     staging = settings.adapters_dir / checked_name(task) / f".staging-{tracker.run_id}"
     try:
         result = fit(
-            model, train, val, settings, pad_id=pad_id, log=log, tracker=tracker, checkpoint=ckpt_dir / CHECKPOINT_FILE,
-            resume=resume, checkpoint_extra={"fingerprint": fingerprint, "run_id": tracker.run_id},
+            model,
+            train,
+            val,
+            settings,
+            pad_id=pad_id,
+            log=log,
+            tracker=tracker,
+            checkpoint=ckpt_dir / CHECKPOINT_FILE,
+            resume=resume,
+            checkpoint_extra={"fingerprint": fingerprint, "run_id": tracker.run_id},
         )
         if staging.exists():
             shutil.rmtree(staging)
@@ -400,23 +436,38 @@ def train_task(settings: Settings, task: str, log: Log = print, tags: dict[str, 
         if (folder / "validation.json").is_file():
             tracker.log_artifact(folder / "validation.json")
         version = tracker.register(
-            task, "adapter",
-            {"dataset_version": manifest["version"], "mlflow_run_id": tracker.run_id, "base_model": settings.base_model,
-             "data_watermark": manifest.get("data_watermark")},
+            task,
+            "adapter",
+            {
+                "dataset_version": manifest["version"],
+                "mlflow_run_id": tracker.run_id,
+                "base_model": settings.base_model,
+                "data_watermark": manifest.get("data_watermark"),
+            },
         )
         config = {
-            **hyper, **lineage, "target_modules": modules, "trainable_params": trainable,
-            "mlflow_run_id": tracker.run_id, "trained_at": datetime.now(timezone.utc).isoformat(), "version": version,
+            **hyper,
+            **lineage,
+            "target_modules": modules,
+            "trainable_params": trainable,
+            "mlflow_run_id": tracker.run_id,
+            "trained_at": datetime.now(UTC).isoformat(),
+            "version": version,
             "fingerprint": fingerprint,
-            "steps": result.steps, "best_step": result.best_step, "best_val_loss": result.best_val_loss,
+            "steps": result.steps,
+            "best_step": result.best_step,
+            "best_val_loss": result.best_val_loss,
         }
         write_json_atomic(config, staging / ADAPTER_CONFIG)
         tracker.log_artifact(staging / ADAPTER_CONFIG, "adapter")
         tracker.log_artifact(staging / ADAPTER_CONFIG)
         target = replace_dir_atomic(staging, adapter_dir(settings.adapters_dir, task, version))
         summary = {
-            "best_val_loss": result.best_val_loss, "best_step": result.best_step, "steps": result.steps,
-            "tokens_per_s": result.tokens_per_s, "stopped_early": float(result.stopped_early),
+            "best_val_loss": result.best_val_loss,
+            "best_step": result.best_step,
+            "steps": result.steps,
+            "tokens_per_s": result.tokens_per_s,
+            "stopped_early": float(result.stopped_early),
         }
         tracker.log_metrics({k: v for k, v in summary.items() if v is not None}, result.steps)
         tracker.set_tags({"adapter_version": version, "adapter_dir": str(target)})
@@ -445,14 +496,28 @@ def up_to_date_result(settings: Settings, task: str, config: dict[str, Any]) -> 
     from ft_pipeline.training.tracking import run_path
 
     metrics = {
-        "best_val_loss": config.get("best_val_loss"), "best_step": config.get("best_step"), "steps": config.get("steps"),
-        "tokens_per_s": None, "stopped_early": None, "train_loss": None, "initial_val_loss": None,
-        "trainable_params": config.get("trainable_params"), "n_train": config.get("n_train"), "n_val": config.get("n_val"),
-        "resumed_from_step": None, "retrained": False,
+        "best_val_loss": config.get("best_val_loss"),
+        "best_step": config.get("best_step"),
+        "steps": config.get("steps"),
+        "tokens_per_s": None,
+        "stopped_early": None,
+        "train_loss": None,
+        "initial_val_loss": None,
+        "trainable_params": config.get("trainable_params"),
+        "n_train": config.get("n_train"),
+        "n_val": config.get("n_val"),
+        "resumed_from_step": None,
+        "retrained": False,
     }
     version = int(config["version"])
-    return TrainResult(task, version, adapter_dir(settings.adapters_dir, task, version), config["mlflow_run_id"],
-                       run_path(settings, config["mlflow_run_id"]), metrics)
+    return TrainResult(
+        task,
+        version,
+        adapter_dir(settings.adapters_dir, task, version),
+        config["mlflow_run_id"],
+        run_path(settings, config["mlflow_run_id"]),
+        metrics,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -465,8 +530,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = Settings.from_env(data_dir=args.data_dir, max_steps=args.max_steps, device=args.device)
     result = train_task(settings, args.task, log=lambda msg: print(msg, flush=True))
-    print(json.dumps({"version": result.version, "adapter_dir": str(result.adapter_dir), "run_id": result.run_id,
-                      "run": result.run_path, **result.metrics}, indent=2, default=str))
+    print(
+        json.dumps(
+            {
+                "version": result.version,
+                "adapter_dir": str(result.adapter_dir),
+                "run_id": result.run_id,
+                "run": result.run_path,
+                **result.metrics,
+            },
+            indent=2,
+            default=str,
+        )
+    )
     return 0
 
 

@@ -57,14 +57,16 @@ def task_status(settings: Settings) -> list[dict[str, Any]]:
         adapter = latest_adapter(settings.adapters_dir, task)
         champion = current_champion(settings, task)
         evaluation = read_evaluation(settings, task, champion) if champion is not None else None
-        rows.append({
-            "task": task,
-            "settled": settled.get(task, 0),
-            "new_examples": new,
-            "until_retrain": max(0, settings.retrain_threshold - new),
-            "latest_version": adapter["version"] if adapter else None,
-            "last_trained": adapter.get("trained_at") if adapter else None,
-            "champion_version": champion,
-            "champion_scores": champion_scores(evaluation) if evaluation else None,
-        })
+        rows.append(
+            {
+                "task": task,
+                "settled": settled.get(task, 0),
+                "new_examples": new,
+                "until_retrain": max(0, settings.retrain_threshold - new),
+                "latest_version": adapter["version"] if adapter else None,
+                "last_trained": adapter.get("trained_at") if adapter else None,
+                "champion_version": champion,
+                "champion_scores": champion_scores(evaluation) if evaluation else None,
+            }
+        )
     return rows

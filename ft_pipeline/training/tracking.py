@@ -56,22 +56,24 @@ class Tracker:
 
     @classmethod
     def start(
-        cls, settings: Settings, task: str, params: dict[str, Any], tags: dict[str, str] | None = None,
+        cls,
+        settings: Settings,
+        task: str,
+        params: dict[str, Any],
+        tags: dict[str, str] | None = None,
         run_name: str | None = None,
-    ) -> "Tracker":
+    ) -> Tracker:
         """A new run in the task's experiment with its params and tags."""
         from mlflow.entities import Param
 
         mlflow_client = client(settings)
-        run = mlflow_client.create_run(
-            ensure_experiment(settings, task), run_name=run_name, tags={"task": task, **(tags or {})}
-        )
+        run = mlflow_client.create_run(ensure_experiment(settings, task), run_name=run_name, tags={"task": task, **(tags or {})})
         tracker = cls(settings, run.info.run_id)
         mlflow_client.log_batch(tracker.run_id, params=[Param(k, str(v)) for k, v in params.items()])
         return tracker
 
     @classmethod
-    def resume(cls, settings: Settings, run_id: str, tags: dict[str, str] | None = None) -> "Tracker":
+    def resume(cls, settings: Settings, run_id: str, tags: dict[str, str] | None = None) -> Tracker:
         """An interrupted run reopened, so a resumed training keeps one run."""
         tracker = cls(settings, run_id)
         tracker.client.update_run(run_id, status="RUNNING")

@@ -31,8 +31,12 @@ def run(settings, task):
     instance.add_dynamic_partitions("tasks", [task])
     resource = PipelineResource(data_dir=settings.data_dir, base_model=settings.base_model)
     return materialize(
-        [adapter_evaluation, adapter_beats_base], resources={"pipeline": resource}, partition_key=task,
-        instance=instance, run_config=RUN_CONFIG, raise_on_error=False,
+        [adapter_evaluation, adapter_beats_base],
+        resources={"pipeline": resource},
+        partition_key=task,
+        instance=instance,
+        run_config=RUN_CONFIG,
+        raise_on_error=False,
     )
 
 

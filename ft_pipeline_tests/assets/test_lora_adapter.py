@@ -32,8 +32,14 @@ def settings(tmp_path, tiny_model_dir, monkeypatch):
 
 def _materialize(settings, instance):
     resource = PipelineResource(data_dir=settings.data_dir, base_model=settings.base_model)
-    return materialize([lora_adapter], instance=instance, resources={"pipeline": resource}, partition_key=TASK,
-                       run_config=RUN_CONFIG, raise_on_error=False)
+    return materialize(
+        [lora_adapter],
+        instance=instance,
+        resources={"pipeline": resource},
+        partition_key=TASK,
+        run_config=RUN_CONFIG,
+        raise_on_error=False,
+    )
 
 
 def test_materializes_a_registered_adapter_with_metadata(settings, instance):

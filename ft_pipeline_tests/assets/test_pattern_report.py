@@ -1,7 +1,7 @@
 """Tests of the pattern_report asset: materialized over prepared lake files, with its bundled checks."""
 
 import json
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 from dagster import AssetCheckSeverity, AssetKey, materialize
 
@@ -20,20 +20,41 @@ def _day_rows(day: date, recent: bool, with_bad_agent: bool) -> list[dict]:
     """Ten records of a steady agent that always gets an edit deleting boilerplate, and optionally ten of an
     agent that slips in the last 7 days: mostly rejected, slow and less confident."""
     rows = []
-    noon = datetime(day.year, day.month, day.day, 12, tzinfo=timezone.utc)
+    noon = datetime(day.year, day.month, day.day, 12, tzinfo=UTC)
     for i in range(10):
         answer = f"Step {i}: restart the router on {day.isoformat()} and wait one minute."
-        rows.append(raw_log(
-            f"ok-{day.isoformat()}-{i}", timestamp=noon, task="support", agent="ok", user_id=EMAIL,
-            output=f"As an AI language model, I must say: {answer}" if i < 5 else answer,
-            final_output=answer if i < 5 else None, decision="edited" if i < 5 else "accepted",
-            quality_score=9.0, confidence=0.9, latency_ms=100.0 + i, cost_usd=0.01))
+        rows.append(
+            raw_log(
+                f"ok-{day.isoformat()}-{i}",
+                timestamp=noon,
+                task="support",
+                agent="ok",
+                user_id=EMAIL,
+                output=f"As an AI language model, I must say: {answer}" if i < 5 else answer,
+                final_output=answer if i < 5 else None,
+                decision="edited" if i < 5 else "accepted",
+                quality_score=9.0,
+                confidence=0.9,
+                latency_ms=100.0 + i,
+                cost_usd=0.01,
+            )
+        )
         if with_bad_agent:
             accepted = i < (2 if recent else 9)
-            rows.append(raw_log(
-                f"bad-{day.isoformat()}-{i}", timestamp=noon, task="billing", agent="bad", user_id="u2",
-                output=f"Your invoice {i} of {day.isoformat()} is paid.", decision="accepted" if accepted else "rejected",
-                quality_score=8.0, confidence=0.5 if recent else 0.9, latency_ms=3000.0 if recent else 200.0))
+            rows.append(
+                raw_log(
+                    f"bad-{day.isoformat()}-{i}",
+                    timestamp=noon,
+                    task="billing",
+                    agent="bad",
+                    user_id="u2",
+                    output=f"Your invoice {i} of {day.isoformat()} is paid.",
+                    decision="accepted" if accepted else "rejected",
+                    quality_score=8.0,
+                    confidence=0.5 if recent else 0.9,
+                    latency_ms=3000.0 if recent else 200.0,
+                )
+            )
     return rows
 
 
@@ -61,8 +82,15 @@ def test_materialize_writes_report_and_failing_checks_name_the_offender(tmp_path
     markdown = (settings.reports_dir / "pattern_report.md").read_text()
     assert report["as_of"] == LAST_DAY.isoformat()
     # The slipping agent's recent acceptances are below the settlements' confidence filter.
-    assert report["totals"] == {"records": 400, "reviewed": 400, "settled": 200 + 13 * 9, "accepted": 100 + 13 * 9 + 7 * 2,
-                                "edited": 100, "rejected": 13 + 7 * 8, "pending": 0}
+    assert report["totals"] == {
+        "records": 400,
+        "reviewed": 400,
+        "settled": 200 + 13 * 9,
+        "accepted": 100 + 13 * 9 + 7 * 2,
+        "edited": 100,
+        "rejected": 13 + 7 * 8,
+        "pending": 0,
+    }
     assert report["edit_patterns"]["ok"]["deleted"][0]["rate"] == 1.0
     assert "as an ai language model" in report["edit_patterns"]["ok"]["deleted"][0]["text"]
     assert EMAIL not in json.dumps(report) + markdown
@@ -86,8 +114,10 @@ def test_materialize_writes_report_and_failing_checks_name_the_offender(tmp_path
 def test_checks_pass_on_stable_data_and_thresholds_come_from_run_config(tmp_path):
     _prepare_lake(tmp_path, with_bad_agent=False)
     result = materialize(
-        [pattern_report], resources={"pipeline": PipelineResource(data_dir=str(tmp_path))},
-        run_config={"ops": {"pattern_report": {"config": {"alert_latency_p95_ms": 50.0}}}})
+        [pattern_report],
+        resources={"pipeline": PipelineResource(data_dir=str(tmp_path))},
+        run_config={"ops": {"pattern_report": {"config": {"alert_latency_p95_ms": 50.0}}}},
+    )
     checks = _checks(result)
     assert checks["no_regressions"].passed and checks["rejection_rate_alert"].passed
     assert checks["confidence_drop_alert"].passed

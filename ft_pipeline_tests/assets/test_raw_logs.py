@@ -12,13 +12,25 @@ from ft_pipeline.resources import PipelineResource
 def test_materialize_a_partition_range(tmp_path):
     inbox = tmp_path / "inbox"
     inbox.mkdir()
-    lines = [{"log_id": f"r{i}", "timestamp": f"2024-03-0{1 + i % 3}T10:00:00Z", "task": "game",
-              "prompt": "mail me at jane.doe@example.com", "output": "o"} for i in range(9)]
+    lines = [
+        {
+            "log_id": f"r{i}",
+            "timestamp": f"2024-03-0{1 + i % 3}T10:00:00Z",
+            "task": "game",
+            "prompt": "mail me at jane.doe@example.com",
+            "output": "o",
+        }
+        for i in range(9)
+    ]
     (inbox / "a.jsonl").write_text("\n".join(map(json.dumps, lines)) + "\nnot json\n")
     resources = {"pipeline": PipelineResource(data_dir=str(tmp_path))}
     with DagsterInstance.ephemeral() as instance:
-        result = materialize([raw_logs], resources=resources, instance=instance,
-                             tags={"dagster/asset_partition_range_start": "2024-03-01", "dagster/asset_partition_range_end": "2024-03-02"})
+        result = materialize(
+            [raw_logs],
+            resources=resources,
+            instance=instance,
+            tags={"dagster/asset_partition_range_start": "2024-03-01", "dagster/asset_partition_range_end": "2024-03-02"},
+        )
         assert result.success
         meta = result.asset_materializations_for_node("raw_logs")[0].metadata
         assert meta["new_rows"].value == 6 and meta["rows_stored"].value == 6 and meta["quarantined_invalid_json"].value == 1

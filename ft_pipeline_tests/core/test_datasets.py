@@ -1,7 +1,7 @@
 """Per-task datasets: stable hash split, system-prompt fallback, preference pairs, format checks, manifest."""
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -61,10 +61,12 @@ def test_dataset_files_manifest_and_dedupe(tiny_base_settings, tokenizer, write_
     rows = [
         make_settlement("x1", prompt="Hi?", final_text="Hello.", weight=2.0),
         # Same log_id ingested again later: one example, the newer copy.
-        make_settlement("x1", prompt="Hi?", final_text="Hello!", ingested_at=datetime(2024, 1, 3, tzinfo=timezone.utc)),
+        make_settlement("x1", prompt="Hi?", final_text="Hello!", ingested_at=datetime(2024, 1, 3, tzinfo=UTC)),
         # Same prompt and approved text under another id: an exact near-duplicate, dropped.
         make_settlement("x2", day=1, prompt="Hi?", final_text="Hello!"),
-        make_settlement("x3", day=1, messages=json.dumps([{"role": "user", "content": "Earlier"}, {"role": "assistant", "content": "Reply"}])),
+        make_settlement(
+            "x3", day=1, messages=json.dumps([{"role": "user", "content": "Earlier"}, {"role": "assistant", "content": "Reply"}])
+        ),
         make_settlement("other", task="sales"),
     ]
     write_settlement_rows(settings.lake_dir, rows)
@@ -84,7 +86,9 @@ def test_dataset_files_manifest_and_dedupe(tiny_base_settings, tokenizer, write_
 
     # Same data, same version; an adapter trained on data up to the evening of 2 January leaves only x1's re-ingest new.
     assert build_task_dataset(settings, "support", tokenizer)["version"] == manifest["version"]
-    write_json_atomic({"data_watermark": "2024-01-02T18:00:00+00:00"}, settings.adapters_dir / "support" / "1" / "training_config.json")
+    write_json_atomic(
+        {"data_watermark": "2024-01-02T18:00:00+00:00"}, settings.adapters_dir / "support" / "1" / "training_config.json"
+    )
     assert build_task_dataset(settings, "support", tokenizer)["new_examples"] == 1
 
 
@@ -95,13 +99,22 @@ def test_system_prompt_fallback_order():
     assert system_prompt(own, defaults) == "Own."
     assert system_prompt(in_messages, defaults) == "From messages."
     assert system_prompt({"task": "support", "system_prompt": "  ", "reasoning_mode": "agent"}, defaults) == "Support default."
-    assert system_prompt({"task": "sales", "reasoning_mode": "chain_of_thought"}, defaults) == REASONING_MODE_PROMPTS["chain_of_thought"]
+    assert (
+        system_prompt({"task": "sales", "reasoning_mode": "chain_of_thought"}, defaults)
+        == REASONING_MODE_PROMPTS["chain_of_thought"]
+    )
     assert system_prompt({"task": "sales", "reasoning_mode": "unheard_of"}, defaults) == REASONING_MODE_PROMPTS["default"]
     assert system_prompt({"task": "sales"}, {}) == REASONING_MODE_PROMPTS["default"]
 
 
 def test_prompt_messages_do_not_repeat_the_current_prompt():
-    record = {"task": "t", "prompt": "Now?", "messages": json.dumps([{"role": "user", "content": "Before"}, {"role": "assistant", "content": "Ok"}, {"role": "user", "content": "Now?"}])}
+    record = {
+        "task": "t",
+        "prompt": "Now?",
+        "messages": json.dumps(
+            [{"role": "user", "content": "Before"}, {"role": "assistant", "content": "Ok"}, {"role": "user", "content": "Now?"}]
+        ),
+    }
     assert [m["content"] for m in prompt_messages(record, {})][1:] == ["Before", "Ok", "Now?"]
 
 
@@ -116,10 +129,13 @@ def test_preferences_come_from_edits_only():
 
 def test_preferences_file_holds_training_edits(tiny_base_settings, tokenizer, write_settlement_rows, make_settlement):
     settings = tiny_base_settings.replace(min_train_examples=1, val_share=0.0)
-    write_settlement_rows(settings.lake_dir, [
-        make_settlement("e1", decision="edited", output="Bad draft.", final_text="Good answer."),
-        make_settlement("a1"),
-    ])
+    write_settlement_rows(
+        settings.lake_dir,
+        [
+            make_settlement("e1", decision="edited", output="Bad draft.", final_text="Good answer."),
+            make_settlement("a1"),
+        ],
+    )
     build_task_dataset(settings, "support", tokenizer)
     assert [(p["id"], p["chosen"], p["rejected"]) for p in _lines(settings.datasets_dir / "support" / "preferences.jsonl")] == [
         ("e1", "Good answer.", "Bad draft.")
@@ -155,7 +171,11 @@ def test_format_errors_by_type():
 
 def test_validation_report_minimum_overlap_and_diversity():
     def ex(i, prompt="same"):
-        return {"id": str(i), "weight": 1.0, "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": "a"}]}
+        return {
+            "id": str(i),
+            "weight": 1.0,
+            "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": "a"}],
+        }
 
     stats = token_stats([3, 5, 10], 4)
     assert stats == {"count": 3, "min": 3, "mean": 6.0, "p95": 10, "max": 10, "over_max_seq_len": 2, "max_seq_len": 4}
@@ -172,10 +192,15 @@ def test_files_load_unchanged_with_the_datasets_library(tiny_base_settings, toke
     from datasets import load_dataset
 
     settings = tiny_base_settings.replace(min_train_examples=1, val_share=0.0)
-    write_settlement_rows(settings.lake_dir, [
-        make_settlement("e1", decision="edited", output="Bad draft.", final_text="Good answer."),
-        make_settlement("a1", messages=json.dumps([{"role": "user", "content": "Earlier"}, {"role": "assistant", "content": "Reply"}])),
-    ])
+    write_settlement_rows(
+        settings.lake_dir,
+        [
+            make_settlement("e1", decision="edited", output="Bad draft.", final_text="Good answer."),
+            make_settlement(
+                "a1", messages=json.dumps([{"role": "user", "content": "Earlier"}, {"role": "assistant", "content": "Reply"}])
+            ),
+        ],
+    )
     build_task_dataset(settings, "support", tokenizer)
     folder = settings.datasets_dir / "support"
     cache = str(settings.root / "hf_cache")

@@ -5,7 +5,7 @@ import json
 import math
 import re
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -14,7 +14,7 @@ from ft_pipeline.core.demo import write_demo_inbox
 from ft_pipeline.core.schema import validate_record
 from ft_pipeline.settings import Settings
 
-END = datetime(2025, 6, 1, tzinfo=timezone.utc)
+END = datetime(2025, 6, 1, tzinfo=UTC)
 
 
 def read_lines(inbox: Path) -> list[str]:
@@ -104,8 +104,16 @@ def test_bad_lines_are_the_planted_ones(demo):
         except json.JSONDecodeError:
             problems = ["invalid_json"]
         found.update(problems)
-    assert found == {"blank": 1, "invalid_json": 1, "missing_field:output": 1, "bad_task_name": 1,
-                     "out_of_range:quality_score": 1, "bad_enum:decision": 1, "bad_timestamp": 1, "bad_type:prompt": 1}
+    assert found == {
+        "blank": 1,
+        "invalid_json": 1,
+        "missing_field:output": 1,
+        "bad_task_name": 1,
+        "out_of_range:quality_score": 1,
+        "bad_enum:decision": 1,
+        "bad_timestamp": 1,
+        "bad_type:prompt": 1,
+    }
     assert summary["blank_lines"] == 1 and summary["exact_duplicates"] == 1
     assert set(summary["bad_lines"]) == set(found) - {"blank"} | {"conflicting_duplicate"}
     non_blank = [line for line in lines if line]
@@ -123,9 +131,28 @@ def test_records_cover_the_window_and_every_field(demo):
     assert {"The Entrepreneur", "peter", "support-bot", "sql-helper"} <= {r["agent"] for r in records}
     assert {r["decision"] for r in records if "decision" in r} == {"accepted", "edited", "rejected", "pending"}
     assert any("decision" not in r for r in records)
-    for field in ("system_prompt", "messages", "final_output", "quality_score", "user_rating", "confidence", "topic",
-                  "reasoning_mode", "model", "adapter_version", "user_id", "experiment_id", "variant", "attempt",
-                  "failure_reasons", "latency_ms", "cost_usd", "prompt_tokens", "completion_tokens", "metadata"):
+    for field in (
+        "system_prompt",
+        "messages",
+        "final_output",
+        "quality_score",
+        "user_rating",
+        "confidence",
+        "topic",
+        "reasoning_mode",
+        "model",
+        "adapter_version",
+        "user_id",
+        "experiment_id",
+        "variant",
+        "attempt",
+        "failure_reasons",
+        "latency_ms",
+        "cost_usd",
+        "prompt_tokens",
+        "completion_tokens",
+        "metadata",
+    ):
         assert sum(field in r for r in records) >= 100, field
     assert len({r["topic"] for r in records if r["task"] == "character_chat"}) >= 5
     assert all(r["final_output"] != r["output"] for r in records if r.get("decision") == "edited")
@@ -146,8 +173,12 @@ def test_one_experiment_has_a_real_difference_and_the_other_none(demo):
     for r in records:
         if "experiment_id" in r:
             arms[(r["experiment_id"], r["variant"])].append(r)
-    assert set(arms) == {("greeting_test", "a"), ("greeting_test", "b"), ("sql_prompt_v2", "control"),
-                         ("sql_prompt_v2", "treatment")}
+    assert set(arms) == {
+        ("greeting_test", "a"),
+        ("greeting_test", "b"),
+        ("sql_prompt_v2", "control"),
+        ("sql_prompt_v2", "treatment"),
+    }
     assert acceptance(arms[("greeting_test", "b")])[0] - acceptance(arms[("greeting_test", "a")])[0] > 0.1
     assert z_score(arms[("greeting_test", "a")], arms[("greeting_test", "b")]) > 3
     assert abs(z_score(arms[("sql_prompt_v2", "control")], arms[("sql_prompt_v2", "treatment")])) < 1.96
@@ -159,8 +190,10 @@ def test_one_agent_regresses_in_the_last_week_and_another_holds(demo):
 
     def before_after(agent):
         mine = [r for r in records if r["agent"] == agent]
-        return (acceptance([r for r in mine if datetime.fromisoformat(r["timestamp"]) < cut]),
-                acceptance([r for r in mine if datetime.fromisoformat(r["timestamp"]) >= cut]))
+        return (
+            acceptance([r for r in mine if datetime.fromisoformat(r["timestamp"]) < cut]),
+            acceptance([r for r in mine if datetime.fromisoformat(r["timestamp"]) >= cut]),
+        )
 
     (before, _), (after, n_after) = before_after("peter")
     assert before - after > 0.2 and n_after >= 50
@@ -172,7 +205,9 @@ def test_editors_have_habits(demo):
     _, _, _, records = demo
     edited = [r for r in records if r.get("decision") == "edited"]
     support = [r for r in edited if r["agent"] == "support-bot"]
-    deleted = [r for r in support if "As an AI language model," in r["output"] and "As an AI language model," not in r["final_output"]]
+    deleted = [
+        r for r in support if "As an AI language model," in r["output"] and "As an AI language model," not in r["final_output"]
+    ]
     assert len(deleted) / len(support) > 0.6
     billing = [r for r in edited if r["agent"] == "billing-bot"]
     closing = "Let me know if you need anything else."
@@ -198,28 +233,39 @@ def test_enough_settled_training_records_with_consistent_answers(demo):
     settings = Settings()
 
     def trainable(r):
-        checks = ((r.get("quality_score"), settings.min_quality_score), (r.get("confidence"), settings.min_confidence),
-                  (r.get("user_rating"), settings.min_user_rating))
+        checks = (
+            (r.get("quality_score"), settings.min_quality_score),
+            (r.get("confidence"), settings.min_confidence),
+            (r.get("user_rating"), settings.min_user_rating),
+        )
         return r.get("decision") in ("accepted", "edited") and all(v is None or v >= low for v, low in checks)
 
     counts = Counter(r["task"] for r in records if trainable(r))
     assert all(count >= 150 for count in counts.values()) and len(counts) == 4, counts
     # datasets drop near-duplicate (prompt, answer) pairs, so the templates must vary enough to leave plenty
-    distinct = Counter(task for task, _, _ in {(r["task"], r["prompt"], r.get("final_output") or r["output"])
-                                               for r in records if trainable(r)})
+    distinct = Counter(
+        task for task, _, _ in {(r["task"], r["prompt"], r.get("final_output") or r["output"]) for r in records if trainable(r)}
+    )
     assert all(count >= 150 for count in distinct.values()), distinct
-    finals = {task: [r.get("final_output") or r["output"] for r in records if trainable(r) and r["task"] == task]
-              for task in counts}
-    assert all(re.fullmatch(r"SELECT (.+) FROM (customers|orders|products|employees) (WHERE|ORDER BY) .+;", f)
-               for f in finals["sql_generation"])
+    finals = {
+        task: [r.get("final_output") or r["output"] for r in records if trainable(r) and r["task"] == task] for task in counts
+    }
+    assert all(
+        re.fullmatch(r"SELECT (.+) FROM (customers|orders|products|employees) (WHERE|ORDER BY) .+;", f)
+        for f in finals["sql_generation"]
+    )
     assert all(re.match(r"Hi \w+, thanks for reaching out\. ", f) for f in finals["customer_support"])
     assert all(f.endswith("What do you do next?") for f in finals["game_master"])
 
 
 def test_default_end_is_today_midnight_utc_and_nothing_is_left_half_written(tmp_path):
     write_demo_inbox(tmp_path, records=50, days=3)
-    midnight = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     stamps = [datetime.fromisoformat(r["timestamp"]) for r in parsed(read_lines(tmp_path))]
     assert midnight - timedelta(days=3) <= min(stamps) and max(stamps) < midnight
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo-0-1.jsonl", "demo-0-2.jsonl", "demo-0-3.jsonl",
-                                                          "demo-0-4.jsonl.gz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "demo-0-1.jsonl",
+        "demo-0-2.jsonl",
+        "demo-0-3.jsonl",
+        "demo-0-4.jsonl.gz",
+    ]

@@ -1,7 +1,7 @@
 """Tests of counting a task's settled examples newer than its latest adapter."""
 
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pyarrow as pa
 
@@ -12,10 +12,12 @@ from ft_pipeline.settings import Settings
 
 def write_settlements(settings, date, rows):
     """One settlements partition holding (task, ingested_at ISO) rows."""
-    table = pa.table({
-        "task": [task for task, _ in rows],
-        "ingested_at": pa.array([datetime.fromisoformat(at) for _, at in rows], type=pa.timestamp("us", tz="UTC")),
-    })
+    table = pa.table(
+        {
+            "task": [task for task, _ in rows],
+            "ingested_at": pa.array([datetime.fromisoformat(at) for _, at in rows], type=pa.timestamp("us", tz="UTC")),
+        }
+    )
     return write_parquet_atomic(table, partition_file(settings.lake_dir, "settlements", date))
 
 
@@ -26,8 +28,11 @@ def write_adapter(settings, task, watermark):
 def test_counts_rows_newer_than_the_adapter_watermark_including_late_ones(tmp_path):
     settings = Settings(data_dir=str(tmp_path))
     assert new_examples_count(settings, "qa") == 0
-    write_settlements(settings, "2024-01-01", [("qa", "2024-01-01T10:00:00+00:00"), ("qa", "2024-01-05T10:00:00+00:00"),
-                                               ("chat", "2024-01-05T10:00:00+00:00")])
+    write_settlements(
+        settings,
+        "2024-01-01",
+        [("qa", "2024-01-01T10:00:00+00:00"), ("qa", "2024-01-05T10:00:00+00:00"), ("chat", "2024-01-05T10:00:00+00:00")],
+    )
     write_settlements(settings, "2024-01-04", [("qa", "2024-01-04T10:00:00+00:00"), ("qa", "2024-01-04T12:00:00+00:00")])
     assert new_examples_count(settings, "qa") == 4  # no adapter yet: every example is new
     write_adapter(settings, "qa", "2024-01-04T10:00:00+00:00")
@@ -42,6 +47,6 @@ def test_files_written_before_the_watermark_are_not_read(tmp_path):
     write_settlements(settings, "2024-01-02", [("qa", "2024-02-01T00:00:00+00:00")])
     write_adapter(settings, "qa", "2024-01-15T00:00:00+00:00")
     assert new_examples_count(settings, "qa") == 2
-    stamp = datetime(2024, 1, 10, tzinfo=timezone.utc).timestamp()
+    stamp = datetime(2024, 1, 10, tzinfo=UTC).timestamp()
     os.utime(old, (stamp, stamp))
     assert new_examples_count(settings, "qa") == 1

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ft_pipeline.core import ingest as ingest_module
-from ft_pipeline.core.ingest import ingest, inbox_dates, inbox_files
+from ft_pipeline.core.ingest import inbox_dates, inbox_files, ingest
 from ft_pipeline.core.io import partition_dates, partition_file
 from ft_pipeline.core.schema import RAW_LOG_SCHEMA, validate_record
 from ft_pipeline.settings import Settings
@@ -58,8 +58,11 @@ def write(settings, name, lines, raw_tail=b""):
 
 
 def lake_rows(settings):
-    return [row for d in partition_dates(settings.lake_dir, "raw_logs")
-            for row in pq.read_table(partition_file(settings.lake_dir, "raw_logs", d)).to_pylist()]
+    return [
+        row
+        for d in partition_dates(settings.lake_dir, "raw_logs")
+        for row in pq.read_table(partition_file(settings.lake_dir, "raw_logs", d)).to_pylist()
+    ]
 
 
 def quarantine(settings):
@@ -68,10 +71,15 @@ def quarantine(settings):
 
 def test_every_line_is_stored_quarantined_or_counted(settings):
     good = [rec("g1"), rec("g2", extra_field={"a": [1]}, messages=[{"role": "user", "content": "hi"}], metadata={"k": 1})]
-    lines = [json.dumps(r) for r in good] + ["", "   "] + list(BAD.values()) + [
-        json.dumps(good[0]),  # exact duplicate
-        json.dumps(rec("g1", output="changed")),  # same log_id, other content
-    ]
+    lines = (
+        [json.dumps(r) for r in good]
+        + ["", "   "]
+        + list(BAD.values())
+        + [
+            json.dumps(good[0]),  # exact duplicate
+            json.dumps(rec("g1", output="changed")),  # same log_id, other content
+        ]
+    )
     write(settings, "a.jsonl", lines, raw_tail=b'{"log_id": "\xff\xfe"}\n')
     result = ingest(settings, last_day=LAST)
 
@@ -105,14 +113,17 @@ def test_the_fast_path_rejects_every_bad_record(settings):
         write(settings, f"{reason.replace(':', '_')}.jsonl", [json.dumps(rec(f"ok-{reason}")), line])
     result = ingest(settings, last_day=LAST)
     assert {(q["source_file"], q["line_no"], q["reason"]) for q in quarantine(settings)} == {
-        (f"{reason.replace(':', '_')}.jsonl", 2, reason) for reason in BAD}
+        (f"{reason.replace(':', '_')}.jsonl", 2, reason) for reason in BAD
+    }
     assert result.new == len(BAD)
 
 
 def test_utc_placement_gzip_and_unicode(settings):
-    lines = [json.dumps(rec("tz1", timestamp="2026-01-01T23:30:00-02:00")),
-             json.dumps(rec("tz2", timestamp="2026-01-01T23:30:00")),
-             json.dumps(rec("tz3", timestamp="2026-01-02T00:30:00+02:00", prompt="héllo 🌍 ünïcode"), ensure_ascii=False)]
+    lines = [
+        json.dumps(rec("tz1", timestamp="2026-01-01T23:30:00-02:00")),
+        json.dumps(rec("tz2", timestamp="2026-01-01T23:30:00")),
+        json.dumps(rec("tz3", timestamp="2026-01-02T00:30:00+02:00", prompt="héllo 🌍 ünïcode"), ensure_ascii=False),
+    ]
     write(settings, "b.jsonl.gz", lines)
     assert inbox_dates(inbox_files(settings.inbox_dir)) == {"2026-01-01", "2026-01-02"}
     ingest(settings, last_day=LAST)
@@ -129,7 +140,11 @@ def test_reruns_and_new_files_are_idempotent(settings):
     again = ingest(settings, last_day=LAST)
     assert (first.new, again.new, again.duplicates) == (2, 0, 2)
     assert lake_rows(settings) == snapshot and quarantine(settings) == quarantined
-    write(settings, "b.jsonl", [json.dumps(rec("a2")), json.dumps(rec("b1")), json.dumps(rec("c1", timestamp="2026-01-11T00:00:00Z"))])
+    write(
+        settings,
+        "b.jsonl",
+        [json.dumps(rec("a2")), json.dumps(rec("b1")), json.dumps(rec("c1", timestamp="2026-01-11T00:00:00Z"))],
+    )
     third = ingest(settings, days=["2026-01-10"], last_day=LAST)
     assert (third.new, third.duplicates, third.pending) == (1, 3, 1)
     assert sorted(r["log_id"] for r in lake_rows(settings)) == ["a1", "a2", "b1"]
@@ -156,13 +171,17 @@ def test_gsm8k_real_text_is_ingested_without_loss(settings):
 
 
 def test_clean_files_take_the_fast_path_without_losing_checks(settings):
-    write(settings, "a.jsonl", [json.dumps(rec("f1", prompt="é \" \\ 🌍")), json.dumps(rec("f2", messages=None))])
+    write(settings, "a.jsonl", [json.dumps(rec("f1", prompt='é " \\ 🌍')), json.dumps(rec("f2", messages=None))])
     write(settings, "b.jsonl", [json.dumps(rec("f3", extra_field=1)), json.dumps(rec("f4", decision=None))])
     write(settings, "c.jsonl", [json.dumps(rec("f5")), json.dumps(rec("f5"))])
     # the same record in a file with a bad line is parsed line by line: its content hash must match the fast path's
-    write(settings, "d.jsonl", [json.dumps(rec("f1", prompt="é \" \\ 🌍"), ensure_ascii=False), BAD["invalid_json"]])
+    write(settings, "d.jsonl", [json.dumps(rec("f1", prompt='é " \\ 🌍'), ensure_ascii=False), BAD["invalid_json"]])
     result = ingest(settings, last_day=LAST)
-    assert Counter(q["reason"] for q in quarantine(settings)) == {"bad_type:messages": 1, "bad_type:decision": 1, "invalid_json": 1}
+    assert Counter(q["reason"] for q in quarantine(settings)) == {
+        "bad_type:messages": 1,
+        "bad_type:decision": 1,
+        "invalid_json": 1,
+    }
     assert (result.new, result.duplicates) == (3, 2)
     assert json.loads({r["log_id"]: r for r in lake_rows(settings)}["f3"]["extra"]) == {"extra_field": 1}
 
@@ -171,7 +190,9 @@ def test_only_chunks_with_bad_lines_are_parsed_line_by_line(settings, monkeypatc
     monkeypatch.setattr(ingest_module, "CHUNK_BYTES", 2000)  # about 15 lines a chunk
     by_line = []
     stage_lines = ingest_module._Stager._stage_lines
-    monkeypatch.setattr(ingest_module._Stager, "_stage_lines", lambda self, i, chunk: by_line.append(chunk) or stage_lines(self, i, chunk))
+    monkeypatch.setattr(
+        ingest_module._Stager, "_stage_lines", lambda self, i, chunk: by_line.append(chunk) or stage_lines(self, i, chunk)
+    )
     lines = [json.dumps(rec(f"c{i}")) for i in range(100)]
     lines[40] = BAD["bad_type:prompt"]
     lines[90] = json.dumps(rec("c3", output="changed"))  # conflicts with line 4, in another chunk
@@ -199,7 +220,10 @@ def test_fast_path_screen_sends_key_oddities_to_the_line_path(settings):
     write(settings, "b.jsonl", [head % "k2" + '"prompt": "p", "Decision": "accepted"}'])
     write(settings, "c.jsonl", [head % "k3" + '"prompt": "p", "decisi\\u006fn": null}'])
     result = ingest(settings, last_day=LAST)
-    assert [(q["source_file"], q["reason"]) for q in quarantine(settings)] == [("a.jsonl", "duplicate_key"), ("c.jsonl", "bad_type:decision")]
+    assert [(q["source_file"], q["reason"]) for q in quarantine(settings)] == [
+        ("a.jsonl", "duplicate_key"),
+        ("c.jsonl", "bad_type:decision"),
+    ]
     assert "prompt" in quarantine(settings)[0]["detail"]
     rows = {r["log_id"]: r for r in lake_rows(settings)}
     assert result.new == 1
@@ -210,9 +234,11 @@ def test_keys_outside_the_contract_keep_the_fast_path(settings, monkeypatch):
     """Fields the contract does not name go to `extra` in the parallel reader too, with the line checker's text and hash."""
     by_line = []
     monkeypatch.setattr(ingest_module._Stager, "_stage_lines", lambda self, i, chunk: by_line.append(chunk))
-    records = [{"session_id": "s1", **rec("u1"), "meta": {"b": [1, "é"], "a": None}},
-               {**rec("u2"), "meta": 2, "session_id": "s2"},
-               rec("u3")]
+    records = [
+        {"session_id": "s1", **rec("u1"), "meta": {"b": [1, "é"], "a": None}},
+        {**rec("u2"), "meta": 2, "session_id": "s2"},
+        rec("u3"),
+    ]
     write(settings, "a.jsonl", [json.dumps(r, ensure_ascii=False) for r in records])
     result = ingest(settings, last_day=LAST)
     assert not by_line and result.new == 3
@@ -239,7 +265,9 @@ def test_a_file_with_too_many_keys_outside_the_contract_is_parsed_line_by_line(s
     monkeypatch.setattr(ingest_module, "MAX_UNKNOWN_KEYS", 1)
     by_line = []
     stage_lines = ingest_module._Stager._stage_lines
-    monkeypatch.setattr(ingest_module._Stager, "_stage_lines", lambda self, i, chunk: by_line.append(chunk) or stage_lines(self, i, chunk))
+    monkeypatch.setattr(
+        ingest_module._Stager, "_stage_lines", lambda self, i, chunk: by_line.append(chunk) or stage_lines(self, i, chunk)
+    )
     write(settings, "a.jsonl", [json.dumps(rec("m1", a=1)), json.dumps(rec("m2", b=2))])
     assert ingest(settings, last_day=LAST).new == 2 and by_line
     assert sorted(r["extra"] for r in lake_rows(settings)) == ['{"a":1}', '{"b":2}']

@@ -1,5 +1,5 @@
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -30,6 +30,6 @@ def test_versions_and_tasks_are_checked_before_becoming_paths(tmp_path):
 
 
 def test_watermarks_compare_as_utc_instants():
-    assert parse_time("2026-01-01T23:30:00-02:00") == datetime(2026, 1, 2, 1, 30, tzinfo=timezone.utc)
+    assert parse_time("2026-01-01T23:30:00-02:00") == datetime(2026, 1, 2, 1, 30, tzinfo=UTC)
     assert parse_time("2026-01-02T01:30:00") == parse_time(datetime(2026, 1, 2, 1, 30))
     assert parse_time(None) is None and parse_time("") is None

@@ -3,7 +3,7 @@
 import json
 import random
 from collections import defaultdict
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import pyarrow as pa
 import pytest
@@ -18,13 +18,17 @@ from ft_pipeline_tests.lake_fixtures import raw_log, write_raw_logs
 AS_OF = date(2024, 6, 30)
 DAYS = 30
 EMAIL = "jane.doe@example.com"
-FILLER = "sun river stone cloud apple field window garden music paper".split()
+FILLER = ["sun", "river", "stone", "cloud", "apple", "field", "window", "garden", "music", "paper"]
 
-SETTLED_SCHEMA = pa.schema([
-    *[RAW_LOG_SCHEMA.field(n) for n in ("log_id", "timestamp", "task", "decision", "agent", "output")],
-    ("final_text", pa.string()), ("retained", pa.float64()),
-    ("deleted_spans", pa.list_(pa.string())), ("added_spans", pa.list_(pa.string())),
-])
+SETTLED_SCHEMA = pa.schema(
+    [
+        *[RAW_LOG_SCHEMA.field(n) for n in ("log_id", "timestamp", "task", "decision", "agent", "output")],
+        ("final_text", pa.string()),
+        ("retained", pa.float64()),
+        ("deleted_spans", pa.list_(pa.string())),
+        ("added_spans", pa.list_(pa.string())),
+    ]
+)
 
 
 def _decision(i: int, acceptance: float) -> str:
@@ -45,20 +49,41 @@ def planted_records(seed: int = 7) -> list[dict]:
 
     def add(day: date, i: int, **fields) -> None:
         n = len(records)
-        records.append(raw_log(f"log-{n:05d}", **{
-            "timestamp": datetime(day.year, day.month, day.day, 12, i % 60, tzinfo=timezone.utc),
-            "task": "chat", "prompt": f"question {n}", "output": f"answer {n}", "final_output": None,
-            "quality_score": 8.0, "confidence": 0.9, "user_id": EMAIL if n % 5 == 0 else f"user{n % 3}",
-            "topic": "billing" if n % 2 else "shipping", "experiment_id": None, "variant": None, "attempt": 1,
-            "failure_reasons": None, "latency_ms": 300.0 + rng.random() * 100, "cost_usd": 0.001, **fields,
-        }))
+        records.append(
+            raw_log(
+                f"log-{n:05d}",
+                **{
+                    "timestamp": datetime(day.year, day.month, day.day, 12, i % 60, tzinfo=UTC),
+                    "task": "chat",
+                    "prompt": f"question {n}",
+                    "output": f"answer {n}",
+                    "final_output": None,
+                    "quality_score": 8.0,
+                    "confidence": 0.9,
+                    "user_id": EMAIL if n % 5 == 0 else f"user{n % 3}",
+                    "topic": "billing" if n % 2 else "shipping",
+                    "experiment_id": None,
+                    "variant": None,
+                    "attempt": 1,
+                    "failure_reasons": None,
+                    "latency_ms": 300.0 + rng.random() * 100,
+                    "cost_usd": 0.001,
+                    **fields,
+                },
+            )
+        )
 
     for back in range(DAYS):
         day = AS_OF - timedelta(days=back)
         for i in range(10):
             add(day, i, agent="steady", decision=_decision(i, 0.7))
-            add(day, i, agent="slipping", decision=_decision(i, 0.3 if back < 7 else 0.8),
-                failure_reasons=["too_formal"] if i % 3 == 0 else None)
+            add(
+                day,
+                i,
+                agent="slipping",
+                decision=_decision(i, 0.3 if back < 7 else 0.8),
+                failure_reasons=["too_formal"] if i % 3 == 0 else None,
+            )
             add(day, i, agent="chatty", decision=_decision(i, 0.2))
             add(day, i, agent="tester", experiment_id="exp_real", variant="a", decision=_decision(i, 0.3))
             add(day, i, agent="tester", experiment_id="exp_real", variant="b", decision=_decision(i, 0.7))
@@ -92,9 +117,20 @@ def settle(records: list[dict], seed: int = 7) -> list[dict]:
         else:
             word = rng.choice(FILLER)
             output, final, deleted, added, retained = f"{noise} {word}", noise, [word], [], 0.8
-        rows.append({"log_id": r["log_id"], "timestamp": r["timestamp"], "task": r["task"], "decision": r["decision"],
-                     "agent": r["agent"], "output": output, "final_text": final, "retained": retained,
-                     "deleted_spans": deleted, "added_spans": added})
+        rows.append(
+            {
+                "log_id": r["log_id"],
+                "timestamp": r["timestamp"],
+                "task": r["task"],
+                "decision": r["decision"],
+                "agent": r["agent"],
+                "output": output,
+                "final_text": final,
+                "retained": retained,
+                "deleted_spans": deleted,
+                "added_spans": added,
+            }
+        )
     return rows
 
 
@@ -113,7 +149,9 @@ def write_planted_lake(data_dir) -> list[dict]:
     for day, rows in by_day(records).items():
         write_raw_logs(settings.lake_dir, day, rows)
     for day, rows in by_day(settle(records)).items():
-        write_parquet_atomic(pa.Table.from_pylist(rows, schema=SETTLED_SCHEMA), partition_file(settings.lake_dir, "settlements", day))
+        write_parquet_atomic(
+            pa.Table.from_pylist(rows, schema=SETTLED_SCHEMA), partition_file(settings.lake_dir, "settlements", day)
+        )
     return records
 
 
@@ -213,8 +251,15 @@ def test_recommendations_and_alerts_name_the_evidence(planted):
 def test_markdown_shows_every_section(planted):
     _, report = planted
     markdown = render_markdown(report)
-    for heading in ("## Recommendations", "## Regressions", "## By agent", "## Edit patterns", "## Experiments",
-                    "## Retries", "## Failure reasons"):
+    for heading in (
+        "## Recommendations",
+        "## Regressions",
+        "## By agent",
+        "## Edit patterns",
+        "## Experiments",
+        "## Retries",
+        "## Failure reasons",
+    ):
         assert heading in markdown
     assert "| slipping | 300 | 68.3% |" in markdown
     assert "exp_real: a 30.0% (n=300), b 70.0% (n=300)" in markdown
@@ -250,8 +295,7 @@ def test_gsm8k_gives_the_true_per_model_acceptance_rates(tmp_path):
         write_raw_logs(settings.lake_dir, day, rows)
     report = build_report(settings)
     rates = {agent: round(g["acceptance_rate"] * 100, 2) for agent, g in report["groups"]["agent"].items()}
-    assert rates == {"6b_finetuning": 21.68, "6b_verification": 39.04, "175b_finetuning": 34.72,
-                     "175b_verification": 56.25}
+    assert rates == {"6b_finetuning": 21.68, "6b_verification": 39.04, "175b_finetuning": 34.72, "175b_verification": 56.25}
     assert all(g["n"] == 1319 for g in report["groups"]["agent"].values())
     totals = report["totals"]
     assert (totals["records"], totals["reviewed"], totals["rejected"]) == (4 * 1319, 4 * 1319, 0)
@@ -267,7 +311,7 @@ def test_a_regression_needs_enough_records_on_both_sides():
 
 def test_a_phrase_longer_than_the_counted_ngrams_comes_back_whole():
     # A deleted ten-word phrase is counted only as its overlapping eight-word windows (and their sub-phrases).
-    words = "the air is thick with ancient mystery and untold secrets".split()
-    counts = {" ".join(words[i:i + n]): 30 for n in range(1, 9) for i in range(len(words) - n + 1)}
+    words = ["the", "air", "is", "thick", "with", "ancient", "mystery", "and", "untold", "secrets"]
+    counts = {" ".join(words[i : i + n]): 30 for n in range(1, 9) for i in range(len(words) - n + 1)}
     counts["what do you do next"] = 12
     assert longest_phrases(counts) == [(" ".join(words), 30), ("what do you do next", 12)]

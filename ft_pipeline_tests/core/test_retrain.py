@@ -117,6 +117,8 @@ def test_incremental_counts_match_the_full_query(tmp_path):
 
     counts = scan_settlements(state, settings.lake_dir, settings.adapters_dir).counts
 
-    assert {task: c.count for task, c in counts.items()} == {
-        task: new_examples_count(settings, task) for task in ("qa", "summarize")
-    } == {"qa": 15, "summarize": 4}
+    assert (
+        {task: c.count for task, c in counts.items()}
+        == {task: new_examples_count(settings, task) for task in ("qa", "summarize")}
+        == {"qa": 15, "summarize": 4}
+    )

@@ -8,8 +8,14 @@ GOOD = {"log_id": "x1", "timestamp": "2026-01-01T00:00:00Z", "task": "game", "pr
 
 
 def test_every_contract_field_has_a_lake_column_of_its_kind():
-    kinds = {"string": pa.string(), "number": pa.float64(), "integer": pa.int64(), "json": pa.string(),
-             "timestamp": pa.timestamp("us", tz="UTC"), "string_list": pa.list_(pa.string())}
+    kinds = {
+        "string": pa.string(),
+        "number": pa.float64(),
+        "integer": pa.int64(),
+        "json": pa.string(),
+        "timestamp": pa.timestamp("us", tz="UTC"),
+        "string_list": pa.list_(pa.string()),
+    }
     assert [r.name for r in field_rules()] == list(contract()["properties"])
     for rule in field_rules():
         assert RAW_LOG_SCHEMA.field(rule.name).type == kinds[rule.kind], rule.name

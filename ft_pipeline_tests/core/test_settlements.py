@@ -116,7 +116,12 @@ def test_quality_filters_apply_only_to_present_fields(settings):
 
 
 def test_filters_switched_off_with_none(settings):
-    rows = [raw_log("q", quality_score=1.0), raw_log("c", confidence=0.0), raw_log("r", user_rating=1.0), raw_log("s", output="k")]
+    rows = [
+        raw_log("q", quality_score=1.0),
+        raw_log("c", confidence=0.0),
+        raw_log("r", user_rating=1.0),
+        raw_log("s", output="k"),
+    ]
     off = settings.replace(min_quality_score=None, min_confidence=None, min_user_rating=None, min_final_chars=None)
     assert sorted(settled_ids(rows, off)) == ["c", "q", "r", "s"]
 
@@ -133,7 +138,13 @@ def test_near_duplicates_keep_best_quality_then_newest(settings):
     prompt, final = "How do I reset my password?", "Open settings and choose reset."
     rows = [
         raw_log("old-q9", prompt=prompt, output=final, quality_score=9.0, timestamp="2024-01-15T08:00:00+00:00"),
-        raw_log("new-q9", prompt="  how do I RESET my\tpassword? ", output=final.upper(), quality_score=9.0, timestamp="2024-01-15T09:00:00+00:00"),
+        raw_log(
+            "new-q9",
+            prompt="  how do I RESET my\tpassword? ",
+            output=final.upper(),
+            quality_score=9.0,
+            timestamp="2024-01-15T09:00:00+00:00",
+        ),
         raw_log("newest-q8", prompt=prompt, output=final, quality_score=8.0, timestamp="2024-01-15T10:00:00+00:00"),
         raw_log("unscored", prompt=prompt, output=final, timestamp="2024-01-15T11:00:00+00:00"),
         raw_log("other-task", task="support", prompt=prompt, output=final, quality_score=7.0),
@@ -160,12 +171,22 @@ def test_edit_metrics_of_settled_records(settings):
     assert "As an AI language model," in edited["deleted_spans"][0]
     assert edited["added_spans"] == ["The"]
     assert 0 < edited["retained"] < 1 and edited["edit_distance"] > 0
-    assert (accepted["retained"], accepted["edit_distance"], accepted["deleted_spans"], accepted["added_spans"]) == (1.0, 0, [], [])
+    assert (accepted["retained"], accepted["edit_distance"], accepted["deleted_spans"], accepted["added_spans"]) == (
+        1.0,
+        0,
+        [],
+        [],
+    )
 
 
 def test_rerun_gives_identical_rows(settings):
     rows = [
-        raw_log(f"r{i}", decision="edited" if i % 2 else "accepted", final_output=f"Final answer {i}." if i % 2 else None, quality_score=7 + i % 3)
+        raw_log(
+            f"r{i}",
+            decision="edited" if i % 2 else "accepted",
+            final_output=f"Final answer {i}." if i % 2 else None,
+            quality_score=7 + i % 3,
+        )
         for i in range(12)
     ]
     _, first = settle(rows, settings)
@@ -208,7 +229,14 @@ def test_partition_without_settlements_still_gets_a_file(settings):
     written = pq.read_table(settlements_path(settings, DEFAULT_DATE))
     assert written.num_rows == 0 and result.settled == 0
     assert written.schema.names[: len(RAW_LOG_SCHEMA)] == RAW_LOG_SCHEMA.names
-    assert written.schema.names[len(RAW_LOG_SCHEMA) :] == ["final_text", "retained", "edit_distance", "deleted_spans", "added_spans", "weight"]
+    assert written.schema.names[len(RAW_LOG_SCHEMA) :] == [
+        "final_text",
+        "retained",
+        "edit_distance",
+        "deleted_spans",
+        "added_spans",
+        "weight",
+    ]
     assert summary([result])["mean_retained"] is None
 
 

@@ -44,8 +44,7 @@ def test_compare_arms_over_three_arms_names_the_best_when_significant():
     result = compare_arms({"a": (20, 100), "b": (25, 100), "c": (60, 100)}, 0.05)
     assert result["test"] == "chi2" and result["winner"] == "c"
     assert result["comparison"] == "c - a" and result["difference"] == pytest.approx(0.4)
-    assert result["p_value"] == pytest.approx(
-        chi2_contingency([[20, 80], [25, 75], [60, 40]], correction=False).pvalue)
+    assert result["p_value"] == pytest.approx(chi2_contingency([[20, 80], [25, 75], [60, 40]], correction=False).pvalue)
 
 
 def test_compare_arms_degenerate_inputs():

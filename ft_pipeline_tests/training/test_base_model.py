@@ -146,7 +146,11 @@ def test_builtin_pretrains_on_training_records_only_and_rebuilds_only_on_new_par
 
 def test_pretraining_prefers_dataset_training_splits(tmp_path):
     settings = Settings(data_dir=str(tmp_path))
-    line = {"id": "1", "weight": 1.0, "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]}
+    line = {
+        "id": "1",
+        "weight": 1.0,
+        "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}],
+    }
     (settings.datasets_dir / "t").mkdir(parents=True)
     (settings.datasets_dir / "t" / "train.jsonl").write_text(json.dumps(line) + "\n")
     assert bm.pretraining_chats(settings) == [line["messages"][1:]]

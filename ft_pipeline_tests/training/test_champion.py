@@ -13,7 +13,6 @@ from ft_pipeline.training.champion import (
 from ft_pipeline.training.tracking import client, registered_model_name
 
 
-
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory):
     """One data dir and MLflow store for the module (creating a store takes seconds)."""

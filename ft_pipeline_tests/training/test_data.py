@@ -23,9 +23,15 @@ def tokenizer(tiny_model_dir):
 
 
 def _row(prompt, answer, weight=1.0):
-    return {"id": prompt, "weight": weight, "messages": [
-        {"role": "system", "content": "be brief"}, {"role": "user", "content": prompt}, {"role": "assistant", "content": answer}
-    ]}
+    return {
+        "id": prompt,
+        "weight": weight,
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": prompt},
+            {"role": "assistant", "content": answer},
+        ],
+    }
 
 
 def test_labels_cover_only_the_assistant_turn(tokenizer):

@@ -116,8 +116,10 @@ def test_example_weights_decide_what_is_learned(tmp_path, base):
         rows = _rows(TRAIN_NAMES[:16]) + _rows(TRAIN_NAMES[16:], "Goodbye", weight)
         model, tokenizer, train, _ = _model_and_data(settings, rows, [])
         fit(model, train, [], settings, pad_id=tokenizer.pad_token_id, log=lambda _: None)
-        loss = {word: evaluate_loss(model, encode_all(tokenizer, _rows(VAL_NAMES, word), 512)[0], 8, tokenizer.pad_token_id, "cpu")
-                for word in ("Hello", "Goodbye")}
+        loss = {
+            word: evaluate_loss(model, encode_all(tokenizer, _rows(VAL_NAMES, word), 512)[0], 8, tokenizer.pad_token_id, "cpu")
+            for word in ("Hello", "Goodbye")
+        }
         margins[weight] = loss["Goodbye"] - loss["Hello"]
     assert margins[0.0] > 0 > margins[2.0]
 
@@ -170,8 +172,15 @@ def test_mlflow_run_metrics_artifacts_and_registered_version(trained, base):
     assert run.data.tags["dagster_run_id"] == "run-1" and run.data.tags["partition"] == TASK
     assert [m.step for m in client.get_metric_history(result.run_id, "train_loss")] == list(range(1, STEPS + 1))
     assert [m.step for m in client.get_metric_history(result.run_id, "val_loss")] == [0, 4, 8, 12]
-    artifacts = {a.path for a in client.list_artifacts(result.run_id)} | {a.path for a in client.list_artifacts(result.run_id, "adapter")}
-    assert {"adapter/adapter_model.safetensors", "adapter/training_config.json", "validation.json", "training_config.json"} <= artifacts
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)} | {
+        a.path for a in client.list_artifacts(result.run_id, "adapter")
+    }
+    assert {
+        "adapter/adapter_model.safetensors",
+        "adapter/training_config.json",
+        "validation.json",
+        "training_config.json",
+    } <= artifacts
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.name == f"ft_pipeline/{TASK}"
     assert experiment.artifact_location == (settings.artifact_root / TASK).as_uri()

@@ -52,7 +52,9 @@ def test_each_registration_is_a_new_version_pointing_at_the_run_artifacts(tmp_pa
     for dataset_version in ("d1", "d2"):
         tracker = Tracker.start(settings, "support", {})
         tracker.log_artifacts(tmp_path / "adapter", "adapter")
-        versions.append(tracker.register("support", "adapter", {"dataset_version": dataset_version, "mlflow_run_id": tracker.run_id}))
+        versions.append(
+            tracker.register("support", "adapter", {"dataset_version": dataset_version, "mlflow_run_id": tracker.run_id})
+        )
         tracker.finish()
     assert versions == [1, 2]
     client = _client(settings)
