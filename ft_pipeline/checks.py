@@ -1,4 +1,4 @@
-"""Asset checks: dataset format and minimum size (blocking training), adapter quality."""
+"""Asset checks: dataset format, size and split overlap (blocking training), the promotion gate (blocking the champion step)."""
 
 import json
 
@@ -15,7 +15,8 @@ from ft_pipeline.resources import PipelineResource
     asset=task_dataset,
     blocking=True,
     partitions_def=task_partitions,
-    description="validation.json of the task's dataset: no format errors, enough training examples, no id in both splits.",
+    description="validation.json of the task's dataset: no format errors, enough training examples, a test split, and "
+    "no id, group or prompt in two of the written train, dev and test files.",
 )
 def task_dataset_valid(context: AssetCheckExecutionContext, pipeline: PipelineResource) -> AssetCheckResult:
     """Fail (ERROR, blocking lora_adapter) when the dataset's validation report says it must not be trained on."""
@@ -29,12 +30,50 @@ def task_dataset_valid(context: AssetCheckExecutionContext, pipeline: PipelineRe
         metadata={
             "version": report.get("version", ""),
             "n_train": report["n_train"],
-            "n_val": report["n_val"],
+            "n_dev": report["n_dev"],
+            "n_test": report["n_test"],
             "min_train_examples": report["min_train_examples"],
+            "split_group_by": report["split_group_by"],
             "split_overlap": report["split_overlap"],
+            "overlap": MetadataValue.json(report["overlap"]),
             "distinct_prompt_ratio": report["distinct_prompt_ratio"],
             "format_errors": MetadataValue.json(report["format_errors"]),
             "problems": MetadataValue.md("\n".join(f"- {p}" for p in report["problems"]) or "none"),
+        },
+    )
+
+
+def _missing(what: str) -> AssetCheckResult:
+    return AssetCheckResult(passed=False, severity=AssetCheckSeverity.ERROR, description=f"the newest adapter has no {what}")
+
+
+@asset_check(
+    asset=adapter_evaluation,
+    blocking=True,
+    partitions_def=task_partitions,
+    description="The task's newest adapter has a significantly lower test loss than the base model (Wilcoxon); "
+    "blocks the champion step.",
+)
+def adapter_beats_base(context: AssetCheckExecutionContext, pipeline: PipelineResource) -> AssetCheckResult:
+    """Fail (ERROR) when the evaluation of the newest adapter is missing or does not beat the base model."""
+    from ft_pipeline.training.evaluation import latest_evaluation
+
+    result = latest_evaluation(pipeline.settings(), context.partition_key)
+    if result is None:
+        return _missing("evaluation")
+    test, verdict = result["tests"]["vs_base"], result["gate"]["beats_base"]
+    return AssetCheckResult(
+        passed=bool(verdict["passed"]),
+        severity=AssetCheckSeverity.ERROR,
+        description=f"v{result['version']}: " + "; ".join(verdict["reasons"]),
+        metadata={
+            "version": result["version"],
+            "p_value": test["p_value"],
+            "p_threshold": result["p_threshold"],
+            "rank_biserial": test["rank_biserial"],
+            "median_loss_difference": test["median_difference"],
+            "candidate_loss": result["scores"]["candidate"]["loss"],
+            "base_loss": result["scores"]["base"]["loss"],
         },
     )
 
@@ -43,29 +82,38 @@ def task_dataset_valid(context: AssetCheckExecutionContext, pipeline: PipelineRe
     asset=adapter_evaluation,
     blocking=True,
     partitions_def=task_partitions,
-    description="The task's newest adapter has a significantly lower validation loss than the base model (Wilcoxon).",
+    description="The task's newest adapter beats the champion it was compared with (lower test loss, Wilcoxon, and "
+    "generations not worse by chrF); passes when there is no champion on the same base. Blocks the champion step.",
 )
-def adapter_beats_base(context: AssetCheckExecutionContext, pipeline: PipelineResource) -> AssetCheckResult:
-    """Fail (ERROR) when the evaluation of the newest adapter is missing or does not beat the base model."""
+def adapter_beats_champion(context: AssetCheckExecutionContext, pipeline: PipelineResource) -> AssetCheckResult:
+    """Fail (ERROR) when the evaluation is missing or the candidate does not beat the current champion."""
     from ft_pipeline.training.evaluation import latest_evaluation
 
     result = latest_evaluation(pipeline.settings(), context.partition_key)
     if result is None:
+        return _missing("evaluation")
+    verdict = result["gate"]["beats_champion"]
+    if verdict is None:
         return AssetCheckResult(
-            passed=False, severity=AssetCheckSeverity.ERROR, description="the newest adapter has no evaluation"
+            passed=True,
+            severity=AssetCheckSeverity.ERROR,
+            description=f"v{result['version']}: no champion to compare with",
+            metadata={"version": result["version"], "champion": MetadataValue.null()},
         )
-    test = result["tests"]["vs_base"]
+    test = result["tests"]["vs_champion"]
     return AssetCheckResult(
-        passed=test["p_value"] < result["p_threshold"],
+        passed=bool(verdict["passed"]),
         severity=AssetCheckSeverity.ERROR,
-        description=f"v{result['version']} against the base model: p={test['p_value']:.3g} (threshold {result['p_threshold']})",
+        description=f"v{result['version']} against champion v{result['champion_compared']}: " + "; ".join(verdict["reasons"]),
         metadata={
             "version": result["version"],
+            "champion": result["champion_compared"],
             "p_value": test["p_value"],
+            "p_threshold": result["p_threshold"],
             "rank_biserial": test["rank_biserial"],
             "median_loss_difference": test["median_difference"],
             "candidate_loss": result["scores"]["candidate"]["loss"],
-            "base_loss": result["scores"]["base"]["loss"],
+            "champion_loss": result["scores"]["champion"]["loss"],
         },
     )
 
@@ -102,4 +150,4 @@ def champion_live_acceptance(pipeline: PipelineResource) -> AssetCheckResult:
     )
 
 
-asset_checks = [task_dataset_valid, adapter_beats_base, champion_live_acceptance]
+asset_checks = [task_dataset_valid, adapter_beats_base, adapter_beats_champion, champion_live_acceptance]

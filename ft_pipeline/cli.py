@@ -1,4 +1,4 @@
-"""The `ft-pipeline` command line: demo data, the main job, training, status, rollback and generation."""
+"""The `ft-pipeline` command line: demo data, the main job, training, status, lineage, rollback and generation."""
 
 from __future__ import annotations
 
@@ -78,13 +78,44 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
         return 0
-    header = f"{'task':<20} {'settled':>8} {'new':>6} {'to retrain':>10} {'champion':>9}  last trained"
+    from ft_pipeline.training.base_model import describe_identity
+
+    header = f"{'task':<20} {'settled':>8} {'new':>6} {'to retrain':>10} {'champion':>9}  {'last trained':<32}  champion base"
     print(header)
     for row in rows:
+        base = describe_identity(row["champion_base"]) if row.get("champion_version") else "-"
         print(
             f"{row['task']:<20} {row['settled']:>8} {row['new_examples']:>6} {row['until_retrain']:>10} "
-            f"{row.get('champion_version') or '-':>9}  {row.get('last_trained') or '-'}"
+            f"{row.get('champion_version') or '-':>9}  {row.get('last_trained') or '-':<32}  {base}"
         )
+    return 0
+
+
+def cmd_lineage(args: argparse.Namespace, settings: Settings) -> int:
+    """Print what an adapter was built from; with --ids, the log ids of one split it was built from."""
+    from ft_pipeline.training.base_model import describe_identity
+    from ft_pipeline.training.status import adapter_lineage
+    from ft_pipeline.training.tracking import trained_log_ids
+
+    lineage = adapter_lineage(settings, args.task, args.version)
+    if args.ids:
+        for log_id in trained_log_ids(settings, lineage["mlflow_run_id"], args.split):
+            print(log_id)
+        return 0
+    if args.json:
+        print(json.dumps(lineage, indent=2, default=str))
+        return 0
+    counts = lineage["log_ids"]
+    print(f"adapter:          {lineage['task']} v{lineage['version']} (trained {lineage['trained_at']})")
+    print(f"dataset version:  {lineage['dataset_version']}")
+    print(f"data watermark:   {lineage['data_watermark']}")
+    print("log ids:          " + ", ".join(f"{split} {n if n is not None else '?'}" for split, n in counts.items()))
+    if lineage["split"]:
+        split = lineage["split"]
+        print(f"split:            by {split['group_by']}, dev share {split['dev_share']}, test share {split['test_share']}")
+    print(f"base model:       {describe_identity(lineage['base_identity'])}")
+    print(f"MLflow run:       {lineage['mlflow_run_id']}")
+    print(f"Dagster run:      {lineage['dagster_run_id'] or '- (trained outside Dagster)'}")
     return 0
 
 
@@ -129,6 +160,14 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="per-task examples, retrain countdown and champion")
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
+
+    lineage = sub.add_parser("lineage", help="what an adapter was built from: dataset, watermark, log ids, base, runs")
+    lineage.add_argument("task")
+    lineage.add_argument("version", nargs="?", type=int, help="adapter version (default: the champion, else the newest)")
+    lineage.add_argument("--ids", action="store_true", help="print the log ids of one split instead, one per line")
+    lineage.add_argument("--split", choices=["train", "dev", "test"], default="train", help="the split --ids lists")
+    lineage.add_argument("--json", action="store_true")
+    lineage.set_defaults(func=cmd_lineage)
 
     rollback = sub.add_parser("rollback", help="move a task's champion alias back")
     rollback.add_argument("task")

@@ -14,7 +14,8 @@ ingest_job = define_asset_job(
 # selecting the assets by key selects their asset checks too, so a retrain also validates what it built
 retrain_job = define_asset_job(
     "retrain_job",
-    selection=AssetSelection.assets("task_dataset", "lora_adapter", "adapter_evaluation"),
+    selection=AssetSelection.assets("task_dataset", "lora_adapter", "adapter_evaluation", "champion"),
     partitions_def=task_partitions,
-    description="Rebuild one task's dataset, train its LoRA adapter and evaluate it against base and champion.",
+    description="Rebuild one task's dataset, train its LoRA adapter, evaluate it against base and champion, "
+    "and promote it when the blocking checks pass.",
 )

@@ -14,7 +14,7 @@ from ft_pipeline.settings import Settings
 
 DAILY_ASSETS = ("raw_logs", "settlements")
 GLOBAL_ASSETS = ("pattern_report", "base_model")
-TASK_ASSETS = ("task_dataset", "lora_adapter", "adapter_evaluation")
+TASK_ASSETS = ("task_dataset", "lora_adapter", "adapter_evaluation", "champion")
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 # Step progress and our own log lines; Dagster's per-event DEBUG lines stay in the UI's run log.

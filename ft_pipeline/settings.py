@@ -70,7 +70,25 @@ class Settings:
     min_phrase_support: int = knob(3, "FT_MIN_PHRASE_SUPPORT", "report", "Edits a phrase must appear in before it is reported.")
 
     # datasets
-    val_share: float = knob(0.1, "FT_VAL_SHARE", "dataset", "Share of records (by hash of log_id) held out for validation.")
+    dev_share: float = knob(
+        0.1,
+        "FT_DEV_SHARE",
+        "dataset",
+        "Share of record groups (by hash of the group key) in the dev split: early stopping, checkpoints.",
+    )
+    test_share: float = knob(
+        0.1,
+        "FT_TEST_SHARE",
+        "dataset",
+        "Share of record groups (by hash of the group key) in the test split: the promotion decision only.",
+    )
+    split_group_by: str = knob(
+        "prompt",
+        "FT_SPLIT_GROUP_BY",
+        "dataset",
+        "What records are grouped by before the split: 'prompt' (normalised, with system prompt and prior turns) or a "
+        "contract field such as user_id.",
+    )
     min_train_examples: int = knob(
         50, "FT_MIN_TRAIN_EXAMPLES", "dataset", "Training examples a task needs before an adapter is trained."
     )
@@ -106,7 +124,7 @@ class Settings:
     )
     batch_size: int = knob(16, "FT_BATCH_SIZE", "training", "Examples per batch.")
     max_steps: int = knob(200, "FT_MAX_STEPS", "training", "Upper bound on optimizer steps per training run.")
-    eval_every: int = knob(20, "FT_EVAL_EVERY", "training", "Steps between validation-loss evaluations.")
+    eval_every: int = knob(20, "FT_EVAL_EVERY", "training", "Steps between dev-loss evaluations.")
     early_stopping_patience: int = knob(
         3, "FT_EARLY_STOPPING_PATIENCE", "training", "Evaluations without improvement before training stops."
     )
@@ -123,7 +141,7 @@ class Settings:
         0.05, "FT_PROMOTION_P_VALUE", "evaluation", "Wilcoxon p-value under which the candidate counts as better."
     )
     eval_generation_samples: int = knob(
-        16, "FT_EVAL_GENERATION_SAMPLES", "evaluation", "Validation examples that get greedy generations scored by chrF."
+        16, "FT_EVAL_GENERATION_SAMPLES", "evaluation", "Test examples that get greedy generations scored by chrF."
     )
     eval_max_new_tokens: int = knob(64, "FT_EVAL_MAX_NEW_TOKENS", "evaluation", "Longest greedy generation in evaluation.")
     generation_tolerance: float = knob(
@@ -132,7 +150,9 @@ class Settings:
         "evaluation",
         "How far the candidate's chrF may fall below the champion's and still be promoted.",
     )
-    dry_run: bool = knob(False, "FT_DRY_RUN", "evaluation", "Evaluate and record the decision without moving the champion alias.")
+    dry_run: bool = knob(
+        False, "FT_DRY_RUN", "promotion", "Evaluate and record the decision; the promotion step does not move the champion alias."
+    )
 
     # automation
     retrain_threshold: int = knob(

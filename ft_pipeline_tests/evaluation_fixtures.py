@@ -53,8 +53,10 @@ NAMES = [
     "rita",
     "sven",
 ]
-VAL_NAMES = NAMES[:12]
-TRAIN_NAMES = NAMES[12:]
+# test decides, dev chooses the checkpoint, train teaches: three disjoint sets of names
+TEST_NAMES = NAMES[:12]
+DEV_NAMES = NAMES[12:18]
+TRAIN_NAMES = NAMES[18:]
 
 
 def chat(name: str, word: str = "Hello") -> list[dict[str, str]]:
@@ -109,16 +111,18 @@ def tiny_settings(data_dir: Path, base: Path, **overrides) -> Settings:
 def write_dataset(
     settings: Settings, task: str = TASK, word: str = "Hello", watermark: str = "2024-01-01T00:00:00+00:00"
 ) -> None:
-    """datasets/<task>/ with train (greetings with `word`), val (always "Hello") and a manifest."""
+    """datasets/<task>/ with train (greetings with `word`), dev and test (always "Hello") and a manifest."""
     folder = settings.datasets_dir / task
     write_jsonl_atomic(({"messages": chat(n, word), "weight": 1.0, "id": f"t-{n}"} for n in TRAIN_NAMES), folder / "train.jsonl")
-    write_jsonl_atomic(({"messages": chat(n), "weight": 1.0, "id": f"v-{n}"} for n in VAL_NAMES), folder / "val.jsonl")
+    write_jsonl_atomic(({"messages": chat(n), "weight": 1.0, "id": f"d-{n}"} for n in DEV_NAMES), folder / "dev.jsonl")
+    write_jsonl_atomic(({"messages": chat(n), "weight": 1.0, "id": f"x-{n}"} for n in TEST_NAMES), folder / "test.jsonl")
     write_json_atomic(
         {
             "task": task,
             "version": f"{word.lower()}-v1",
             "n_train": len(TRAIN_NAMES),
-            "n_val": len(VAL_NAMES),
+            "n_dev": len(DEV_NAMES),
+            "n_test": len(TEST_NAMES),
             "n_preferences": 0,
             "data_watermark": watermark,
             "built_at": watermark,

@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import dagster as dg
+
 from ft_pipeline.definitions import defs
 
 
@@ -15,9 +17,18 @@ def test_definitions_load_with_every_stage():
         "task_dataset",
         "lora_adapter",
         "adapter_evaluation",
+        "champion",
     }
     checks = {key.name for key in graph.asset_check_keys}
-    assert {"task_dataset_valid", "adapter_beats_base", "no_regressions", "champion_live_acceptance"} <= checks
+    assert {
+        "task_dataset_valid",
+        "adapter_beats_base",
+        "adapter_beats_champion",
+        "no_regressions",
+        "champion_live_acceptance",
+    } <= checks
+    # the promotion step sits downstream of the evaluation its blocking checks guard
+    assert graph.get(dg.AssetKey("champion")).parent_keys == {dg.AssetKey("adapter_evaluation")}
     assert {job.name for job in defs.jobs} == {"ingest_job", "retrain_job"}
     assert {s.name for s in defs.sensors} == {"inbox_sensor", "retrain_sensor"}
     assert {s.name for s in defs.schedules} == {"daily_ingest_schedule", "nightly_retrain_schedule"}

@@ -19,9 +19,9 @@ def selection(job_name: str) -> tuple[set[str], set[dg.AssetCheckKey]]:
     )
 
 
-def test_retrain_job_runs_dataset_training_and_evaluation_with_their_checks():
+def test_retrain_job_runs_dataset_training_evaluation_and_promotion_with_their_checks():
     assets, checks = selection("retrain_job")
-    assert assets == {"task_dataset", "lora_adapter", "adapter_evaluation"}
+    assert assets == {"task_dataset", "lora_adapter", "adapter_evaluation", "champion"}
     targeted = {key for key in defs.resolve_asset_graph().asset_check_keys if key.asset_key.to_user_string() in assets}
     assert targeted and checks == targeted
     assert defs.resolve_job_def("retrain_job").partitions_def == task_partitions

@@ -33,7 +33,7 @@ def test_selection_syntax_resolves_to_asset_names():
 
     assert selected_keys(defs, "raw_logs,settlements") == {"raw_logs", "settlements"}
     assert selected_keys(defs, "settlements+") == {"settlements", "pattern_report", "task_dataset", "base_model"}
-    assert len(selected_keys(defs, "*")) == 7
+    assert len(selected_keys(defs, "*")) == 8
 
 
 def test_the_main_job_ends_with_a_champion_and_a_rerun_changes_nothing(small_pipeline, tmp_path):

@@ -1,4 +1,4 @@
-"""adapter_evaluation: the newest adapter of a task against the base model and the champion; the promotion gate."""
+"""adapter_evaluation: the newest adapter of a task against the base model and the champion on the test split; records the decision."""
 
 from dagster import AssetDep, AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
@@ -9,7 +9,7 @@ EvaluationConfig = stage_config("evaluation", "EvaluationConfig")
 
 
 def scores_table(result: dict) -> str:
-    """Markdown table of each model's scores on the same validation examples."""
+    """Markdown table of each model's scores on the same test examples."""
     lines = ["| model | loss | perplexity | token accuracy | chrF | exact match |", "|---|---|---|---|---|---|"]
     for who in ("candidate", "base", "champion"):
         score = result["scores"].get(who)
@@ -25,11 +25,11 @@ def scores_table(result: dict) -> str:
     deps=[AssetDep("lora_adapter")],
     group_name="training",
     kinds={"pytorch", "mlflow"},
-    description="The task's newest adapter against the base model and the champion on the validation split; "
-    "moves the `champion` alias when the candidate is significantly better.",
+    description="The task's newest adapter against the base model and the champion on the test split; records scores, "
+    "paired tests and the decision. The `champion` step downstream moves the alias once the blocking checks pass.",
 )
 def adapter_evaluation(context: AssetExecutionContext, config: EvaluationConfig, pipeline: PipelineResource) -> MaterializeResult:
-    """Evaluate the partition's task, record the decision and promote when the gate passes."""
+    """Evaluate the partition's task and record the decision."""
     from ft_pipeline.training.evaluation import evaluate_candidate, evaluation_path, summary_metrics
 
     settings = pipeline.settings(config)
@@ -40,7 +40,8 @@ def adapter_evaluation(context: AssetExecutionContext, config: EvaluationConfig,
         metadata={
             "version": result["version"],
             "decision": result["decision"],
-            "dry_run": result["dry_run"],
+            "p_value_vs_base": result["tests"]["vs_base"]["p_value"],
+            "base_identity": result["base_identity"]["hash"][:12],
             "champion_before": MetadataValue.int(result["champion_before"])
             if result["champion_before"]
             else MetadataValue.null(),

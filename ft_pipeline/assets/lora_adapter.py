@@ -10,7 +10,7 @@ TrainingConfig = stage_config("training", "TrainingConfig")
 
 
 def _float(value: float | None) -> MetadataValue:
-    """A numeric metadata value, or null when there is none (no validation split, or no training this run)."""
+    """A numeric metadata value, or null when there is none (no dev split, or no training this run)."""
     return MetadataValue.null() if value is None else MetadataValue.float(value)
 
 
@@ -20,7 +20,7 @@ def _float(value: float | None) -> MetadataValue:
     group_name="training",
     kinds={"pytorch", "mlflow"},
     description="peft LoRA adapter of one task on the base model: loss on assistant tokens, example weights, "
-    "early stopping on validation loss, resumable checkpoints; an MLflow run and a registered model version.",
+    "early stopping on the dev split's loss, resumable checkpoints; an MLflow run and a registered model version.",
 )
 def lora_adapter(context: AssetExecutionContext, config: TrainingConfig, pipeline: PipelineResource) -> MaterializeResult:
     """Train the partition's task and store the adapter under adapters/<task>/<version>/."""
@@ -38,8 +38,8 @@ def lora_adapter(context: AssetExecutionContext, config: TrainingConfig, pipelin
         metadata={
             "version": result.version,
             "train_loss": _float(metrics["train_loss"]),
-            "val_loss": _float(metrics["best_val_loss"]),
-            "initial_val_loss": _float(metrics["initial_val_loss"]),
+            "dev_loss": _float(metrics["best_dev_loss"]),
+            "initial_dev_loss": _float(metrics["initial_dev_loss"]),
             "best_step": metrics["best_step"],
             "steps": metrics["steps"],
             "retrained": metrics["retrained"],
@@ -47,7 +47,7 @@ def lora_adapter(context: AssetExecutionContext, config: TrainingConfig, pipelin
             "tokens_per_s": _float(metrics["tokens_per_s"]),
             "trainable_params": metrics["trainable_params"],
             "n_train": metrics["n_train"],
-            "n_val": metrics["n_val"],
+            "n_dev": metrics["n_dev"],
             "mlflow_run_id": result.run_id,
             "mlflow_run": MetadataValue.text(result.run_path),
             "path": MetadataValue.path(str(result.adapter_dir)),

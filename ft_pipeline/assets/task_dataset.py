@@ -18,7 +18,8 @@ DatasetConfig = stage_config("dataset", "DatasetConfig")
     deps=[AssetDep("settlements", partition_mapping=AllPartitionMapping()), AssetDep("base_model")],
     group_name="training",
     kinds={"jsonl"},
-    description="Chat `messages` JSONL of one task: hash-split train/val, preference pairs from edits, validation report.",
+    description="Chat `messages` JSONL of one task: group-aware train/dev/test split (no prompt in two splits), "
+    "preference pairs from edits, validation report with the measured cross-split overlap.",
 )
 def task_dataset(context: AssetExecutionContext, config: DatasetConfig, pipeline: PipelineResource) -> MaterializeResult:
     """Build datasets/<task>/ from every settlement of the partition's task."""
@@ -28,10 +29,14 @@ def task_dataset(context: AssetExecutionContext, config: DatasetConfig, pipeline
     report, stats = summary["validation"], summary["validation"]["token_stats"]
     return MaterializeResult(
         metadata={
-            "dagster/row_count": summary["n_train"] + summary["n_val"],
+            "dagster/row_count": summary["n_train"] + summary["n_dev"] + summary["n_test"],
             "version": summary["version"],
             "n_train": summary["n_train"],
-            "n_val": summary["n_val"],
+            "n_dev": summary["n_dev"],
+            "n_test": summary["n_test"],
+            "split_group_by": report["split_group_by"],
+            "split_overlap": report["split_overlap"],
+            "near_duplicates_removed": report["near_duplicates_removed"],
             "n_preferences": summary["n_preferences"],
             "new_examples": summary["new_examples"],
             "data_watermark": summary["data_watermark"] or "",

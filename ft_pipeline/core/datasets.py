@@ -1,4 +1,10 @@
-"""Per-task chat datasets from the settlements: examples, a stable hash split, preference pairs, validation, manifest."""
+"""Per-task chat datasets from the settlements: examples, a group-aware train/dev/test split, preference pairs, validation, manifest.
+
+Records are grouped before they are split: by their normalised prompt (system prompt, prior turns and the
+prompt, lowercased with whitespace runs collapsed) unless FT_SPLIT_GROUP_BY names another contract field. A
+group's split is a pure function of its key, so no prompt is in two splits and a group never changes split as
+data grows. `dev` chooses (early stopping, checkpoints); `test` only decides the promotion.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +17,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ft_pipeline.core.io import checked_name, partition_dates, table_glob, write_json_atomic, write_jsonl_atomic
+from ft_pipeline.core.io import checked_name, partition_dates, read_jsonl, table_glob, write_json_atomic, write_jsonl_atomic
 from ft_pipeline.core.lineage import DATASET_MANIFEST, adapter_watermark, dataset_dir, parse_time
+from ft_pipeline.core.schema import RAW_LOG_SCHEMA
 
 # Used when neither the record nor settings.default_system_prompts give a system prompt.
 REASONING_MODE_PROMPTS = {
@@ -26,6 +33,13 @@ REASONING_MODE_PROMPTS = {
 # The roles and message keys OpenAI's chat fine-tuning format check accepts ("tool" is the current name of "function").
 ROLES = {"system", "user", "assistant", "function", "tool"}
 MESSAGE_KEYS = {"role", "content", "name", "function_call", "tool_calls", "tool_call_id", "weight"}
+
+SPLITS = ("train", "dev", "test")
+PROMPT_GROUP = "prompt"
+# The column a non-prompt group field is read into (any contract field; its values are only hashed).
+GROUP_COLUMN = "_split_group"
+# Contract fields a split can group by besides the prompt; only these names ever reach the query.
+GROUPABLE_FIELDS = frozenset(RAW_LOG_SCHEMA.names) - {PROMPT_GROUP}
 
 SETTLEMENT_COLUMNS = (
     "log_id",
@@ -43,19 +57,80 @@ SETTLEMENT_COLUMNS = (
 )
 
 
-def is_validation(log_id: str, val_share: float) -> bool:
-    """Whether a record belongs to the validation split: a pure function of its id, so ids never change split."""
-    digest = hashlib.sha256(str(log_id).encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < val_share
+def normalised(text: str) -> str:
+    """Text as groups and near-duplicates compare it: lowercased, whitespace runs collapsed, ends trimmed."""
+    return " ".join(str(text).split()).lower()
 
 
-def read_settlements(lake_dir: Path, task: str | None = None) -> list[dict[str, Any]]:
-    """Settled records (of one task, or all), one per log_id (latest ingest wins), ordered by timestamp then id."""
+def prompt_key(messages: Iterable[dict[str, Any]]) -> str:
+    """The group key of a chat's prompt: every message before the final answer, normalised, role by role."""
+    return "\x1e".join(f"{m.get('role')}\x1f{normalised(m.get('content') or '')}" for m in messages)
+
+
+def group_key(record: dict[str, Any], group_by: str, defaults: dict[str, str]) -> str:
+    """What a record is split by: its normalised prompt, or the value of the `group_by` field (the prompt when it has none)."""
+    if group_by != PROMPT_GROUP:
+        value = record.get(GROUP_COLUMN)
+        if value is not None and str(value) != "":
+            return f"{group_by}\x1d{value}"
+    return f"{PROMPT_GROUP}\x1d{prompt_key(prompt_messages(record, defaults))}"
+
+
+def split_of(key: str, dev_share: float, test_share: float) -> str:
+    """`train`, `dev` or `test` for a group key: a pure function of the key, so a group never changes split as data grows."""
+    digest = hashlib.sha256(key.encode("utf-8")).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    if u < test_share:
+        return "test"
+    return "dev" if u < test_share + dev_share else "train"
+
+
+def check_split_settings(settings: Any) -> None:
+    """ValueError when the shares or the group field cannot give a split."""
+    for name in ("dev_share", "test_share"):
+        share = getattr(settings, name)
+        if not 0.0 <= share < 1.0:
+            raise ValueError(f"FT_{name.upper()}={share}: a share must be at least 0 and below 1")
+    if settings.dev_share + settings.test_share >= 1.0:
+        raise ValueError(f"FT_DEV_SHARE + FT_TEST_SHARE = {settings.dev_share + settings.test_share}: nothing left to train on")
+    if settings.split_group_by != PROMPT_GROUP and settings.split_group_by not in GROUPABLE_FIELDS:
+        raise ValueError(
+            f"FT_SPLIT_GROUP_BY={settings.split_group_by!r}: use 'prompt' or one of the contract fields {sorted(GROUPABLE_FIELDS)}"
+        )
+
+
+def split_records(records: list[dict[str, Any]], settings: Any) -> dict[str, list[dict[str, Any]]]:
+    """Records by split (train, dev, test), each record in the split of its group."""
+    check_split_settings(settings)
+    defaults = dict(settings.default_system_prompts)
+    splits: dict[str, list[dict[str, Any]]] = {name: [] for name in SPLITS}
+    for record in records:
+        key = group_key(record, settings.split_group_by, defaults)
+        splits[split_of(key, settings.dev_share, settings.test_share)].append(record)
+    return splits
+
+
+def read_settlements(lake_dir: Path, task: str | None = None, group_by: str = PROMPT_GROUP) -> list[dict[str, Any]]:
+    """Settled records (of one task, or all), one per log_id (latest ingest wins), ordered by timestamp then id;
+    a `group_by` field other than the prompt comes as the `_split_group` column (null where the lake lacks it)."""
     import duckdb
 
     if not partition_dates(lake_dir, "settlements"):
         return []
     columns = ", ".join(SETTLEMENT_COLUMNS)
+    if group_by != PROMPT_GROUP:
+        if group_by not in GROUPABLE_FIELDS:
+            raise ValueError(f"cannot group by {group_by!r}: use 'prompt' or one of {sorted(GROUPABLE_FIELDS)}")
+        with duckdb.connect() as con:
+            present = {
+                row[0]
+                for row in con.execute(
+                    "DESCRIBE SELECT * FROM read_parquet($glob, union_by_name = true, hive_partitioning = false)",
+                    {"glob": table_glob(lake_dir, "settlements")},
+                ).fetchall()
+            }
+        # group_by is a contract field name (checked above), so it is safe to name in the query
+        columns += f", CAST({group_by} AS VARCHAR) AS {GROUP_COLUMN}" if group_by in present else f", NULL AS {GROUP_COLUMN}"
     where = "WHERE task = $task" if task is not None else ""
     query = f"""
         SELECT {columns} FROM read_parquet($glob, union_by_name = true, hive_partitioning = false)
@@ -70,12 +145,13 @@ def read_settlements(lake_dir: Path, task: str | None = None) -> list[dict[str, 
         return con.sql(query, params=params).to_arrow_table().to_pylist()
 
 
-def drop_duplicate_pairs(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Records without exact repeats of (prompt, final_text); the first (oldest) copy is kept."""
+def drop_near_duplicates(records: Iterable[dict[str, Any]], defaults: dict[str, str]) -> list[dict[str, Any]]:
+    """Records without near-repeats across the whole task: the same normalised prompt (with its system prompt and
+    prior turns) and normalised approved text; the first (oldest) copy is kept."""
     seen: set[tuple[str, str]] = set()
     kept = []
     for record in records:
-        key = (record.get("prompt") or "", record.get("final_text") or "")
+        key = (prompt_key(prompt_messages(record, defaults)), normalised(record.get("final_text") or ""))
         if key not in seen:
             seen.add(key)
             kept.append(record)
@@ -142,11 +218,16 @@ def chat_example(record: dict[str, Any], defaults: dict[str, str]) -> dict[str, 
 
 
 def preference_pair(record: dict[str, Any], defaults: dict[str, str]) -> dict[str, Any] | None:
-    """A TRL preference line from an edited record (the edit chosen over the model's output), else None."""
+    """A line of TRL's conversational preference format from an edited record (the edit chosen over the model's output), else None."""
     final, output = record.get("final_text"), record.get("output")
     if record.get("decision") != "edited" or not final or not output or final == output:
         return None
-    return {"prompt": prompt_messages(record, defaults), "chosen": final, "rejected": output, "id": str(record["log_id"])}
+    return {
+        "prompt": prompt_messages(record, defaults),
+        "chosen": [{"role": "assistant", "content": final}],
+        "rejected": [{"role": "assistant", "content": output}],
+        "id": str(record["log_id"]),
+    }
 
 
 def format_errors(examples: Iterable[Any]) -> dict[str, int]:
@@ -207,25 +288,56 @@ def token_stats(lengths: list[int], max_seq_len: int) -> dict[str, Any]:
     }
 
 
-def validation_report(train: list[Any], val: list[Any], min_train_examples: int, stats: dict[str, Any]) -> dict[str, Any]:
-    """Whether a dataset may be trained on: format errors, minimum size, split overlap; plus prompt diversity and token statistics."""
-    errors = format_errors([*train, *val])
-    train_ids = {ex.get("id") for ex in train if isinstance(ex, dict)}
-    overlap = sorted(str(i) for i in train_ids & {ex.get("id") for ex in val if isinstance(ex, dict)})
-    prompts = [_user_prompt(ex) for ex in [*train, *val]]
+def split_overlap(files: dict[str, Path], groups: dict[str, str] | None = None) -> dict[str, Any]:
+    """What the written split files share: ids, normalised prompts, and (given id -> group key) groups in two splits."""
+    ids: dict[str, set[str]] = {}
+    prompts: dict[str, set[str]] = {}
+    for name in SPLITS:
+        rows = [row for row in read_jsonl(files[name]) if isinstance(row, dict)]
+        ids[name] = {str(row.get("id")) for row in rows}
+        prompts[name] = {prompt_key(_prompt_part(row)) for row in rows}
+
+    def shared(sets: dict[str, set[str]]) -> dict[str, int]:
+        return {f"{a}/{b}": len(sets[a] & sets[b]) for i, a in enumerate(SPLITS) for b in SPLITS[i + 1 :]}
+
+    result = {"ids": shared(ids), "prompts": shared(prompts)}
+    if groups is not None:
+        result["groups"] = shared({name: {groups.get(i, i) for i in ids[name]} for name in SPLITS})
+    return result
+
+
+def validation_report(
+    splits: dict[str, list[Any]], overlap: dict[str, Any], min_train_examples: int, stats: dict[str, Any], group_by: str
+) -> dict[str, Any]:
+    """Whether a dataset may be trained on: format errors, minimum size, a test split, no overlap between the written
+    splits; plus prompt diversity and token statistics."""
+    train, dev, test = (splits[name] for name in SPLITS)
+    everything = [*train, *dev, *test]
+    errors = format_errors(everything)
+    prompts = [_user_prompt(ex) for ex in everything]
     problems = [f"format error {kind}: {n} example(s)" for kind, n in errors.items()]
     if len(train) < min_train_examples:
         problems.append(f"{len(train)} training examples, fewer than the {min_train_examples} required")
-    if overlap:
-        problems.append(f"{len(overlap)} id(s) in both train and val, e.g. {overlap[:3]}")
+    if not test:
+        problems.append("no test example: the promotion gate would have nothing to decide on (raise FT_TEST_SHARE)")
+    # The prompt overlap blocks when records are grouped by prompt; grouped by another field, a prompt may recur across groups.
+    blocking = ["ids", "groups"] + (["prompts"] if group_by == PROMPT_GROUP else [])
+    for kind in blocking:
+        for pair, n in overlap.get(kind, {}).items():
+            if n:
+                problems.append(f"{n} {kind[:-1]}(s) in both {pair.replace('/', ' and ')}")
+    measured = {kind: sum(overlap.get(kind, {}).values()) for kind in blocking}
     return {
         "valid": not problems,
         "problems": problems,
         "format_errors": errors,
         "n_train": len(train),
-        "n_val": len(val),
+        "n_dev": len(dev),
+        "n_test": len(test),
         "min_train_examples": min_train_examples,
-        "split_overlap": len(overlap),
+        "split_group_by": group_by,
+        "split_overlap": sum(measured.values()),
+        "overlap": overlap,
         "distinct_prompt_ratio": round(len(set(prompts)) / len(prompts), 4) if prompts else 0.0,
         "token_stats": stats,
     }
@@ -235,6 +347,12 @@ def _user_prompt(example: Any) -> str:
     messages = example.get("messages") if isinstance(example, dict) else None
     users = [m.get("content") for m in messages or [] if isinstance(m, dict) and m.get("role") == "user"]
     return str(users[-1]) if users else ""
+
+
+def _prompt_part(example: dict[str, Any]) -> list[dict[str, Any]]:
+    """The messages of an example before its final answer."""
+    messages = [m for m in example.get("messages") or [] if isinstance(m, dict)]
+    return messages[:-1] if messages and messages[-1].get("role") == "assistant" else messages
 
 
 def content_version(paths: Iterable[Path]) -> str:
@@ -247,27 +365,33 @@ def content_version(paths: Iterable[Path]) -> str:
 
 
 def build_task_dataset(settings: Any, task: str, tokenizer: Any) -> dict[str, Any]:
-    """Write datasets/<task>/{train,val,preferences}.jsonl, validation.json and manifest.json; returns a summary."""
+    """Write datasets/<task>/{train,dev,test,preferences}.jsonl, validation.json and manifest.json; returns a summary."""
     task = checked_name(task)
+    check_split_settings(settings)
     defaults = dict(settings.default_system_prompts)
-    records = drop_duplicate_pairs(read_settlements(settings.lake_dir, task))
-    records = [r for r in records if r.get("final_text")]
-    examples = [chat_example(r, defaults) for r in records]
-    in_val = [is_validation(ex["id"], settings.val_share) for ex in examples]
-    train = [ex for ex, v in zip(examples, in_val) if not v]
-    val = [ex for ex, v in zip(examples, in_val) if v]
-    # Preference pairs only from training ids, so that preference training never sees a validation example.
-    pairs = [p for r, v in zip(records, in_val) if not v and (p := preference_pair(r, defaults))]
+    records = [r for r in read_settlements(settings.lake_dir, task, settings.split_group_by) if r.get("final_text")]
+    n_settled = len(records)
+    records = drop_near_duplicates(records, defaults)
+    by_split = split_records(records, settings)
+    splits = {name: [chat_example(r, defaults) for r in rows] for name, rows in by_split.items()}
+    # Preference pairs only from the train split, so that preference training never sees a dev or test prompt.
+    pairs = [p for r in by_split["train"] if (p := preference_pair(r, defaults))]
 
     folder = dataset_dir(settings.datasets_dir, task)
-    files = {name: folder / f"{name}.jsonl" for name in ("train", "val", "preferences")}
-    write_jsonl_atomic(train, files["train"])
-    write_jsonl_atomic(val, files["val"])
+    files = {name: folder / f"{name}.jsonl" for name in (*SPLITS, "preferences")}
+    for name in SPLITS:
+        write_jsonl_atomic(splits[name], files[name])
     write_jsonl_atomic(pairs, files["preferences"])
+    # A file of the former two-way split would otherwise sit beside the new ones and mislead a reader.
+    (folder / "val.jsonl").unlink(missing_ok=True)
     version = content_version(files.values())
 
+    groups = {str(r["log_id"]): group_key(r, settings.split_group_by, defaults) for r in records}
+    overlap = split_overlap(files, groups)
+    examples = [ex for name in SPLITS for ex in splits[name]]
     stats = token_stats(token_lengths(tokenizer, examples), settings.max_seq_len)
-    report = validation_report(train, val, settings.min_train_examples, stats)
+    report = validation_report(splits, overlap, settings.min_train_examples, stats, settings.split_group_by)
+    report["near_duplicates_removed"] = n_settled - len(records)
     write_json_atomic({"task": task, "version": version, **report}, folder / "validation.json")
 
     ingested = [parse_time(r.get("ingested_at")) for r in records]
@@ -277,9 +401,11 @@ def build_task_dataset(settings: Any, task: str, tokenizer: Any) -> dict[str, An
     manifest = {
         "task": task,
         "version": version,
-        "n_train": len(train),
-        "n_val": len(val),
+        "n_train": len(splits["train"]),
+        "n_dev": len(splits["dev"]),
+        "n_test": len(splits["test"]),
         "n_preferences": len(pairs),
+        "split": {"group_by": settings.split_group_by, "dev_share": settings.dev_share, "test_share": settings.test_share},
         "data_watermark": watermark.isoformat() if watermark else None,
         "built_at": datetime.now(UTC).isoformat(),
     }
@@ -289,5 +415,5 @@ def build_task_dataset(settings: Any, task: str, tokenizer: Any) -> dict[str, An
         "new_examples": new_examples,
         "path": str(folder),
         "validation": report,
-        "preview": train[:3] or val[:3],
+        "preview": splits["train"][:3] or splits["dev"][:3],
     }

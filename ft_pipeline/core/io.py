@@ -95,6 +95,15 @@ def write_jsonl_atomic(rows: Any, target: Path) -> int:
     return count
 
 
+def read_jsonl(path: Path) -> list[Any]:
+    """Rows of a JSONL file (empty when the file is missing)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
 def replace_dir_atomic(staging: Path, target: Path) -> Path:
     """Move a fully written folder `staging` into place at `target`, replacing what was there."""
     target = Path(target)

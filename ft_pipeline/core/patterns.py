@@ -524,7 +524,7 @@ def _failure_reasons(con: duckdb.DuckDBPyConnection) -> dict:
 
 
 def _experiments(con: duckdb.DuckDBPyConnection, settings: Settings) -> dict:
-    """Every experiment's arms with their acceptance rates and the test of their difference."""
+    """Every experiment's arms with their acceptance rates, every pair of arms compared (Holm-corrected) and the verdict."""
     arms: dict[str, dict[str, tuple[int, int]]] = {}
     for row in _rows(
         con,
@@ -708,11 +708,26 @@ def render_markdown(report: dict) -> str:
     for exp, e in report["experiments"].items():
         arms = ", ".join(f"{a} {v['acceptance_rate']:.1%} (n={v['n']})" for a, v in e["arms"].items())
         if e["test"]:
+            size = e["sample_size"]
+            verdict = (
+                f"winner: {e['winner']}"
+                if e["winner"]
+                else "inconclusive"
+                + (
+                    f", about {size['additional_per_arm']} more records per arm for {size['comparison']}"
+                    if size and size["n_per_arm"]
+                    else ""
+                )
+            )
             lines.append(
                 f"- {exp}: {arms}; {e['comparison']} = {e['difference']:+.3f} "
-                f"[{e['ci95'][0]:+.3f}, {e['ci95'][1]:+.3f}], {e['test']} p={e['p_value']:.3g}, "
-                f"winner: {e['winner'] or 'none'}"
+                f"[{e['ci95'][0]:+.3f}, {e['ci95'][1]:+.3f}], {e['test']} p={e['p_value']:.3g}; {verdict}"
             )
+            if len(e["arms"]) > 2:
+                lines += [
+                    f"  - {c['comparison']} = {c['difference']:+.3f}, p={c['p_value']:.3g}, Holm p={c['p_holm']:.3g}"
+                    for c in e["comparisons"]
+                ]
         else:
             lines.append(f"- {exp}: {arms}; fewer than two arms")
     lines += ["", "## Retries", ""]

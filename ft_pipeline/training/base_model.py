@@ -1,4 +1,10 @@
-"""The base causal LM: a Hugging Face id or local folder, or a small Llama-style model built and pretrained here."""
+"""The base causal LM: a Hugging Face id or local folder, or a small Llama-style model built and pretrained here.
+
+Every base has an identity, a content hash of its weights, tokenizer and chat template: each adapter records
+the identity of the base it was trained on and refuses to load on another one. Each builtin build lives in a
+folder of its own under models/base/, named by the hash of its parameters, so new knobs build a new base
+beside the old one and never replace the base of existing adapters.
+"""
 
 from __future__ import annotations
 
@@ -15,11 +21,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from ft_pipeline.core.datasets import chat_example, drop_duplicate_pairs, is_validation, read_settlements
+from ft_pipeline.core.datasets import chat_example, drop_near_duplicates, read_settlements, split_records
 from ft_pipeline.core.io import replace_dir_atomic, write_json_atomic
 
 BUILTIN = "builtin"
 BUILD_INFO = "build.json"
+# Files of a model folder that are no part of the model: build notes, docs, VCS and hub bookkeeping.
+NOT_MODEL_FILES = {BUILD_INFO, "README.md", ".gitattributes"}
+HASH_CHUNK = 1 << 20
 # Bumped when the builtin recipe changes in a way the knobs do not capture, so old builds are rebuilt.
 BUILTIN_RECIPE_VERSION = 1
 # Architecture and pretraining recipe of the builtin model; vocabulary size and steps are settings knobs.
@@ -48,9 +57,13 @@ CHAT_TEMPLATE = (
 )
 
 
+class BaseModelMismatch(ValueError):
+    """An adapter was asked to load on a base model other than the one it was trained on."""
+
+
 def builtin_dir(settings: Any) -> Path:
-    """Where the builtin base model lives: models/base/."""
-    return settings.models_dir / "base"
+    """Where the builtin base model of the current knobs lives: models/base/<hash of its parameters>/."""
+    return settings.models_dir / "base" / params_hash(builtin_params(settings))
 
 
 def builtin_params(settings: Any) -> dict[str, Any]:
@@ -124,7 +137,7 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> Any:
 
 
 def pretraining_chats(settings: Any) -> list[list[dict[str, str]]]:
-    """Chats (without system prompt) the builtin model pretrains on: all tasks' training examples, never validation ones."""
+    """Chats (without system prompt) the builtin model pretrains on: all tasks' training examples, never dev or test ones."""
     files = sorted(settings.datasets_dir.glob("*/train.jsonl"))
     if files:
         chats = []
@@ -132,13 +145,11 @@ def pretraining_chats(settings: Any) -> list[list[dict[str, str]]]:
             with open(path, encoding="utf-8") as fh:
                 chats += [[m for m in json.loads(line)["messages"] if m["role"] != "system"] for line in fh if line.strip()]
         return chats
-    records = drop_duplicate_pairs(read_settlements(settings.lake_dir))
-    # Same split function as the datasets, so a validation example is never seen in pretraining.
-    return [
-        chat_example(r, {})["messages"][1:]
-        for r in records
-        if r.get("final_text") and not is_validation(r["log_id"], settings.val_share)
-    ]
+    defaults = dict(settings.default_system_prompts)
+    records = [r for r in read_settlements(settings.lake_dir, group_by=settings.split_group_by) if r.get("final_text")]
+    # The datasets' own split, so a dev or test example is never seen in pretraining.
+    train = split_records(drop_near_duplicates(records, defaults), settings)["train"]
+    return [chat_example(r, {})["messages"][1:] for r in train]
 
 
 def build_builtin(
@@ -246,13 +257,12 @@ def build_builtin(
 
 
 def ensure_base_model(settings: Any, log: Callable[[str], None] = print) -> str:
-    """The base model to load: a local folder's path, a Hugging Face id, or the builtin folder (built if missing or stale)."""
+    """The base model to load: a local folder's path, a Hugging Face id, or the builtin folder of the current knobs (built if missing)."""
     if settings.base_model != BUILTIN:
         return _resolve_external(settings.base_model)
     target = builtin_dir(settings)
-    params = builtin_params(settings)
-    # The builtin is rebuilt only when its parameters change, not when data grows: adapters trained on it stay valid.
-    if read_build_info(target).get("params_hash") == params_hash(params) and (target / "config.json").is_file():
+    # Built once per parameter set, not when data grows: adapters trained on it stay valid, and other knobs get their own folder.
+    if (target / "config.json").is_file():
         return str(target)
     if settings.torch_threads > 0:
         import torch
@@ -260,14 +270,84 @@ def ensure_base_model(settings: Any, log: Callable[[str], None] = print) -> str:
         torch.set_num_threads(settings.torch_threads)
     chats = pretraining_chats(settings)
     log(f"building the builtin base model from {len(chats)} chats into {target}")
-    settings.models_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".base.", dir=settings.models_dir))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".base.", dir=target.parent))
     try:
-        build_builtin(chats, staging, **params, log=log)
+        build_builtin(chats, staging, **builtin_params(settings), log=log)
         replace_dir_atomic(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return str(target)
+
+
+def existing_base_model(settings: Any) -> str | None:
+    """The base model's folder or hub id as ensure_base_model gives it, or None when the builtin of these knobs is not built."""
+    if settings.base_model != BUILTIN:
+        return _resolve_external(settings.base_model)
+    target = builtin_dir(settings)
+    return str(target) if (target / "config.json").is_file() else None
+
+
+def base_identity(settings: Any, source: str | None = None) -> dict[str, Any]:
+    """Identity of the base model: what was asked for, the folder it was loaded from, and a content hash of its
+    weights, tokenizer and chat template (cached under models/identities/ by file sizes and modification times)."""
+    source = source or ensure_base_model(settings)
+    folder = Path(source)
+    if not folder.is_dir():
+        from huggingface_hub import snapshot_download
+
+        # a hub id the hub answers for: its files are what from_pretrained loads, so they are what is hashed
+        folder = Path(snapshot_download(source))
+    return {"source": settings.base_model, "path": str(folder), "hash": _content_hash(settings, folder)}
+
+
+def _content_hash(settings: Any, folder: Path) -> str:
+    """sha256 over the model files of `folder` (names and bytes) and the chat template used when it ships none."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name not in NOT_MODEL_FILES and not p.name.startswith("."))
+    stat = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    cache = settings.models_dir / "identities" / f"{hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]}.json"
+    if cache.is_file():
+        cached = json.loads(cache.read_text(encoding="utf-8"))
+        if cached.get("files") == stat:
+            return str(cached["hash"])
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode("utf-8") + b"\0")
+        with open(path, "rb") as fh:
+            while chunk := fh.read(HASH_CHUNK):
+                digest.update(chunk)
+    if not _ships_chat_template(folder):
+        # _prepared gives such a tokenizer our template: it is part of what the adapter learned to answer in
+        digest.update(b"chat_template\0" + CHAT_TEMPLATE.encode("utf-8"))
+    value = digest.hexdigest()
+    write_json_atomic({"path": str(folder), "files": stat, "hash": value}, cache)
+    return value
+
+
+def _ships_chat_template(folder: Path) -> bool:
+    """Whether the tokenizer files in `folder` carry a chat template of their own."""
+    if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
+        return True
+    config = folder / "tokenizer_config.json"
+    return config.is_file() and bool(json.loads(config.read_text(encoding="utf-8")).get("chat_template"))
+
+
+def describe_identity(identity: dict[str, Any] | None) -> str:
+    """A base identity in one line: source, short hash and folder."""
+    if not identity:
+        return "unknown (trained before bases were pinned)"
+    return f"{identity.get('source')}@{str(identity.get('hash'))[:12]} ({identity.get('path')})"
+
+
+def check_adapter_base(adapter_config: dict[str, Any], identity: dict[str, Any], label: str) -> None:
+    """BaseModelMismatch when the adapter described by `adapter_config` was trained on another base than `identity`."""
+    pinned = adapter_config.get("base_identity")
+    if pinned and pinned.get("hash") != identity.get("hash"):
+        raise BaseModelMismatch(
+            f"{label} was trained on base {describe_identity(pinned)}, not on the loaded base {describe_identity(identity)}; "
+            "an adapter only works on its own base: set FT_BASE_MODEL (and the FT_BUILTIN_* knobs) to what it was trained "
+            "with, or retrain it on this base"
+        )
 
 
 def _offline() -> bool:
@@ -331,14 +411,14 @@ def load_tokenizer(settings: Any) -> Any:
     return _prepared(AutoTokenizer.from_pretrained(ensure_base_model(settings)))
 
 
-def load_base_model(settings: Any, device: str = "cpu") -> tuple[Any, Any]:
-    """The base causal LM on `device` and its tokenizer."""
+def load_base_model(settings: Any, device: str = "cpu", source: str | None = None) -> tuple[Any, Any]:
+    """The base causal LM on `device` and its tokenizer (from `source` when given, else the settings' base)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as transformers_logging
 
     # A per-load progress bar drowns the step progress in the run log.
     transformers_logging.disable_progress_bar()
-    source = ensure_base_model(settings)
+    source = source or ensure_base_model(settings)
     model: Any = AutoModelForCausalLM.from_pretrained(source)
     return model.to(device), _prepared(AutoTokenizer.from_pretrained(source))
 
@@ -346,10 +426,11 @@ def load_base_model(settings: Any, device: str = "cpu") -> tuple[Any, Any]:
 def base_model_info(settings: Any, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Where the base model is and its size; for the builtin also its pretraining steps and final loss."""
     source = ensure_base_model(settings, log=log)
+    identity = base_identity(settings, source)["hash"]
     if settings.base_model == BUILTIN:
         info = read_build_info(Path(source))
         keys = ("parameters", "vocab_size", "pretrain_steps", "final_loss", "documents", "built_at")
-        return {"path": source, "source": BUILTIN, **{k: info.get(k) for k in keys}}
+        return {"path": source, "source": BUILTIN, "identity": identity, **{k: info.get(k) for k in keys}}
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -360,6 +441,7 @@ def base_model_info(settings: Any, log: Callable[[str], None] = print) -> dict[s
     return {
         "path": source,
         "source": settings.base_model,
+        "identity": identity,
         "parameters": sum(p.numel() for p in model.parameters()),
         "vocab_size": config.vocab_size,
     }

@@ -83,6 +83,34 @@ def promote(settings: Settings, task: str, version: int, reason: str) -> dict[st
     return _record(settings, task, "promote", before, int(version), reason)
 
 
+def promote_evaluated(settings: Settings, task: str, log: Any = print) -> dict[str, Any]:
+    """The promotion step: move the alias to the task's newest adapter when its evaluation decided so, still holds
+    (the champion it was compared with is still the champion) and this is no dry run; returns what happened and why."""
+    from ft_pipeline.training.evaluation import latest_evaluation
+
+    task = checked_name(task)
+    evaluation = latest_evaluation(settings, task)
+    if evaluation is None:
+        raise LookupError(f"task {task!r}: the newest adapter has no evaluation; materialize adapter_evaluation first")
+    version, before = int(evaluation["version"]), current_champion(settings, task)
+    outcome = {"task": task, "version": version, "decision": evaluation["decision"], "champion_before": before}
+    if evaluation["decision"] != "promote":
+        reason = f"v{version} is kept out: " + "; ".join(evaluation["reasons"])
+    elif before == version:
+        reason = f"v{version} already is the champion"
+    elif before != evaluation["champion_before"]:
+        reason = f"the champion moved from v{evaluation['champion_before']} to v{before} since v{version} was evaluated; evaluate again"
+    elif settings.dry_run:
+        reason = f"dry run: v{version} would be promoted, the alias was not moved"
+    else:
+        reason = "; ".join(evaluation["reasons"])
+        promote(settings, task, version, reason=reason)
+        log(f"{task}: champion v{before} -> v{version}")
+        return {**outcome, "promoted": True, "champion_after": version, "reason": reason, "dry_run": False}
+    log(f"{task}: champion stays v{before}: {reason}")
+    return {**outcome, "promoted": False, "champion_after": before, "reason": reason, "dry_run": bool(settings.dry_run)}
+
+
 def rollback(settings: Settings, task: str, to_version: int | None = None, reason: str = "manual rollback") -> tuple[int, int]:
     """Move the champion back to `to_version` (default: the champion before the current one); returns (from, to)."""
     task = checked_name(task)

@@ -1,4 +1,6 @@
-"""Evaluation of a candidate adapter against the base model and the champion, and the promotion gate."""
+"""Evaluation of a candidate adapter against the base model and the champion on the test split: scores, tests, decision.
+
+Evaluation only records; the promotion step (training/champion.py) moves the alias after the blocking checks."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ft_pipeline.core.io import checked_name, write_json_atomic
+from ft_pipeline.core.io import checked_name, read_jsonl, write_json_atomic
 from ft_pipeline.core.lineage import adapter_dir, adapter_versions, dataset_dir, read_adapter_config
 
 CHRF_ORDER = 6
@@ -74,35 +76,52 @@ def paired_test(candidate: list[float], other: list[float]) -> dict[str, Any]:
     }
 
 
+def gate(
+    scores: dict[str, dict[str, Any]], tests: dict[str, dict[str, Any]], p_threshold: float, tolerance: float
+) -> dict[str, dict[str, Any] | None]:
+    """Each rival's verdict: `beats_base`, and `beats_champion` (None when there is no champion to compare with);
+    a verdict holds whether it `passed` and the reasons."""
+    verdicts: dict[str, dict[str, Any] | None] = {}
+    for key, name, rival in (("vs_base", "beats_base", "the base model"), ("vs_champion", "beats_champion", "the champion")):
+        if key not in tests:
+            verdicts[name] = None
+            continue
+        p_value = tests[key]["p_value"]
+        passed = p_value < p_threshold
+        reasons = [
+            f"beats {rival}: p={p_value:.3g} < {p_threshold}, median loss difference {tests[key]['median_difference']:.4f}"
+            if passed
+            else f"does not beat {rival}: p={p_value:.3g} >= {p_threshold}"
+        ]
+        verdicts[name] = {"passed": passed, "p_value": p_value, "reasons": reasons}
+    champion_verdict = verdicts["beats_champion"]
+    if champion_verdict is not None:
+        candidate_chrf, champion_chrf = scores["candidate"]["chrf"], scores["champion"]["chrf"]
+        if candidate_chrf is not None and champion_chrf is not None:
+            if candidate_chrf < champion_chrf - tolerance:
+                champion_verdict["passed"] = False
+                champion_verdict["reasons"].append(
+                    f"generations worse than the champion's: chrF {candidate_chrf:.1f} < {champion_chrf:.1f} - {tolerance}"
+                )
+            else:
+                champion_verdict["reasons"].append(
+                    f"generations not worse than the champion's: chrF {candidate_chrf:.1f} vs {champion_chrf:.1f} (tolerance {tolerance})"
+                )
+    return verdicts
+
+
 def decide(
     scores: dict[str, dict[str, Any]], tests: dict[str, dict[str, Any]], p_threshold: float, tolerance: float
 ) -> tuple[bool, list[str]]:
-    """Whether to promote the candidate, and why: it must beat the base, and the champion if there is one."""
-    reasons, promote = [], True
-    for key, rival in (("vs_base", "the base model"), ("vs_champion", "the champion")):
-        if key not in tests:
-            reasons.append("no other champion to compare with: beating the base model is enough")
-            return promote, reasons
-        p_value = tests[key]["p_value"]
-        if p_value < p_threshold:
-            reasons.append(
-                f"beats {rival}: p={p_value:.3g} < {p_threshold}, median loss difference {tests[key]['median_difference']:.4f}"
-            )
-        else:
-            promote = False
-            reasons.append(f"does not beat {rival}: p={p_value:.3g} >= {p_threshold}")
-    candidate_chrf, champion_chrf = scores["candidate"]["chrf"], scores["champion"]["chrf"]
-    if candidate_chrf is not None and champion_chrf is not None:
-        if candidate_chrf < champion_chrf - tolerance:
-            promote = False
-            reasons.append(
-                f"generations worse than the champion's: chrF {candidate_chrf:.1f} < {champion_chrf:.1f} - {tolerance}"
-            )
-        else:
-            reasons.append(
-                f"generations not worse than the champion's: chrF {candidate_chrf:.1f} vs {champion_chrf:.1f} (tolerance {tolerance})"
-            )
-    return promote, reasons
+    """Whether the candidate should be promoted, and why: it must beat the base, and the champion if there is one."""
+    verdicts = gate(scores, tests, p_threshold, tolerance)
+    reasons: list[str] = []
+    for verdict in verdicts.values():
+        if verdict is not None:
+            reasons += verdict["reasons"]
+    if verdicts["beats_champion"] is None:
+        reasons.append("no other champion to compare with: beating the base model is enough")
+    return all(v["passed"] for v in verdicts.values() if v is not None), reasons
 
 
 def evaluation_path(settings: Any, task: str, version: int) -> Path:
@@ -184,13 +203,20 @@ def score_model(
 def evaluate_candidate(
     settings: Any, task: str, version: int | None = None, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
-    """Score a task's adapter (default: the latest) against the base model and the champion, record the decision, promote."""
+    """Score a task's adapter (default: the latest) against the base model and the champion on the test split, and
+    record the scores, the gate's verdicts and the decision; the alias is moved by the promotion step, not here."""
     import torch
     from peft import PeftModel
 
-    from ft_pipeline.training.base_model import load_base_model
-    from ft_pipeline.training.champion import current_champion, promote
-    from ft_pipeline.training.data import encode_all, read_jsonl
+    from ft_pipeline.training.base_model import (
+        BaseModelMismatch,
+        base_identity,
+        check_adapter_base,
+        ensure_base_model,
+        load_base_model,
+    )
+    from ft_pipeline.training.champion import current_champion
+    from ft_pipeline.training.data import encode_all
     from ft_pipeline.training.lora import resolve_device
 
     task = checked_name(task)
@@ -200,27 +226,33 @@ def evaluate_candidate(
             raise LookupError(f"task {task!r} has no adapter to evaluate under {settings.adapters_dir}")
         version = versions[-1]
     candidate_config = read_adapter_config(settings.adapters_dir, task, version)
-    rows = read_jsonl(dataset_dir(settings.datasets_dir, task) / "val.jsonl")
+    source = ensure_base_model(settings)
+    identity = base_identity(settings, source)
+    check_adapter_base(candidate_config, identity, f"candidate {task} v{version}")
+    # the test split only: dev chose the candidate's checkpoint, so it cannot also judge it
+    test_file = dataset_dir(settings.datasets_dir, task) / "test.jsonl"
+    rows = read_jsonl(test_file)
     champion = current_champion(settings, task)
     rival = champion if champion is not None and champion != version else None
     rival_note = None
-    if rival is not None and read_adapter_config(settings.adapters_dir, task, rival).get("base_model") != candidate_config.get(
-        "base_model"
-    ):
-        # a LoRA adapter only means something on the base it was trained on: the old champion cannot be scored here
-        rival_note = f"champion v{rival} was trained on another base model and is not compared"
-        rival = None
+    if rival is not None:
+        try:
+            check_adapter_base(read_adapter_config(settings.adapters_dir, task, rival), identity, f"champion v{rival}")
+        except BaseModelMismatch:
+            # a LoRA adapter only means something on the base it was trained on: the old champion cannot be scored here
+            rival_note = f"champion v{rival} was trained on another base model and is not compared"
+            rival = None
 
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     device = resolve_device(settings.device)
-    model, tokenizer = load_base_model(settings, device=device)
+    model, tokenizer = load_base_model(settings, device=device, source=source)
     examples, dropped = encode_all(tokenizer, rows, settings.max_seq_len)
     if not examples:
-        raise ValueError(f"task {task!r} has no validation example with an assistant turn in datasets/{task}/val.jsonl")
+        raise ValueError(f"task {task!r} has no test example with an assistant turn in {test_file}")
     kept_ids = {e.id for e in examples}
     gen_rows = generation_sample([r for r in rows if str(r.get("id", "")) in kept_ids], settings.eval_generation_samples)
-    log(f"evaluating {task} v{version} on {len(examples)} validation examples ({dropped} dropped), {len(gen_rows)} generations")
+    log(f"evaluating {task} v{version} on {len(examples)} test examples ({dropped} dropped), {len(gen_rows)} generations")
 
     scores = {"base": score_model(model, tokenizer, examples, gen_rows, settings, device)}
     model = PeftModel.from_pretrained(model, str(adapter_dir(settings.adapters_dir, task, version)), adapter_name="candidate")
@@ -232,19 +264,20 @@ def evaluate_candidate(
         scores["champion"] = score_model(model, tokenizer, examples, gen_rows, settings, device)
         tests["vs_champion"] = paired_test(scores["candidate"]["losses"], scores["champion"]["losses"])
 
+    verdicts = gate(scores, tests, settings.promotion_p_value, settings.generation_tolerance)
     promoted, reasons = decide(scores, tests, settings.promotion_p_value, settings.generation_tolerance)
     if rival_note:
         reasons.append(rival_note)
     if promoted and champion == version:
         reasons.append(f"v{version} already is the champion")
-    if promoted and settings.dry_run:
-        reasons.append("dry run: the champion alias was not moved")
     result = {
         "task": task,
         "version": int(version),
         "evaluated_at": datetime.now(UTC).isoformat(),
+        "split": "test",
         "dataset_version": candidate_config.get("dataset_version"),
         "base_model": candidate_config.get("base_model"),
+        "base_identity": identity,
         "champion_before": champion,
         "champion_compared": rival,
         "example_ids": [e.id for e in examples],
@@ -252,17 +285,15 @@ def evaluate_candidate(
         "n_dropped": dropped,
         "scores": scores,
         "tests": tests,
+        "gate": verdicts,
         "p_threshold": settings.promotion_p_value,
         "generation_tolerance": settings.generation_tolerance,
         "decision": "promote" if promoted else "keep",
-        "dry_run": bool(settings.dry_run),
         "reasons": reasons,
     }
     path = write_json_atomic(result, evaluation_path(settings, task, version))
     record_in_mlflow(settings, task, result, candidate_config.get("mlflow_run_id"), path)
-    if promoted and not settings.dry_run and champion != version:
-        promote(settings, task, version, reason="; ".join(reasons))
-    log(f"{task} v{version}: {result['decision']}{' (dry run)' if settings.dry_run else ''}: " + "; ".join(reasons))
+    log(f"{task} v{version}: {result['decision']}: " + "; ".join(reasons))
     return result
 
 
@@ -280,7 +311,7 @@ def summary_metrics(result: dict[str, Any]) -> dict[str, float]:
         metrics[f"p_value_{name}"] = test["p_value"]
         metrics[f"rank_biserial_{name}"] = test["rank_biserial"]
         metrics[f"median_loss_difference_{name}"] = test["median_difference"]
-    metrics["promoted"] = float(result["decision"] == "promote" and not result["dry_run"])
+    metrics["decided_promote"] = float(result["decision"] == "promote")
     metrics["n_eval_examples"] = float(result["n_examples"])
     return metrics
 
@@ -295,9 +326,8 @@ def record_in_mlflow(settings: Any, task: str, result: dict[str, Any], run_id: s
         for key, value in summary_metrics(result).items():
             client.log_metric(run_id, key, value)
         client.log_artifact(run_id, str(path), artifact_path="evaluation")
-    decision = result["decision"] + (" (dry run)" if result["dry_run"] else "")
     name, version = registered_model_name(task), str(result["version"])
-    client.set_model_version_tag(name, version, "promotion_decision", decision)
+    client.set_model_version_tag(name, version, "promotion_decision", result["decision"])
     # model version tag values are size-limited; the full reasons live in the evaluation file
     client.set_model_version_tag(name, version, "promotion_reasons", "; ".join(result["reasons"])[:4000])
     client.set_model_version_tag(name, version, "eval_p_value_vs_base", f"{result['tests']['vs_base']['p_value']:.4g}")

@@ -18,10 +18,10 @@ from typing import Any
 
 import torch
 
-from ft_pipeline.core.io import atomic_path, checked_name, replace_dir_atomic, write_json_atomic
+from ft_pipeline.core.io import atomic_path, checked_name, read_jsonl, replace_dir_atomic, write_json_atomic
 from ft_pipeline.core.lineage import ADAPTER_CONFIG, adapter_dir, dataset_dir, latest_adapter, read_dataset_manifest
 from ft_pipeline.settings import Settings
-from ft_pipeline.training.data import IGNORE, Example, collate, encode_all, length_grouped_batches, read_jsonl
+from ft_pipeline.training.data import IGNORE, Example, collate, encode_all, length_grouped_batches
 
 # Attention and MLP projections per architecture (model_type); others get every Linear layer but the output head.
 TARGET_MODULES = {
@@ -67,13 +67,13 @@ Log = Callable[[str], None]
 
 @dataclass
 class FitResult:
-    """What a training loop did: steps, losses per step, the best validation loss and its step, throughput."""
+    """What a training loop did: steps, losses per step, the best dev loss and its step, throughput."""
 
     steps: int
     best_step: int
-    best_val_loss: float | None
+    best_dev_loss: float | None
     train_loss: list[tuple[int, float]]
-    val_loss: list[tuple[int, float]]
+    dev_loss: list[tuple[int, float]]
     tokens_per_s: float
     stopped_early: bool
     resumed_from_step: int | None
@@ -196,7 +196,7 @@ def read_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
 def fit(
     model: Any,
     train: list[Example],
-    val: list[Example],
+    dev: list[Example],
     settings: Settings,
     *,
     pad_id: int,
@@ -206,7 +206,7 @@ def fit(
     resume: dict[str, Any] | None = None,
     checkpoint_extra: dict[str, Any] | None = None,
 ) -> FitResult:
-    """Train the LoRA weights of `model` in place; ends holding the weights of the best validation loss."""
+    """Train the LoRA weights of `model` in place; ends holding the weights of the best loss on `dev` (never the test split)."""
     device = next(model.parameters()).device.type
     max_steps, batch_size = settings.max_steps, settings.batch_size
     lengths = [len(e.input_ids) for e in train]
@@ -234,7 +234,7 @@ def fit(
         "bad_evals": 0,
         "stopped_early": False,
         "train_loss": [],
-        "val_loss": [],
+        "dev_loss": [],
     }
     if resume is not None:
         _load_lora_state(model, resume["lora"])
@@ -248,20 +248,20 @@ def fit(
     resumed_from = s["step"] if resume is not None else None
 
     def evaluate(step: int) -> None:
-        loss = evaluate_loss(model, val, batch_size, pad_id, device)
-        s["val_loss"].append((step, loss))
+        loss = evaluate_loss(model, dev, batch_size, pad_id, device)
+        s["dev_loss"].append((step, loss))
         if tracker is not None:
-            tracker.log_metrics({"val_loss": loss}, step)
+            tracker.log_metrics({"dev_loss": loss}, step)
         if loss < s["best_loss"]:
             s.update(best_loss=loss, best_step=step, best_state=_lora_state(model), bad_evals=0)
         else:
             s["bad_evals"] += 1
-        log(f"step {step}/{max_steps} val_loss {loss:.4f} (best {s['best_loss']:.4f} at step {s['best_step']})")
+        log(f"step {step}/{max_steps} dev_loss {loss:.4f} (best {s['best_loss']:.4f} at step {s['best_step']})")
         if s["bad_evals"] >= settings.early_stopping_patience:
             s["stopped_early"] = True
-            log(f"early stop at step {step}: no better validation loss in {s['bad_evals']} evaluations")
+            log(f"early stop at step {step}: no better dev loss in {s['bad_evals']} evaluations")
 
-    if val and resume is None:
+    if dev and resume is None:
         evaluate(0)
     log_every = max(1, max_steps // 50)
     batches = length_grouped_batches(lengths, batch_size, settings.seed + s["epoch"])
@@ -292,7 +292,7 @@ def fit(
             elapsed = time.perf_counter() - started
             eta = elapsed / (step - first_step) * (max_steps - step)
             log(f"step {step}/{max_steps} loss {loss.item():.4f} tokens/s {tokens / elapsed:.0f} eta {eta:.0f}s")
-        if val and (step % settings.eval_every == 0 or step == max_steps):
+        if dev and (step % settings.eval_every == 0 or step == max_steps):
             evaluate(step)
         if checkpoint is not None and step % settings.checkpoint_every == 0 and step < max_steps and not s["stopped_early"]:
             _save_checkpoint(checkpoint, model, optimizer, scheduler, s, device, checkpoint_extra)
@@ -304,10 +304,10 @@ def fit(
     elapsed = time.perf_counter() - started
     return FitResult(
         steps=s["step"],
-        best_step=s["best_step"] if val else s["step"],
-        best_val_loss=s["best_loss"] if val else None,
+        best_step=s["best_step"] if dev else s["step"],
+        best_dev_loss=s["best_loss"] if dev else None,
         train_loss=[tuple(x) for x in s["train_loss"]],
-        val_loss=[tuple(x) for x in s["val_loss"]],
+        dev_loss=[tuple(x) for x in s["dev_loss"]],
         tokens_per_s=tokens / elapsed if elapsed > 0 else 0.0,
         stopped_early=s["stopped_early"],
         resumed_from_step=resumed_from,
@@ -359,8 +359,8 @@ def checkpoint_dir(settings: Settings, task: str, dataset_version: str) -> Path:
 
 def train_task(settings: Settings, task: str, log: Log = print, tags: dict[str, str] | None = None) -> TrainResult:
     """Train, log, register and store a LoRA adapter for one task; resumes an interrupted run of the same data."""
-    from ft_pipeline.training.base_model import ensure_base_model, load_base_model
-    from ft_pipeline.training.tracking import Tracker, run_path
+    from ft_pipeline.training.base_model import base_identity, ensure_base_model, load_base_model
+    from ft_pipeline.training.tracking import DATASET_ARTIFACTS, Tracker, run_path
 
     folder = dataset_dir(settings.datasets_dir, task)
     manifest = read_dataset_manifest(settings.datasets_dir, task)
@@ -372,10 +372,12 @@ def train_task(settings: Settings, task: str, log: Log = print, tags: dict[str, 
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     device = resolve_device(settings.device)
-    ensure_base_model(settings)
-    model, tokenizer = load_base_model(settings, device=device)
+    source = ensure_base_model(settings)
+    identity = base_identity(settings, source)
+    model, tokenizer = load_base_model(settings, device=device, source=source)
     train, dropped = encode_all(tokenizer, read_jsonl(folder / "train.jsonl"), settings.max_seq_len)
-    val, _ = encode_all(tokenizer, read_jsonl(folder / "val.jsonl"), settings.max_seq_len)
+    # dev chooses the checkpoint; the test split is left for the promotion decision alone
+    dev, _ = encode_all(tokenizer, read_jsonl(folder / "dev.jsonl"), settings.max_seq_len)
     if not train:
         raise ValueError(f"task {task!r}: no training example has an assistant turn within max_seq_len")
     pad_id = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
@@ -383,10 +385,11 @@ def train_task(settings: Settings, task: str, log: Log = print, tags: dict[str, 
     hyper = hyperparameters(settings)
     lineage = {
         "base_model": settings.base_model,
+        "base_hash": identity["hash"],
         "dataset_version": manifest["version"],
         "data_watermark": manifest.get("data_watermark"),
         "n_train": len(train),
-        "n_val": len(val),
+        "n_dev": len(dev),
         "dropped_examples": dropped,
         "device": device,
     }
@@ -412,7 +415,7 @@ def train_task(settings: Settings, task: str, log: Log = print, tags: dict[str, 
         params = {**hyper, **lineage, "target_modules": ",".join(modules), "trainable_params": trainable, "total_params": total}
         tracker = Tracker.start(settings, task, params, run_tags, run_name=f"{task}-{manifest['version'][:8]}")
     log(
-        f"training {task}: {len(train)} train / {len(val)} val examples, {trainable:,} of {total:,} weights trainable "
+        f"training {task}: {len(train)} train / {len(dev)} dev examples, {trainable:,} of {total:,} weights trainable "
         f"on {device}; MLflow run {tracker.run_id}"
     )
     staging = settings.adapters_dir / checked_name(task) / f".staging-{tracker.run_id}"
@@ -420,7 +423,7 @@ def train_task(settings: Settings, task: str, log: Log = print, tags: dict[str, 
         result = fit(
             model,
             train,
-            val,
+            dev,
             settings,
             pad_id=pad_id,
             log=log,
@@ -435,6 +438,10 @@ def train_task(settings: Settings, task: str, log: Log = print, tags: dict[str, 
         tracker.log_artifacts(staging, "adapter")
         if (folder / "validation.json").is_file():
             tracker.log_artifact(folder / "validation.json")
+        # the exact files trained, chosen and judged on, so the adapter's data can be replayed after the dataset moved on
+        for name in DATASET_ARTIFACTS:
+            if (folder / name).is_file():
+                tracker.log_artifact(folder / name, "dataset")
         version = tracker.register(
             task,
             "adapter",
@@ -442,12 +449,17 @@ def train_task(settings: Settings, task: str, log: Log = print, tags: dict[str, 
                 "dataset_version": manifest["version"],
                 "mlflow_run_id": tracker.run_id,
                 "base_model": settings.base_model,
+                "base_hash": identity["hash"],
                 "data_watermark": manifest.get("data_watermark"),
             },
         )
         config = {
             **hyper,
             **lineage,
+            "base_identity": identity,
+            "n_test": manifest.get("n_test"),
+            "split": manifest.get("split"),
+            "dagster_run_id": run_tags.get("dagster_run_id"),
             "target_modules": modules,
             "trainable_params": trainable,
             "mlflow_run_id": tracker.run_id,
@@ -456,14 +468,14 @@ def train_task(settings: Settings, task: str, log: Log = print, tags: dict[str, 
             "fingerprint": fingerprint,
             "steps": result.steps,
             "best_step": result.best_step,
-            "best_val_loss": result.best_val_loss,
+            "best_dev_loss": result.best_dev_loss,
         }
         write_json_atomic(config, staging / ADAPTER_CONFIG)
         tracker.log_artifact(staging / ADAPTER_CONFIG, "adapter")
         tracker.log_artifact(staging / ADAPTER_CONFIG)
         target = replace_dir_atomic(staging, adapter_dir(settings.adapters_dir, task, version))
         summary = {
-            "best_val_loss": result.best_val_loss,
+            "best_dev_loss": result.best_dev_loss,
             "best_step": result.best_step,
             "steps": result.steps,
             "tokens_per_s": result.tokens_per_s,
@@ -480,14 +492,14 @@ def train_task(settings: Settings, task: str, log: Log = print, tags: dict[str, 
     metrics = {
         **summary,
         "train_loss": result.train_loss[-1][1] if result.train_loss else None,
-        "initial_val_loss": result.val_loss[0][1] if result.val_loss else None,
+        "initial_dev_loss": result.dev_loss[0][1] if result.dev_loss else None,
         "trainable_params": trainable,
         "n_train": len(train),
-        "n_val": len(val),
+        "n_dev": len(dev),
         "resumed_from_step": result.resumed_from_step,
         "retrained": True,
     }
-    log(f"adapter {task} v{version} -> {target} (best val_loss {result.best_val_loss} at step {result.best_step})")
+    log(f"adapter {task} v{version} -> {target} (best dev_loss {result.best_dev_loss} at step {result.best_step})")
     return TrainResult(task, version, target, tracker.run_id, run_path(settings, tracker.run_id), metrics)
 
 
@@ -496,16 +508,16 @@ def up_to_date_result(settings: Settings, task: str, config: dict[str, Any]) -> 
     from ft_pipeline.training.tracking import run_path
 
     metrics = {
-        "best_val_loss": config.get("best_val_loss"),
+        "best_dev_loss": config.get("best_dev_loss"),
         "best_step": config.get("best_step"),
         "steps": config.get("steps"),
         "tokens_per_s": None,
         "stopped_early": None,
         "train_loss": None,
-        "initial_val_loss": None,
+        "initial_dev_loss": None,
         "trainable_params": config.get("trainable_params"),
         "n_train": config.get("n_train"),
-        "n_val": config.get("n_val"),
+        "n_dev": config.get("n_dev"),
         "resumed_from_step": None,
         "retrained": False,
     }

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ft_pipeline.core.io import checked_name
-from ft_pipeline.core.lineage import adapter_dir
+from ft_pipeline.core.lineage import adapter_dir, read_adapter_config
 from ft_pipeline.settings import Settings
 
 
@@ -24,14 +24,33 @@ def complete(model: Any, tokenizer: Any, messages: list[dict[str, str]], max_new
 
 def generate(settings: Settings, task: str, prompt: str, max_new_tokens: int = 128) -> str:
     """The reply of the task's champion adapter to `prompt`, with the task's default system prompt if it has one."""
-    from ft_pipeline.training.base_model import load_base_model
+    from ft_pipeline.training.base_model import (
+        BaseModelMismatch,
+        base_identity,
+        check_adapter_base,
+        describe_identity,
+        existing_base_model,
+        load_base_model,
+    )
     from ft_pipeline.training.champion import current_champion
     from ft_pipeline.training.lora import resolve_device
 
     task = checked_name(task)
     device = resolve_device(settings.device)
-    model, tokenizer = load_base_model(settings, device=device)
     champion = current_champion(settings, task)
+    source = None
+    if champion is not None:
+        config = read_adapter_config(settings.adapters_dir, task, champion)
+        # Checked before anything is built or loaded: a builtin of other knobs is not built just to be refused.
+        source = existing_base_model(settings)
+        if source is None:
+            raise BaseModelMismatch(
+                f"champion {task} v{champion} was trained on base {describe_identity(config.get('base_identity'))}; "
+                "the builtin base of the current FT_BUILTIN_* knobs is not built, so it cannot be that one: "
+                "set the knobs (or FT_BASE_MODEL) it was trained with"
+            )
+        check_adapter_base(config, base_identity(settings, source), f"champion {task} v{champion}")
+    model, tokenizer = load_base_model(settings, device=device, source=source)
     if champion is not None:
         from peft import PeftModel
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from ft_pipeline.core.freshness import new_examples_count
-from ft_pipeline.core.io import TASK_NAME, partition_dates, table_glob
-from ft_pipeline.core.lineage import latest_adapter
+from ft_pipeline.core.io import TASK_NAME, checked_name, partition_dates, table_glob
+from ft_pipeline.core.lineage import adapter_versions, latest_adapter, read_adapter_config
 from ft_pipeline.core.retrain import SETTLEMENTS
 from ft_pipeline.settings import Settings
 
@@ -57,6 +57,7 @@ def task_status(settings: Settings) -> list[dict[str, Any]]:
         adapter = latest_adapter(settings.adapters_dir, task)
         champion = current_champion(settings, task)
         evaluation = read_evaluation(settings, task, champion) if champion is not None else None
+        champion_config = _adapter_config(settings, task, champion)
         rows.append(
             {
                 "task": task,
@@ -66,7 +67,44 @@ def task_status(settings: Settings) -> list[dict[str, Any]]:
                 "latest_version": adapter["version"] if adapter else None,
                 "last_trained": adapter.get("trained_at") if adapter else None,
                 "champion_version": champion,
+                "champion_base": champion_config.get("base_identity") if champion_config else None,
                 "champion_scores": champion_scores(evaluation) if evaluation else None,
             }
         )
     return rows
+
+
+def _adapter_config(settings: Settings, task: str, version: int | None) -> dict[str, Any] | None:
+    """An adapter's training config, or None when there is no such version or its folder is gone."""
+    if version is None or version not in adapter_versions(settings.adapters_dir, task):
+        return None
+    return read_adapter_config(settings.adapters_dir, task, version)
+
+
+def adapter_lineage(settings: Settings, task: str, version: int | None = None) -> dict[str, Any]:
+    """What an adapter (default: the champion, else the newest) was built from: dataset version and watermark, log ids
+    per split, base identity, the MLflow and Dagster runs; read from its training config and the dataset manifest
+    logged with its run."""
+    from ft_pipeline.training.champion import current_champion
+    from ft_pipeline.training.tracking import dataset_manifest
+
+    task = checked_name(task)
+    versions = adapter_versions(settings.adapters_dir, task)
+    if version is None:
+        version = current_champion(settings, task) or (versions[-1] if versions else None)
+    if version is None or int(version) not in versions:
+        raise LookupError(f"task {task!r} has no adapter {'v' + str(version) if version else ''} under {settings.adapters_dir}")
+    config = read_adapter_config(settings.adapters_dir, task, version)
+    manifest = dataset_manifest(settings, config["mlflow_run_id"]) or {}
+    return {
+        "task": task,
+        "version": int(version),
+        "dataset_version": config.get("dataset_version"),
+        "data_watermark": config.get("data_watermark"),
+        "log_ids": {split: manifest.get(f"n_{split}") for split in ("train", "dev", "test")},
+        "split": manifest.get("split"),
+        "base_identity": config.get("base_identity"),
+        "mlflow_run_id": config.get("mlflow_run_id"),
+        "dagster_run_id": config.get("dagster_run_id"),
+        "trained_at": config.get("trained_at"),
+    }

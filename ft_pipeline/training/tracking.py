@@ -8,6 +8,9 @@ from typing import Any
 from ft_pipeline.core.io import checked_name
 from ft_pipeline.settings import Settings
 
+# A dataset's files as logged with each training run under `dataset/`: what lineage replays.
+DATASET_ARTIFACTS = ("train.jsonl", "dev.jsonl", "test.jsonl", "preferences.jsonl", "manifest.json", "validation.json")
+
 
 def experiment_name(task: str) -> str:
     """Name of a task's MLflow experiment."""
@@ -132,3 +135,36 @@ class Tracker:
         # Otherwise the queued metrics are of steps after the last checkpoint, which a resumed run repeats.
         self._pending = []
         self.client.set_terminated(self.run_id, status=status)
+
+
+def dataset_artifact(settings: Settings, run_id: str, name: str, dst: Path) -> Path | None:
+    """One dataset file logged with a training run, downloaded into `dst`; None when the run has no such artifact."""
+    if name not in DATASET_ARTIFACTS:
+        raise ValueError(f"{name!r} is not a dataset file; one of {', '.join(DATASET_ARTIFACTS)}")
+    mlflow_client = client(settings)
+    if not any(a.path == f"dataset/{name}" for a in mlflow_client.list_artifacts(run_id, "dataset")):
+        return None
+    return Path(mlflow_client.download_artifacts(run_id, f"dataset/{name}", str(dst)))
+
+
+def dataset_manifest(settings: Settings, run_id: str) -> dict[str, Any] | None:
+    """The dataset manifest logged with a training run, or None when it logged none."""
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = dataset_artifact(settings, run_id, "manifest.json", Path(tmp))
+        return json.loads(path.read_text(encoding="utf-8")) if path else None
+
+
+def trained_log_ids(settings: Settings, run_id: str, split: str = "train") -> list[str]:
+    """The log ids of one split of the dataset a training run used, in file order, from the files logged with the run."""
+    import tempfile
+
+    from ft_pipeline.core.io import read_jsonl
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = dataset_artifact(settings, run_id, f"{split}.jsonl", Path(tmp))
+        if path is None:
+            raise LookupError(f"MLflow run {run_id} logged no dataset/{split}.jsonl")
+        return [str(row["id"]) for row in read_jsonl(path)]

@@ -1,4 +1,5 @@
-"""Tests of the adapter_evaluation asset, its adapter_beats_base gate and the champion_live_acceptance check."""
+"""Tests of the adapter_evaluation asset, its blocking gate checks, the champion promotion step after them, and the
+champion_live_acceptance check."""
 
 import json
 
@@ -6,7 +7,8 @@ import pytest
 from dagster import AssetCheckSeverity, DagsterInstance, materialize
 
 from ft_pipeline.assets.adapter_evaluation import adapter_evaluation
-from ft_pipeline.checks import adapter_beats_base, champion_live_acceptance
+from ft_pipeline.assets.champion import champion
+from ft_pipeline.checks import adapter_beats_base, adapter_beats_champion, champion_live_acceptance
 from ft_pipeline.resources import PipelineResource
 from ft_pipeline.training.champion import current_champion, promote
 from ft_pipeline_tests.evaluation_fixtures import build_tiny_base, tiny_settings, train_adapter
@@ -25,19 +27,30 @@ def settings(tmp_path_factory):
     return tiny_settings(tmp_path_factory.mktemp("data"), base)
 
 
-def run(settings, task):
-    """Materialize adapter_evaluation and its gate for one task partition."""
+def run(settings, task, run_config=RUN_CONFIG):
+    """Materialize adapter_evaluation, its gate checks and the champion step for one task partition."""
     instance = DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("tasks", [task])
     resource = PipelineResource(data_dir=settings.data_dir, base_model=settings.base_model)
     return materialize(
-        [adapter_evaluation, adapter_beats_base],
+        [adapter_evaluation, adapter_beats_base, adapter_beats_champion, champion],
         resources={"pipeline": resource},
         partition_key=task,
         instance=instance,
-        run_config=RUN_CONFIG,
+        run_config=run_config,
         raise_on_error=False,
     )
+
+
+def order(result):
+    """The run's check evaluations and materializations in event-log order, as ("check", name) / ("asset", name)."""
+    events = []
+    for event in result.all_events:
+        if event.event_type_value == "ASSET_CHECK_EVALUATION":
+            events.append(("check", event.event_specific_data.asset_check_evaluation.check_name))
+        elif event.event_type_value == "ASSET_MATERIALIZATION":
+            events.append(("asset", event.asset_key.to_user_string()))
+    return events
 
 
 def test_trained_adapter_passes_the_gate_and_becomes_champion(settings, monkeypatch):
@@ -50,20 +63,43 @@ def test_trained_adapter_passes_the_gate_and_becomes_champion(settings, monkeypa
     assert metadata["decision"].value == "promote" and metadata["version"].value == version
     assert metadata["eval_loss"].value < metadata["base_eval_loss"].value
     assert "| candidate |" in metadata["scores"].value
-    [check] = result.get_asset_check_evaluations()
-    assert check.passed and check.metadata["p_value"].value < 0.05
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert checks["adapter_beats_base"].passed and checks["adapter_beats_base"].metadata["p_value"].value < 0.05
+    assert checks["adapter_beats_champion"].passed
+    # the event log shows the evaluation, then both checks, then the promotion
+    events = order(result)
+    assert events[0] == ("asset", "adapter_evaluation") and events[3] == ("asset", "champion") and len(events) == 4
+    assert set(events[1:3]) == {("check", "adapter_beats_base"), ("check", "adapter_beats_champion")}
+    promoted = result.asset_materializations_for_node("champion")[0].metadata
+    assert promoted["promoted"].value is True and promoted["champion"].value == version
     assert current_champion(settings, "good") == version
 
 
-def test_untrained_adapter_fails_the_gate(settings, monkeypatch):
+def test_dry_run_promotion_step_records_without_moving(settings, monkeypatch):
+    for key, value in ENV.items():
+        monkeypatch.setenv(key, value)
+    train_adapter(settings, "dryrun", steps=15)
+    result = run(settings, "dryrun", {"ops": {**RUN_CONFIG["ops"], "champion": {"config": {"dry_run": True}}}})
+    assert result.success
+    metadata = result.asset_materializations_for_node("champion")[0].metadata
+    assert metadata["dry_run"].value is True and metadata["promoted"].value is False
+    assert current_champion(settings, "dryrun") is None
+
+
+def test_untrained_adapter_fails_the_gate_and_never_becomes_champion(settings, monkeypatch):
     for key, value in ENV.items():
         monkeypatch.setenv(key, value)
     train_adapter(settings, "flat", steps=0)
     result = run(settings, "flat")
+    assert not result.success
     metadata = result.asset_materializations_for_node("adapter_evaluation")[0].metadata
     assert metadata["decision"].value == "keep"
-    [check] = result.get_asset_check_evaluations()
-    assert not check.passed and check.severity == AssetCheckSeverity.ERROR
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    failed = checks["adapter_beats_base"]
+    assert not failed.passed and failed.severity == AssetCheckSeverity.ERROR
+    # the blocking check stopped the promotion step: it never ran, and the alias never moved
+    assert not result.asset_materializations_for_node("champion")
+    assert ("asset", "champion") not in order(result)
     assert current_champion(settings, "flat") is None
 
 

@@ -47,7 +47,7 @@ def test_materializes_a_registered_adapter_with_metadata(settings, instance):
     assert result.success
     metadata = result.asset_materializations_for_node("lora_adapter")[0].metadata
     assert metadata["version"].value == 1 and metadata["steps"].value == 4
-    assert metadata["val_loss"].value < metadata["initial_val_loss"].value
+    assert metadata["dev_loss"].value < metadata["initial_dev_loss"].value
     assert metadata["tokens_per_s"].value > 0 and metadata["trainable_params"].value > 0
     assert metadata["mlflow_run_id"].value in metadata["mlflow_run"].value
     assert adapter_versions(settings.adapters_dir, TASK) == [1]

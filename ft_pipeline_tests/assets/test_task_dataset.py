@@ -29,13 +29,16 @@ def test_materialize_writes_the_dataset_and_reports_it(tmp_path, tiny_model_dir,
     metadata = result.asset_materializations_for_node("task_dataset")[0].metadata
     folder = data_dir / "datasets" / "support"
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert metadata["n_train"].value + metadata["n_val"].value == 71
+    assert metadata["n_train"].value + metadata["n_dev"].value + metadata["n_test"].value == 71
+    assert metadata["split_overlap"].value == 0 and metadata["split_group_by"].value == "prompt"
     assert metadata["n_train"].value == manifest["n_train"] and metadata["version"].value == manifest["version"]
     assert metadata["new_examples"].value == 71 and metadata["valid"].value is True
     assert metadata["tokens_max"].value >= metadata["tokens_mean"].value >= metadata["tokens_min"].value > 0
     assert "```json" in metadata["preview"].value
     train_ids = {json.loads(line)["id"] for line in (folder / "train.jsonl").read_text().splitlines()}
-    val_ids = {json.loads(line)["id"] for line in (folder / "val.jsonl").read_text().splitlines()}
-    assert not train_ids & val_ids and not any(i.startswith("o") for i in train_ids | val_ids)
+    held_out = {
+        json.loads(line)["id"] for split in ("dev", "test") for line in (folder / f"{split}.jsonl").read_text().splitlines()
+    }
+    assert held_out and not train_ids & held_out and not any(i.startswith("o") for i in train_ids | held_out)
     [check] = result.get_asset_check_evaluations()
     assert check.passed and check.metadata["n_train"].value == manifest["n_train"]

@@ -3,7 +3,7 @@
 import pytest
 from scipy.stats import chi2_contingency, fisher_exact
 
-from ft_pipeline.core.stats import compare_arms, difference_ci95, rate, two_proportion_test
+from ft_pipeline.core.stats import compare_arms, difference_ci95, holm, rate, sample_size_per_arm, two_proportion_test
 
 
 def test_two_proportion_test_matches_known_values_and_chi_square():
@@ -40,14 +40,46 @@ def test_compare_arms_chi_square_without_difference_has_no_winner():
     assert result["arms"]["treatment"] == {"n": 100, "acceptance_rate": 0.52}
 
 
-def test_compare_arms_over_three_arms_names_the_best_when_significant():
+def test_compare_arms_over_three_arms_names_the_best_when_it_beats_every_other():
     result = compare_arms({"a": (20, 100), "b": (25, 100), "c": (60, 100)}, 0.05)
-    assert result["test"] == "chi2" and result["winner"] == "c"
-    assert result["comparison"] == "c - a" and result["difference"] == pytest.approx(0.4)
-    assert result["p_value"] == pytest.approx(chi2_contingency([[20, 80], [25, 75], [60, 40]], correction=False).pvalue)
+    assert result["winner"] == "c" and result["status"] == "winner" and result["sample_size"] is None
+    # the deciding comparison is the best arm against its closest rival, Holm-corrected over the three pairs
+    assert result["comparison"] == "c - b" and result["difference"] == pytest.approx(0.35)
+    assert result["omnibus_p_value"] == pytest.approx(chi2_contingency([[20, 80], [25, 75], [60, 40]], correction=False).pvalue)
+    assert [c["comparison"] for c in result["comparisons"]] == ["b - a", "c - a", "c - b"]
+    raw = [c["p_value"] for c in result["comparisons"]]
+    assert [c["p_holm"] for c in result["comparisons"]] == pytest.approx(holm(raw))
+    assert result["p_value"] == result["comparisons"][2]["p_holm"]
+
+
+def test_three_arms_where_only_one_pair_differs_have_no_false_winner():
+    # c beats a clearly, but not b: the omnibus test is significant, and yet nothing beats every other arm
+    result = compare_arms({"a": (40, 100), "b": (50, 100), "c": (60, 100)}, 0.05)
+    assert result["omnibus_p_value"] < 0.05
+    significant = [c["comparison"] for c in result["comparisons"] if c["significant"]]
+    assert significant == ["c - a"]
+    assert result["winner"] is None and result["status"] == "inconclusive"
+    size = result["sample_size"]
+    assert size["comparison"] == "c - b" and size["alpha"] == pytest.approx(0.05 / 3)
+    assert size["n_per_arm"] == sample_size_per_arm(0.6, 0.5, 0.05 / 3) and size["additional_per_arm"] == size["n_per_arm"] - 100
+
+
+def test_every_arm_is_compared_with_the_control():
+    result = compare_arms({"control": (50, 100), "x": (70, 100), "y": (52, 100)}, 0.05)
+    assert result["control"] == "control"
+    assert {c["comparison"] for c in result["comparisons"]} == {"x - control", "y - control", "y - x"}
+
+
+def test_holm_and_sample_size_match_textbook_values():
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5]) == [0.5]
+    # Fleiss: 0.5 against 0.6 at alpha 0.05 with power 0.8 needs about 388 per arm
+    assert sample_size_per_arm(0.5, 0.6, 0.05) == 388
+    assert sample_size_per_arm(0.5, 0.5, 0.05) is None
 
 
 def test_compare_arms_degenerate_inputs():
     assert compare_arms({"a": (5, 10)}, 0.05)["p_value"] is None
     everything = compare_arms({"a": (10, 10), "b": (10, 10), "c": (10, 10)}, 0.05)
-    assert everything["p_value"] == 1.0 and everything["winner"] is None
+    assert everything["p_value"] == 1.0 and everything["winner"] is None and everything["status"] == "inconclusive"
+    assert everything["sample_size"]["n_per_arm"] is None

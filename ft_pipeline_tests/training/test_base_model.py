@@ -1,10 +1,11 @@
 """The base model: builtin build and reload, chat template and assistant spans, idempotent builds, hub errors."""
 
 import json
+from pathlib import Path
 
 import pytest
 
-from ft_pipeline.core.datasets import is_validation
+from ft_pipeline.core.datasets import split_records
 from ft_pipeline.settings import Settings
 from ft_pipeline.training import base_model as bm
 from ft_pipeline_tests.conftest import TINY_ARCHITECTURE, TINY_CHATS
@@ -109,22 +110,24 @@ def _tiny_builtin(monkeypatch, tmp_path, **changes):
     return Settings(data_dir=str(tmp_path / "data"), builtin_vocab_size=300, builtin_pretrain_steps=2, **changes)
 
 
-def test_builtin_pretrains_on_training_records_only_and_rebuilds_only_on_new_parameters(
+def test_builtin_pretrains_on_training_records_only_and_new_knobs_build_beside_the_old_base(
     monkeypatch, tmp_path, write_settlement_rows, make_settlement
 ):
-    settings = _tiny_builtin(monkeypatch, tmp_path, val_share=0.5)
+    settings = _tiny_builtin(monkeypatch, tmp_path, dev_share=0.25, test_share=0.25)
     rows = [make_settlement(f"r{i}", task=("a", "b")[i % 2], final_text=f"Reply number {i}.") for i in range(20)]
     write_settlement_rows(settings.lake_dir, rows)
     chats = bm.pretraining_chats(settings)
-    train_ids = [r["log_id"] for r in rows if not is_validation(r["log_id"], 0.5)]
+    train_ids = [r["log_id"] for r in split_records(rows, settings)["train"]]
     assert 0 < len(train_ids) < 20
     assert sorted(c[-1]["content"] for c in chats) == sorted(f"Reply number {i[1:]}." for i in train_ids)
     assert all(m["role"] != "system" for c in chats for m in c)
 
     path = bm.ensure_base_model(settings, log=lambda _: None)
-    assert path == str(settings.models_dir / "base")
-    info = bm.read_build_info(settings.models_dir / "base")
+    assert path == str(bm.builtin_dir(settings)) and bm.builtin_dir(settings).parent == settings.models_dir / "base"
+    info = bm.read_build_info(bm.builtin_dir(settings))
     assert info["documents"] == len(train_ids) and info["pretrain_steps"] == 2
+    identity = bm.base_identity(settings)
+    assert identity["source"] == "builtin" and identity["path"] == path and len(identity["hash"]) == 64
 
     def fail(*args, **kwargs):
         raise AssertionError("rebuilt although nothing changed")
@@ -134,14 +137,38 @@ def test_builtin_pretrains_on_training_records_only_and_rebuilds_only_on_new_par
     assert bm.ensure_base_model(settings, log=lambda _: None) == path
     monkeypatch.setattr(bm, "build_builtin", build)
     changed = settings.replace(builtin_pretrain_steps=3)
-    bm.ensure_base_model(changed, log=lambda _: None)
-    assert bm.read_build_info(settings.models_dir / "base")["pretrain_steps"] == 3
-    assert not list(settings.models_dir.glob(".base.*"))
+    assert bm.existing_base_model(changed) is None
+    new_path = bm.ensure_base_model(changed, log=lambda _: None)
+    # the old base stays where its adapters expect it, unchanged; the new one sits beside it
+    assert new_path != path and bm.read_build_info(Path(path))["pretrain_steps"] == 2
+    assert bm.read_build_info(Path(new_path))["pretrain_steps"] == 3
+    assert bm.base_identity(settings) == identity and bm.base_identity(changed)["hash"] != identity["hash"]
+    assert not list((settings.models_dir / "base").glob(".base.*"))
+    with pytest.raises(bm.BaseModelMismatch, match="adapter v1 was trained on base builtin@"):
+        bm.check_adapter_base({"base_identity": identity}, bm.base_identity(changed), "adapter v1")
 
     model, tokenizer = bm.load_base_model(changed)
     assert model.config.vocab_size == len(tokenizer) and tokenizer.pad_token == "<|pad|>"
     info = bm.base_model_info(changed)
     assert info["parameters"] == sum(p.numel() for p in model.parameters()) and info["pretrain_steps"] == 3
+    assert info["identity"] == bm.base_identity(changed)["hash"]
+
+
+def test_identity_hashes_content_and_reuses_its_cache(tiny_model_dir, tmp_path):
+    import shutil
+
+    settings = Settings(data_dir=str(tmp_path / "data"), base_model=str(tiny_model_dir))
+    first = bm.base_identity(settings)
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model_dir, copy)
+    # the same files elsewhere are the same base; one changed byte of the weights is another
+    assert bm.base_identity(settings.replace(base_model=str(copy)))["hash"] == first["hash"]
+    weights = copy / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert bm.base_identity(settings.replace(base_model=str(copy)))["hash"] != first["hash"]
+    assert list((settings.models_dir / "identities").glob("*.json"))
 
 
 def test_pretraining_prefers_dataset_training_splits(tmp_path):

@@ -1,13 +1,14 @@
-"""Tests of the evaluation metrics, the significance test, the promotion gate and a full evaluation."""
+"""Tests of the evaluation metrics, the significance test, the gate, a full evaluation on the test split and the promotion step."""
 
 import json
 
 import pytest
 
-from ft_pipeline.training.champion import champion_history, current_champion
-from ft_pipeline.training.evaluation import chrf, decide, evaluate_candidate, exact_match, paired_test
+from ft_pipeline.training.base_model import BaseModelMismatch
+from ft_pipeline.training.champion import champion_history, current_champion, promote_evaluated
+from ft_pipeline.training.evaluation import chrf, decide, evaluate_candidate, exact_match, gate, paired_test
 from ft_pipeline.training.tracking import client, registered_model_name
-from ft_pipeline_tests.evaluation_fixtures import VAL_NAMES, build_tiny_base, evaluation, tiny_settings, train_adapter
+from ft_pipeline_tests.evaluation_fixtures import TEST_NAMES, build_tiny_base, evaluation, tiny_settings, train_adapter
 
 
 def test_chrf_identical_is_100_and_disjoint_is_0():
@@ -77,6 +78,13 @@ def test_decide_against_a_champion_needs_loss_and_generation_quality():
     assert not promote and any("does not beat the champion" in r for r in reasons)
 
 
+def test_gate_gives_one_verdict_per_rival():
+    verdicts = gate(_scores(40.0), {"vs_base": _test(0.2)}, 0.05, 0.0)
+    assert verdicts["beats_base"]["passed"] is False and verdicts["beats_champion"] is None
+    verdicts = gate(_scores(40.0, 45.0), {"vs_base": _test(0.001), "vs_champion": _test(0.01)}, 0.05, 0.0)
+    assert verdicts["beats_base"]["passed"] and not verdicts["beats_champion"]["passed"]
+
+
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory):
     """A tiny random base model and one data dir (and MLflow store) for the module; each test uses its own task."""
@@ -87,18 +95,25 @@ def settings(tmp_path_factory):
     return tiny_settings(tmp_path_factory.mktemp("data"), base)
 
 
+def evaluate_and_promote(settings, task):
+    """The evaluation of the task's newest adapter, then the promotion step; returns both results."""
+    return evaluate_candidate(settings, task, log=lambda _: None), promote_evaluated(settings, task, log=lambda _: None)
+
+
 def test_trained_adapter_is_promoted_a_worse_one_kept_a_better_one_promoted(settings):
     task = "gate"
     v1 = train_adapter(settings, task, steps=15)
     first = evaluate_candidate(settings, task, log=lambda _: None)
-    assert first["decision"] == "promote" and not first["dry_run"]
+    assert first["decision"] == "promote" and first["split"] == "test"
     assert first["scores"]["candidate"]["loss"] < first["scores"]["base"]["loss"]
     assert first["tests"]["vs_base"]["p_value"] < settings.promotion_p_value
-    assert "champion" not in first["scores"] and current_champion(settings, task) == v1
+    # evaluation only records: the alias moves in the promotion step
+    assert "champion" not in first["scores"] and current_champion(settings, task) is None
+    assert promote_evaluated(settings, task, log=lambda _: None)["promoted"] and current_champion(settings, task) == v1
 
     stored = evaluation(settings, task, v1)
-    assert stored["example_ids"] == [f"v-{n}" for n in VAL_NAMES]
-    assert all(len(stored["scores"][who]["losses"]) == len(VAL_NAMES) for who in ("candidate", "base"))
+    assert stored["example_ids"] == [f"x-{n}" for n in TEST_NAMES]
+    assert all(len(stored["scores"][who]["losses"]) == len(TEST_NAMES) for who in ("candidate", "base"))
     assert len(stored["scores"]["candidate"]["generations"]) == settings.eval_generation_samples
     mlflow = client(settings)
     run_id = json.loads((settings.adapters_dir / task / str(v1) / "training_config.json").read_text())["mlflow_run_id"]
@@ -107,16 +122,18 @@ def test_trained_adapter_is_promoted_a_worse_one_kept_a_better_one_promoted(sett
 
     # trained to say "Goodbye" while validation says "Hello": not better than the champion, which stays
     v2 = train_adapter(settings, task, word="Goodbye", steps=30)
-    second = evaluate_candidate(settings, task, log=lambda _: None)
-    assert second["decision"] == "keep" and second["champion_compared"] == v1
+    second, step = evaluate_and_promote(settings, task)
+    assert second["decision"] == "keep" and second["champion_compared"] == v1 and not step["promoted"]
+    assert second["gate"]["beats_champion"]["passed"] is False
     assert second["tests"]["vs_champion"]["p_value"] >= settings.promotion_p_value
     assert second["scores"]["champion"]["losses"] == pytest.approx(first["scores"]["candidate"]["losses"])
     assert current_champion(settings, task) == v1
     assert mlflow.get_model_version(registered_model_name(task), str(v2)).tags["promotion_decision"] == "keep"
 
     v3 = train_adapter(settings, task, steps=60)
-    third = evaluate_candidate(settings, task, log=lambda _: None)
+    third, step = evaluate_and_promote(settings, task)
     assert third["decision"] == "promote", third["reasons"]
+    assert step["promoted"] and (step["champion_before"], step["champion_after"]) == (v1, v3)
     assert third["tests"]["vs_champion"]["p_value"] < settings.promotion_p_value
     assert current_champion(settings, task) == v3
     assert [(h["from"], h["to"]) for h in champion_history(settings, task)] == [(None, v1), (v1, v3)]
@@ -125,9 +142,10 @@ def test_trained_adapter_is_promoted_a_worse_one_kept_a_better_one_promoted(sett
 def test_untrained_adapter_is_not_promoted(settings):
     task = "untrained"
     version = train_adapter(settings, task, steps=0)
-    result = evaluate_candidate(settings, task, log=lambda _: None)
-    assert result["decision"] == "keep"
+    result, step = evaluate_and_promote(settings, task)
+    assert result["decision"] == "keep" and result["gate"]["beats_base"]["passed"] is False
     assert result["tests"]["vs_base"]["p_value"] == 1.0
+    assert not step["promoted"] and step["reason"].startswith(f"v{version} is kept out")
     assert current_champion(settings, task) is None and evaluation(settings, task, version)["decision"] == "keep"
 
 
@@ -135,9 +153,35 @@ def test_dry_run_records_the_decision_without_moving_the_alias(settings):
     task = "dry"
     dry = settings.replace(dry_run=True)
     version = train_adapter(dry, task, steps=15)
-    result = evaluate_candidate(dry, task, log=lambda _: None)
-    assert result["decision"] == "promote" and result["dry_run"]
-    assert any("dry run" in reason for reason in result["reasons"])
+    result, step = evaluate_and_promote(dry, task)
+    assert result["decision"] == "promote" and step["dry_run"] and not step["promoted"]
+    assert "dry run" in step["reason"]
     assert current_champion(settings, task) is None and champion_history(settings, task) == []
     tags = client(settings).get_model_version(registered_model_name(task), str(version)).tags
-    assert tags["promotion_decision"] == "promote (dry run)"
+    assert tags["promotion_decision"] == "promote"
+    # the same evaluation, promoted once the dry run is over
+    assert promote_evaluated(settings, task, log=lambda _: None)["promoted"] and current_champion(settings, task) == version
+
+
+def test_an_adapter_refuses_a_foreign_base(settings, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ft_pipeline.training.serving import generate
+
+    task = "pinned"
+    version = train_adapter(settings, task, steps=15)
+    evaluate_and_promote(settings, task)
+    assert current_champion(settings, task) == version
+    # the same architecture and tokenizer, other weights: another base for the adapter
+    other = build_tiny_base(tmp_path / "other")
+    model = AutoModelForCausalLM.from_pretrained(other)
+    with torch.no_grad():
+        next(model.parameters()).add_(0.01)
+    model.save_pretrained(other)
+    foreign = settings.replace(base_model=str(other))
+    with pytest.raises(BaseModelMismatch, match=f"candidate {task} v{version} was trained on base"):
+        evaluate_candidate(foreign, task, log=lambda _: None)
+    with pytest.raises(BaseModelMismatch, match=f"champion {task} v{version} was trained on base"):
+        generate(foreign, task, "Greet anna.", max_new_tokens=4)
+    assert generate(settings, task, "Greet anna.", max_new_tokens=4) is not None

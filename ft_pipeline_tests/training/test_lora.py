@@ -18,7 +18,7 @@ from ft_pipeline.training.lora import (
     train_task,
     wrap_lora,
 )
-from ft_pipeline_tests.evaluation_fixtures import TASK, TRAIN_NAMES, VAL_NAMES, chat, tiny_settings, write_dataset
+from ft_pipeline_tests.evaluation_fixtures import DEV_NAMES, TASK, TEST_NAMES, TRAIN_NAMES, chat, tiny_settings, write_dataset
 
 STEPS = 12
 
@@ -44,15 +44,15 @@ def trained(tmp_path_factory, base):
     return settings, result, logs
 
 
-def _model_and_data(settings, train_rows, val_rows):
+def _model_and_data(settings, train_rows, dev_rows):
     from ft_pipeline.training.base_model import load_base_model
 
     model, tokenizer = load_base_model(settings)
     torch.manual_seed(settings.seed)
     model = wrap_lora(model, settings)
     train, _ = encode_all(tokenizer, train_rows, settings.max_seq_len)
-    val, _ = encode_all(tokenizer, val_rows, settings.max_seq_len)
-    return model, tokenizer, train, val
+    dev, _ = encode_all(tokenizer, dev_rows, settings.max_seq_len)
+    return model, tokenizer, train, dev
 
 
 def _rows(names, word="Hello", weight=1.0):
@@ -65,7 +65,7 @@ def _lora_weights(model):
 
 def test_lora_weights_move_and_base_weights_do_not(tmp_path, base):
     settings = _settings(tmp_path, base)
-    model, tokenizer, train, val = _model_and_data(settings, _rows(TRAIN_NAMES), _rows(VAL_NAMES))
+    model, tokenizer, train, val = _model_and_data(settings, _rows(TRAIN_NAMES), _rows(DEV_NAMES))
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
     fit(model, train, val, settings, pad_id=tokenizer.pad_token_id, log=lambda _: None)
     after = dict(model.named_parameters())
@@ -81,7 +81,7 @@ def test_adapter_reloads_with_identical_logits(tmp_path, base):
     from ft_pipeline.training.base_model import load_base_model
 
     settings = _settings(tmp_path, base, max_steps=4)
-    model, tokenizer, train, val = _model_and_data(settings, _rows(TRAIN_NAMES), _rows(VAL_NAMES))
+    model, tokenizer, train, val = _model_and_data(settings, _rows(TRAIN_NAMES), _rows(DEV_NAMES))
     fit(model, train, val, settings, pad_id=tokenizer.pad_token_id, log=lambda _: None)
     model.save_pretrained(tmp_path / "adapter")
     reloaded = PeftModel.from_pretrained(load_base_model(settings)[0], str(tmp_path / "adapter"))
@@ -108,37 +108,50 @@ def test_loss_on_assistant_positions_only_matches_the_full_forward(tmp_path, bas
     torch.testing.assert_close(fast, expected)
 
 
+def _greetings(names, word, weight=1.0):
+    """Chats whose whole answer is the greeting word: the word is what the loss measures."""
+    return [
+        {"messages": [{"role": "user", "content": f"Greet {n}."}, {"role": "assistant", "content": f"{word}!"}], "weight": weight}
+        for n in names
+    ]
+
+
 def test_example_weights_decide_what_is_learned(tmp_path, base):
-    # "Hello" examples weigh 1; the "Goodbye" ones 0 or 2. The margin is how much likelier "Hello" answers are after training.
-    settings = _settings(tmp_path, base, max_steps=20, eval_every=100, learning_rate=3e-2)
+    # The same examples trained three times: "Hello" answers weigh 1, the "Goodbye" ones 0, 1 or 3. The margin is how
+    # much likelier "Goodbye" answers are than "Hello" ones afterwards. The runs are each other's control: a larger
+    # weight must give a clearly larger margin, whatever the CPU's float kernels make of the absolute values.
+    settings = _settings(tmp_path, base, max_steps=20, eval_every=100, learning_rate=1e-2)
     margins = {}
-    for weight in (0.0, 2.0):
-        rows = _rows(TRAIN_NAMES[:16]) + _rows(TRAIN_NAMES[16:], "Goodbye", weight)
+    for weight in (0.0, 1.0, 3.0):
+        rows = _greetings(TRAIN_NAMES[:13], "Hello") + _greetings(TRAIN_NAMES[13:], "Goodbye", weight)
         model, tokenizer, train, _ = _model_and_data(settings, rows, [])
         fit(model, train, [], settings, pad_id=tokenizer.pad_token_id, log=lambda _: None)
         loss = {
-            word: evaluate_loss(model, encode_all(tokenizer, _rows(VAL_NAMES, word), 512)[0], 8, tokenizer.pad_token_id, "cpu")
+            word: evaluate_loss(
+                model, encode_all(tokenizer, _greetings(TEST_NAMES, word), 64)[0], 8, tokenizer.pad_token_id, "cpu"
+            )
             for word in ("Hello", "Goodbye")
         }
-        margins[weight] = loss["Goodbye"] - loss["Hello"]
-    assert margins[0.0] > 0 > margins[2.0]
+        margins[weight] = loss["Hello"] - loss["Goodbye"]
+    # measured gaps are about 0.5 and 0.16; float kernels move them by orders of magnitude less
+    assert margins[0.0] + 0.2 < margins[1.0] and margins[1.0] + 0.05 < margins[3.0], margins
 
 
 def test_early_stopping_keeps_the_best_weights(tmp_path, base):
-    # Trained on "Goodbye" greetings and validated on "Hello" ones: validation loss turns up once "Goodbye" is learned.
+    # Trained on "Goodbye" greetings, dev split of "Hello" ones: the dev loss turns up once "Goodbye" is learned.
     settings = _settings(tmp_path, base, max_steps=60, eval_every=2, early_stopping_patience=2, learning_rate=3e-2)
-    model, tokenizer, train, val = _model_and_data(settings, _rows(TRAIN_NAMES, "Goodbye"), _rows(VAL_NAMES))
+    model, tokenizer, train, dev = _model_and_data(settings, _rows(TRAIN_NAMES, "Goodbye"), _rows(DEV_NAMES))
     logs = []
-    result = fit(model, train, val, settings, pad_id=tokenizer.pad_token_id, log=logs.append)
+    result = fit(model, train, dev, settings, pad_id=tokenizer.pad_token_id, log=logs.append)
     assert result.stopped_early and result.steps < 60
     assert any(line.startswith("early stop") for line in logs)
-    assert result.best_val_loss == min(loss for _, loss in result.val_loss)
-    assert evaluate_loss(model, val, settings.batch_size, tokenizer.pad_token_id, "cpu") == result.best_val_loss
+    assert result.best_dev_loss == min(loss for _, loss in result.dev_loss)
+    assert evaluate_loss(model, dev, settings.batch_size, tokenizer.pad_token_id, "cpu") == result.best_dev_loss
 
 
-def test_validation_loss_falls_and_progress_is_logged(trained):
+def test_dev_loss_falls_and_progress_is_logged(trained):
     _, result, logs = trained
-    assert result.metrics["best_val_loss"] < result.metrics["initial_val_loss"]
+    assert result.metrics["best_dev_loss"] < result.metrics["initial_dev_loss"]
     assert result.metrics["steps"] == STEPS and result.metrics["tokens_per_s"] > 0
     assert any(line.startswith(f"step {STEPS}/{STEPS} loss") and "tokens/s" in line and "eta" in line for line in logs)
 
@@ -146,7 +159,7 @@ def test_validation_loss_falls_and_progress_is_logged(trained):
 def test_adapter_folder_holds_the_training_config_and_lineage(trained, base):
     from peft import PeftModel
 
-    from ft_pipeline.training.base_model import load_base_model
+    from ft_pipeline.training.base_model import base_identity, load_base_model
 
     settings, result, _ = trained
     assert result.version == 1 and result.adapter_dir == adapter_dir(settings.adapters_dir, TASK, 1)
@@ -155,6 +168,8 @@ def test_adapter_folder_holds_the_training_config_and_lineage(trained, base):
     assert config["base_model"] == str(base) and config["dataset_version"] == "hello-v1"
     assert config["data_watermark"] == "2024-01-01T00:00:00+00:00" and config["n_train"] == len(TRAIN_NAMES)
     assert config["mlflow_run_id"] == result.run_id and config["version"] == 1 and config["trained_at"]
+    assert config["base_identity"] == base_identity(settings) and config["base_hash"] == config["base_identity"]["hash"]
+    assert config["dagster_run_id"] == "run-1" and config["n_dev"] == len(DEV_NAMES) and config["n_test"] == len(TEST_NAMES)
     assert not list((settings.adapters_dir / TASK).glob(".staging-*"))
     assert not (settings.root / "checkpoints" / TASK / "hello-v1").exists()
     PeftModel.from_pretrained(load_base_model(settings)[0], str(result.adapter_dir))
@@ -171,15 +186,19 @@ def test_mlflow_run_metrics_artifacts_and_registered_version(trained, base):
     assert run.data.params["base_model"] == str(base) and run.data.params["n_train"] == str(len(TRAIN_NAMES))
     assert run.data.tags["dagster_run_id"] == "run-1" and run.data.tags["partition"] == TASK
     assert [m.step for m in client.get_metric_history(result.run_id, "train_loss")] == list(range(1, STEPS + 1))
-    assert [m.step for m in client.get_metric_history(result.run_id, "val_loss")] == [0, 4, 8, 12]
+    assert [m.step for m in client.get_metric_history(result.run_id, "dev_loss")] == [0, 4, 8, 12]
     artifacts = {a.path for a in client.list_artifacts(result.run_id)} | {
-        a.path for a in client.list_artifacts(result.run_id, "adapter")
+        a.path for folder in ("adapter", "dataset") for a in client.list_artifacts(result.run_id, folder)
     }
     assert {
         "adapter/adapter_model.safetensors",
         "adapter/training_config.json",
         "validation.json",
         "training_config.json",
+        "dataset/train.jsonl",
+        "dataset/dev.jsonl",
+        "dataset/test.jsonl",
+        "dataset/manifest.json",
     } <= artifacts
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.name == f"ft_pipeline/{TASK}"
@@ -187,7 +206,7 @@ def test_mlflow_run_metrics_artifacts_and_registered_version(trained, base):
     version = client.get_model_version(f"ft_pipeline.{TASK}", "1")
     assert version.run_id == result.run_id and version.source.endswith("/adapter")
     assert version.tags["dataset_version"] == "hello-v1" and version.tags["mlflow_run_id"] == result.run_id
-    assert version.tags["base_model"] == str(base)
+    assert version.tags["base_model"] == str(base) and version.tags["base_hash"] == run.data.params["base_hash"]
 
 
 def test_resume_after_a_crash_matches_the_uninterrupted_run(tmp_path, trained, base):
@@ -211,7 +230,7 @@ def test_resume_after_a_crash_matches_the_uninterrupted_run(tmp_path, trained, b
     expected = load_file(trained[1].adapter_dir / "adapter_model.safetensors")
     actual = load_file(resumed.adapter_dir / "adapter_model.safetensors")
     assert expected.keys() == actual.keys() and all(torch.equal(expected[k], actual[k]) for k in expected)
-    assert resumed.metrics["best_val_loss"] == trained[1].metrics["best_val_loss"]
+    assert resumed.metrics["best_dev_loss"] == trained[1].metrics["best_dev_loss"]
 
     client = MlflowClient(tracking_uri=settings.tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name(f"ft_pipeline/{TASK}").experiment_id])

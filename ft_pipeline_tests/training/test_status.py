@@ -16,7 +16,11 @@ def test_status_counts_data_and_reports_the_champion(tmp_path):
         [("qa", "2024-01-01T10:00:00+00:00"), ("qa", "2024-01-02T10:00:00+00:00"), ("chat", "2024-01-02T10:00:00+00:00")],
     )
     write_json_atomic(
-        {"data_watermark": "2024-01-01T10:00:00+00:00", "trained_at": "2024-01-01T11:00:00+00:00"},
+        {
+            "data_watermark": "2024-01-01T10:00:00+00:00",
+            "trained_at": "2024-01-01T11:00:00+00:00",
+            "base_identity": {"source": "builtin", "path": "/models/base/abc", "hash": "abc123"},
+        },
         settings.adapters_dir / "qa" / "1" / "training_config.json",
     )
     mlflow = client(settings)
@@ -38,6 +42,7 @@ def test_status_counts_data_and_reports_the_champion(tmp_path):
     assert rows["qa"]["settled"] == 2 and rows["qa"]["new_examples"] == 1 and rows["qa"]["until_retrain"] == 2
     assert rows["qa"]["champion_version"] == 1 and rows["qa"]["last_trained"] == "2024-01-01T11:00:00+00:00"
     assert rows["qa"]["champion_scores"]["loss"] == 1.0 and rows["qa"]["champion_scores"]["base_loss"] == 2.0
+    assert rows["qa"]["champion_base"] == {"source": "builtin", "path": "/models/base/abc", "hash": "abc123"}
     assert rows["chat"] == {
         "task": "chat",
         "settled": 1,
@@ -46,5 +51,6 @@ def test_status_counts_data_and_reports_the_champion(tmp_path):
         "latest_version": None,
         "last_trained": None,
         "champion_version": None,
+        "champion_base": None,
         "champion_scores": None,
     }
