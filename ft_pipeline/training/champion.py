@@ -105,9 +105,9 @@ def promote_evaluated(settings: Settings, task: str, log: Any = print) -> dict[s
     else:
         reason = "; ".join(evaluation["reasons"])
         promote(settings, task, version, reason=reason)
-        log(f"{task}: champion v{before} -> v{version}")
+        log(f"{task}: champion {'v' + str(before) if before is not None else 'none'} -> v{version}")
         return {**outcome, "promoted": True, "champion_after": version, "reason": reason, "dry_run": False}
-    log(f"{task}: champion stays v{before}: {reason}")
+    log(f"{task}: champion stays {'v' + str(before) if before is not None else 'none'}: {reason}")
     return {**outcome, "promoted": False, "champion_after": before, "reason": reason, "dry_run": bool(settings.dry_run)}
 
 

@@ -47,7 +47,7 @@ def order(result):
     events = []
     for event in result.all_events:
         if event.event_type_value == "ASSET_CHECK_EVALUATION":
-            events.append(("check", event.event_specific_data.asset_check_evaluation.check_name))
+            events.append(("check", event.event_specific_data.check_name))
         elif event.event_type_value == "ASSET_MATERIALIZATION":
             events.append(("asset", event.asset_key.to_user_string()))
     return events
