@@ -103,7 +103,7 @@ def compare_arms(arms: dict[str, tuple[int, int]], significance: float) -> dict:
     pairs = [(b, a) if b == control else (a, b) for a, b in pairs]
     raw = [_table_test([arms[a], arms[b]]) for a, b in pairs]
     adjusted = holm([p for _, p in raw])
-    comparisons = []
+    comparisons: list[dict[str, Any]] = []
     for (a, b), (test, p_value), p_holm in zip(pairs, raw, adjusted):
         (x1, n1), (x2, n2) = arms[a], arms[b]
         comparisons.append(

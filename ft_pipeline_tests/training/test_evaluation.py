@@ -184,4 +184,9 @@ def test_an_adapter_refuses_a_foreign_base(settings, tmp_path):
         evaluate_candidate(foreign, task, log=lambda _: None)
     with pytest.raises(BaseModelMismatch, match=f"champion {task} v{version} was trained on base"):
         generate(foreign, task, "Greet anna.", max_new_tokens=4)
+    # builtin knobs whose base was never built cannot be the champion's base: refused before anything is built
+    builtin = settings.replace(base_model="builtin")
+    with pytest.raises(BaseModelMismatch, match="is not built"):
+        generate(builtin, task, "Greet anna.", max_new_tokens=4)
+    assert not (settings.models_dir / "base").exists()
     assert generate(settings, task, "Greet anna.", max_new_tokens=4) is not None

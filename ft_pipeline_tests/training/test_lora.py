@@ -288,3 +288,21 @@ def test_the_same_data_and_settings_are_not_trained_twice(trained):
     assert again.metrics["retrained"] is False and any("not retraining" in line for line in logs)
     changed = train_task(settings.replace(seed=settings.seed + 1), TASK, log=lambda _: None)
     assert changed.version == first.version + 1 and changed.metrics["retrained"] is True
+
+
+def test_lineage_names_the_data_base_and_runs_and_lists_the_trained_ids(trained, capsys):
+    from ft_pipeline.cli import main as cli
+
+    settings, result, _ = trained
+    assert cli(["--data-dir", str(settings.root), "lineage", TASK, "1"]) == 0
+    out = capsys.readouterr().out
+    assert "dataset version:  hello-v1" in out and "data watermark:   2024-01-01T00:00:00+00:00" in out
+    assert f"log ids:          train {len(TRAIN_NAMES)}, dev {len(DEV_NAMES)}, test {len(TEST_NAMES)}" in out
+    assert f"MLflow run:       {result.run_id}" in out and "Dagster run:      run-1" in out
+    assert read_adapter_config(settings.adapters_dir, TASK, 1)["base_identity"]["hash"][:12] in out
+    assert cli(["--data-dir", str(settings.root), "lineage", TASK, "--ids"]) == 0
+    assert capsys.readouterr().out.split() == [f"t-{n}" for n in TRAIN_NAMES]
+    assert cli(["--data-dir", str(settings.root), "lineage", TASK, "1", "--ids", "--split", "test"]) == 0
+    assert capsys.readouterr().out.split() == [f"x-{n}" for n in TEST_NAMES]
+    assert cli(["--data-dir", str(settings.root), "lineage", TASK, "7"]) == 2
+    assert "has no adapter v7" in capsys.readouterr().err
