@@ -93,6 +93,10 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_lineage(args: argparse.Namespace, settings: Settings) -> int:
     """Print what an adapter was built from; with --ids, the log ids of one split it was built from."""
+    import os
+
+    # the lineage comes from artifacts of the MLflow run; their download bars would mix with the printed ids
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from ft_pipeline.training.base_model import describe_identity
     from ft_pipeline.training.status import adapter_lineage
     from ft_pipeline.training.tracking import trained_log_ids
