@@ -13,7 +13,8 @@ ModelConfig = stage_config("model", "ModelConfig")
     deps=[AssetDep("settlements", partition_mapping=AllPartitionMapping())],
     group_name="training",
     kinds={"pytorch"},
-    description="Base causal LM: FT_BASE_MODEL (hub id or folder), or 'builtin', a small Llama model built under models/base/.",
+    description="Base causal LM: FT_BASE_MODEL (hub id or folder), or 'builtin', a small Llama model built under "
+    "models/base/<hash of its knobs>/; its identity is a content hash that every adapter records.",
 )
 def base_model(context: AssetExecutionContext, config: ModelConfig, pipeline: PipelineResource) -> MaterializeResult:
     """Resolve the base model, building the builtin one when missing or when its parameters changed."""
