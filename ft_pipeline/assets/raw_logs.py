@@ -32,11 +32,18 @@ def raw_logs(context: AssetExecutionContext, config: RawLogsConfig, pipeline: Pi
             f"{result.lines_by_line} lines were checked one by one: the files or 32 MB pieces that hold a bad line "
             "or a conflicting duplicate, for the line numbers the quarantine names; the rest went through DuckDB's parallel reader"
         )
+    for source, reason in sorted(result.bad_files.items()):
+        context.log.warning(f"quarantined the whole file {source}: {reason}; the rest of the inbox was read")
     for reason, count in sorted(result.quarantined.items()):
         context.log.warning(f"quarantined {count} lines: {reason} (see {settings.quarantine_dir})")
+    if result.odd_blank_lines or result.bom_lines:
+        context.log.info(
+            f"{result.odd_blank_lines} lines of unusual white space skipped as blank, "
+            f"{result.bom_lines} byte order marks dropped from the start of a line"
+        )
     # raw_logs keeps the original text; what the UI shows of it is redacted like every later stage
     preview = "\n".join(
-        f"| {r['log_id']} | {r['timestamp']:%Y-%m-%d %H:%M:%S} | {r['task']} | {r['decision']} | {redact(r['prompt'])[0].replace('|', ' ')} |"
+        f"| {redact(r['log_id'])[0]} | {r['timestamp']:%Y-%m-%d %H:%M:%S} | {r['task']} | {r['decision']} | {redact(r['prompt'])[0].replace('|', ' ')} |"
         for r in result.preview
     )
     metadata = {
@@ -47,6 +54,10 @@ def raw_logs(context: AssetExecutionContext, config: RawLogsConfig, pipeline: Pi
         "lines_read": result.lines,
         "lines_checked_one_by_one": result.lines_by_line,
         "inbox_files": result.files,
+        "bad_files": len(result.bad_files),
+        "bad_file_reasons": MetadataValue.json(result.bad_files),
+        "odd_blank_lines": result.odd_blank_lines,
+        "bom_lines": result.bom_lines,
         "partitions": MetadataValue.json(result.partitions),
         "tasks": MetadataValue.json(result.tasks),
         "preview": MetadataValue.md("| log_id | timestamp | task | decision | prompt |\n|---|---|---|---|---|\n" + preview),
