@@ -475,17 +475,37 @@ def _extra_sql(unknown: list[str]) -> str:
 def screen_sql(path: Path) -> str:
     """The query that counts a file's records (key NULL) and the records that give each top-level key.
 
-    With each count come the longest record in bytes and how many records hold a trailing comma (`[1,]`), which the
-    reader accepts and the JSON standard does not (only the NULL key's row counts each record once).
+    With each count come the longest record in bytes, how many records hold a trailing comma (`[1,]`), which the
+    reader accepts and the JSON standard does not, and the bytes of all records (only the NULL key's row counts each
+    record once).
     """
     # one GROUP BY over the unnested keys measured 3x cheaper than list functions on each record's key list; a key given
     # twice in a record is not seen here, but the reader of `clean_file_sql` fails on a duplicate contract key
     return (
-        f"SELECT key, count(*), max(bytes), count(*) FILTER (comma) FROM ("
+        f"SELECT key, count(*), max(bytes), count(*) FILTER (comma), sum(bytes) FROM ("
         f"SELECT unnest(list_prepend(NULL::VARCHAR, json_keys(json))) AS key, strlen(json) AS bytes, "
         f"regexp_matches(json, {_sql_str(_TRAILING_COMMA.pattern.decode())}) AS comma "
         f"FROM read_ndjson_objects({_sql_str(str(path))})) GROUP BY key"
     )
+
+
+def _only_records(path: Path, records: int, record_bytes: int) -> bool:
+    """Whether a file holds nothing but its records, one per line: no blank line, no white space around a record.
+
+    The reader skips such bytes, and some (a vertical tab before a record) are no JSON white space: a file that has
+    them goes to the line checker. A plain file's size says so, a gzip file's by the size its trailer records.
+    """
+    expected = record_bytes + records  # each record and its newline
+    if path.name.endswith(".gz"):
+        with open(path, "rb") as fh:
+            fh.seek(-4, os.SEEK_END)
+            return int.from_bytes(fh.read(4), "little") == expected % 2**32
+    size = path.stat().st_size
+    if size == expected - 1 and records:  # the last line may lack its newline
+        with open(path, "rb") as fh:
+            fh.seek(-1, os.SEEK_END)
+            return fh.read(1) != b"\n"
+    return size == expected
 
 
 def _non_null_optional(rules: tuple[FieldRule, ...]) -> list[FieldRule]:
@@ -600,15 +620,15 @@ class _Stager:
         rules = _non_null_optional(field_rules())
         limits = self.limits
         try:
-            screened = {key: (n, biggest, commas) for key, n, biggest, commas in self.con.execute(screen_sql(path)).fetchall()}
-            lines, biggest, commas = screened.pop(None, (0, 0, 0))
-            counts = {key: n for key, (n, _, _) in screened.items()}
+            screened = {key: rest for key, *rest in self.con.execute(screen_sql(path)).fetchall()}
+            lines, biggest, commas, total = screened.pop(None, (0, 0, 0, 0))
+            counts = {key: n for key, (n, *_) in screened.items()}
             unknown = {key: n for key, n in counts.items() if key not in {r.name for r in field_rules()}}
             # a record over a limit, with an empty key or a trailing comma needs the line checker's reason; with at most
             # max_keys distinct keys in the file, no record has more
             if len(unknown) > MAX_UNKNOWN_KEYS or len(counts) > limits.max_keys or "" in counts:
                 return False
-            if (biggest or 0) + 1 > limits.max_bytes or commas:
+            if (biggest or 0) + 1 > limits.max_bytes or commas or not _only_records(path, lines, total or 0):
                 return False
             given = [counts.get(r.name, 0) for r in rules]
             # where every record gives a field, the reader's NULL can only be an explicit null

@@ -1,0 +1,91 @@
+"""One contract, one answer: the hostile corpus gets the same verdict from ingest, from `judge_line` and from LogWriter."""
+
+import json
+
+import pytest
+
+from ft_pipeline.client import LogWriter
+from ft_pipeline.core.ingest import ingest, quarantine_name
+from ft_pipeline.core.schema import judge_line
+from ft_pipeline.settings import Settings
+from ft_pipeline_tests.hostile import corpus_lines
+
+FIRST, LAST = "2020-01-01", "2026-03-01"
+
+
+@pytest.fixture
+def settings(tmp_path):
+    s = Settings.from_env(data_dir=str(tmp_path))
+    s.inbox_dir.mkdir(parents=True)
+    return s
+
+
+def ingest_verdicts(settings, lines, one_file_each):
+    """Ingest's reason per corpus line: all in one file (the line checker), or each alone (the parallel reader first)."""
+    names = [f"line{i:03d}.jsonl" for i in range(len(lines))] if one_file_each else ["all.jsonl"]
+    if one_file_each:
+        for name, line in zip(names, lines):
+            (settings.inbox_dir / name).write_bytes(line + b"\n")
+    else:
+        (settings.inbox_dir / "all.jsonl").write_bytes(b"".join(line + b"\n" for line in lines))
+    result = ingest(settings, last_day=LAST)
+    found = {}
+    for path in settings.quarantine_dir.glob("*.jsonl"):
+        for entry in map(json.loads, path.read_text().splitlines()):
+            found[(entry["source_file"], entry["line_no"])] = entry["reason"]
+    verdicts = []
+    for i in range(len(lines)):
+        key = (names[i], 1) if one_file_each else ("all.jsonl", i + 1)
+        verdicts.append(found.get(key))
+    return verdicts, result
+
+
+@pytest.mark.parametrize("one_file_each", [False, True], ids=["line_checker", "parallel_reader"])
+def test_ingest_and_judge_line_agree_on_every_corpus_line(settings, one_file_each):
+    corpus = corpus_lines()
+    lines = [line for line, _ in corpus]
+    verdicts, result = ingest_verdicts(settings, lines, one_file_each)
+    expected = [None if reason == "blank" else reason for _, reason in corpus]
+    judged = []
+    for line in lines:
+        verdict = judge_line(line + b"\n", FIRST, LAST, settings.line_limits)
+        judged.append(None if verdict.blank else verdict.reason)
+    mismatches = [(line[:80], e, v, j) for line, e, v, j in zip(lines, expected, verdicts, judged) if not e == v == j]
+    assert not mismatches
+    valid = sum(reason is None for _, reason in corpus)
+    assert result.new == valid and result.quarantined_total == sum(r not in (None, "blank") for _, r in corpus)
+    if not one_file_each:
+        # the vertical tab, the form feed with a no-break space, the line separator; a BOM alone, before a record, doubled
+        assert result.odd_blank_lines == 3 and result.bom_lines == 3
+
+
+def test_log_writer_gives_the_verdict_of_ingest(settings, tmp_path):
+    """Every corpus line that parses to one unambiguous record with its ids is written, or refused, as ingest judges it."""
+    writer = LogWriter(tmp_path / "client_inbox")
+    compared = 0
+    for line, reason in corpus_lines():
+        verdict = judge_line(line, FIRST, LAST, settings.line_limits)
+        if verdict.blank or verdict.reason in ("invalid_utf8", "invalid_json", "duplicate_key", "not_an_object", "too_deep"):
+            continue  # no record to hand to the writer, not the one the line holds, or one Python cannot parse
+        record = json.loads(line.decode("utf-8").removeprefix("\ufeff"))
+        if record.get("log_id") is None or record.get("timestamp") is None:
+            continue  # the writer fills these in
+        compared += 1
+        if reason is None:
+            writer.write(record)
+        else:
+            with pytest.raises(ValueError):
+                writer.write(record)
+    deep: list = []
+    for _ in range(10_000):
+        deep = [deep]
+    with pytest.raises(ValueError):
+        writer.write({"task": "support", "prompt": "p", "output": "o", "metadata": {"deep": deep}})
+    writer.close()
+    assert compared >= 25
+
+
+def test_quarantine_names_never_collide():
+    sources = ["nested/sub.jsonl", "nested__sub.jsonl", "nested%2Fsub.jsonl", "a%b.jsonl", "x" * 300 + "/y.jsonl"]
+    names = [quarantine_name(s) for s in sources]
+    assert len(set(names)) == len(names) and all("/" not in n and len(n.encode()) < 255 for n in names)
