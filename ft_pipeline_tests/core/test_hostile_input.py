@@ -1,14 +1,18 @@
 """One contract, one answer: the hostile corpus gets the same verdict from ingest, from `judge_line` and from LogWriter."""
 
 import json
+import os
 
+import pyarrow.parquet as pq
 import pytest
 
 from ft_pipeline.client import LogWriter
-from ft_pipeline.core.ingest import ingest, quarantine_name
+from ft_pipeline.core import ingest as ingest_module
+from ft_pipeline.core.ingest import inbox_dates, inbox_entries, ingest, quarantine_name
+from ft_pipeline.core.io import partition_dates, partition_file
 from ft_pipeline.core.schema import judge_line
 from ft_pipeline.settings import Settings
-from ft_pipeline_tests.hostile import corpus_lines
+from ft_pipeline_tests.hostile import corpus_lines, write_hostile_inbox
 
 FIRST, LAST = "2020-01-01", "2026-03-01"
 
@@ -89,3 +93,53 @@ def test_quarantine_names_never_collide():
     sources = ["nested/sub.jsonl", "nested__sub.jsonl", "nested%2Fsub.jsonl", "a%b.jsonl", "x" * 300 + "/y.jsonl"]
     names = [quarantine_name(s) for s in sources]
     assert len(set(names)) == len(names) and all("/" not in n and len(n.encode()) < 255 for n in names)
+
+
+def read_quarantine(settings):
+    return [json.loads(line) for p in sorted(settings.quarantine_dir.glob("*.jsonl")) for line in p.read_text().splitlines()]
+
+
+def test_unreadable_files_are_quarantined_whole_and_the_rest_of_the_inbox_goes_on(settings, tmp_path_factory):
+    expected = write_hostile_inbox(settings.inbox_dir, tmp_path_factory.mktemp("outside"))
+    result = ingest(settings, last_day=LAST)
+    entries = read_quarantine(settings)
+    assert result.bad_files == expected.bad_files
+    whole = {q["source_file"]: q for q in entries if q["line_no"] is None}
+    assert {source: q["reason"] for source, q in whole.items()} == expected.bad_files
+    assert all(q["raw"] == "" and q["detail"] for q in whole.values())  # a file's text is never copied
+    lines = {(q["source_file"], q["line_no"]): q["reason"] for q in entries if q["line_no"] is not None}
+    assert lines == expected.bad_lines
+    stored = {r["log_id"] for r in lake_rows(settings)}
+    assert stored == expected.valid_ids
+    everything = b"".join(
+        p.read_bytes() for p in settings.root.rglob("*") if p.is_file() and not p.is_relative_to(settings.inbox_dir)
+    )
+    assert expected.outside_marker.encode() not in everything
+    assert result.quarantined_total == len(expected.bad_lines) + len(expected.bad_files)
+    # the inbox sensor and the runner look for days in the same inbox: unreadable files hold none, and stop neither
+    assert inbox_dates(inbox_entries(settings.inbox_dir), FIRST, LAST) == {"2026-01-10", "2026-01-11"}
+    assert ingest(settings, last_day=LAST).new == 0  # a rerun: the same verdicts, nothing stored twice
+    assert read_quarantine(settings) == entries
+
+
+def test_an_unreadable_file_is_quarantined(settings, monkeypatch):
+    (settings.inbox_dir / "locked.jsonl").write_text(json.dumps({"log_id": "x"}) + "\n")
+    real_open = os.open
+
+    def refuse(path, *args, **kwargs):  # the tests run as root, who may read any file: refuse like a chmod 000 would
+        if str(path).endswith("locked.jsonl"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refuse)
+    monkeypatch.setattr(ingest_module._Stager, "_stage_clean", lambda self, *a: False)
+    result = ingest(settings, last_day=LAST)
+    assert result.bad_files == {"locked.jsonl": "bad_file:unreadable"}
+
+
+def lake_rows(settings):
+    return [
+        row
+        for d in partition_dates(settings.lake_dir, "raw_logs")
+        for row in pq.read_table(partition_file(settings.lake_dir, "raw_logs", d)).to_pylist()
+    ]
