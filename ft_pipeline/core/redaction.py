@@ -76,6 +76,7 @@ _PHONE = re.compile(
     r"|\d{3}(?P<sep>[ .-])\d{3}(?P=sep)\d{4}"
     r"|\(?0\d{1,4}\)?[ -]\d{3,4}[ -]\d{3,4}"
     r"|0[1-9](?P<pair>[ .-])\d{2}(?:(?P=pair)\d{2}){3}"
+    r"|0\d{2,4}[ /-]\d{6,8}"
     r")(?![\w])(?![ .-]\d)"
 )
 # A local number without area code, 3-4 digits as in 555-0199; no digit, dot or dash may touch it (ISBNs, versions).
