@@ -11,7 +11,6 @@ TELEMETRY_OFF = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DAGSTER_DISABLE_TELEMETRY": "true",
     "HF_HUB_DISABLE_TELEMETRY": "1",
-    "DO_NOT_TRACK": "1",
 }
 for _name, _value in TELEMETRY_OFF.items():
     os.environ.setdefault(_name, _value)
