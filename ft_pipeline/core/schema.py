@@ -119,6 +119,13 @@ def _type_ok(value: Any, types: tuple[str, ...]) -> bool:
     return kind in types and (kind != "number" or math.isfinite(value))
 
 
+def _excerpt(value: str) -> str:
+    """A value as an error message may quote it: its start, with any PII in it redacted."""
+    from ft_pipeline.core.redaction import redact
+
+    return repr(redact(value[:80])[0])
+
+
 @cache
 def _pattern(pattern: str) -> re.Pattern[str]:
     """A contract pattern with JSON Schema's meaning of `$` (the end of the text; Python's also matches before a final newline)."""
@@ -153,11 +160,13 @@ def field_problems(rule: FieldRule, record: dict[str, Any]) -> list[tuple[str, s
             )
         )
     if "pattern" in spec and not _pattern(spec["pattern"]).search(value):
-        problems.append((PATTERN_REASONS.get(name, f"bad_pattern:{name}"), f"{name} {value[:80]!r} must match {spec['pattern']}"))
+        problems.append(
+            (PATTERN_REASONS.get(name, f"bad_pattern:{name}"), f"{name} {_excerpt(value)} must match {spec['pattern']}")
+        )
     if spec.get("format") == "date-time" and _parse_timestamp(value) is None:
-        problems.append(("bad_timestamp", f"{name} {value[:80]!r} is not an ISO 8601 date-time"))
+        problems.append(("bad_timestamp", f"{name} {_excerpt(value)} is not an ISO 8601 date-time"))
     if "enum" in spec and value not in spec["enum"]:
-        problems.append((f"bad_enum:{name}", f"{name} {str(value)[:80]!r} must be one of {spec['enum']}"))
+        problems.append((f"bad_enum:{name}", f"{name} {_excerpt(str(value))} must be one of {spec['enum']}"))
     if ("minimum" in spec and value < spec["minimum"]) or ("maximum" in spec and value > spec["maximum"]):
         problems.append((f"out_of_range:{name}", f"{name} {value} must be within [{spec.get('minimum')}, {spec.get('maximum')}]"))
     if rule.kind == "integer" and not INT64_RANGE[0] <= value <= INT64_RANGE[1]:
@@ -297,7 +306,7 @@ def record_problem(record: Any, first_day: str, last_day: str, limits: LineLimit
     if day is None or not first_day <= day.isoformat() <= last_day:
         return (
             "out_of_range:timestamp",
-            f"timestamp {record['timestamp'][:80]!r} is outside the daily partitions (from {first_day} to {last_day})",
+            f"timestamp {_excerpt(record['timestamp'])} is outside the daily partitions (from {first_day} to {last_day})",
         )
     return None
 
