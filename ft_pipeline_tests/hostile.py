@@ -173,6 +173,7 @@ def write_hostile_inbox(inbox: Path, outside: Path) -> HostileInbox:
     secret.write_bytes(_line(record(expected.outside_marker, prompt=f"private {expected.outside_marker}")) + b"\n")
     os.symlink(secret, inbox / "link.jsonl")
     os.mkfifo(inbox / "pipe.jsonl")
+    (Path(os.fsdecode(os.fsencode(inbox) + b"/latin1-\xe9.jsonl"))).write_bytes(_line(record("lost-bad-name")) + b"\n")
     (inbox / "folder.jsonl").mkdir()
     expected.bad_files.update(
         {
@@ -181,6 +182,7 @@ def write_hostile_inbox(inbox: Path, outside: Path) -> HostileInbox:
             "link.jsonl": "bad_file:symlink",
             "pipe.jsonl": "bad_file:not_a_regular_file",
             "folder.jsonl": "bad_file:not_a_regular_file",
+            "latin1-\\xe9.jsonl": "bad_file:bad_name",
         }
     )
     return expected

@@ -72,6 +72,10 @@ def inbox_files(inbox_dir: Path) -> list[Path]:
 def file_problem(path: Path) -> str | None:
     """Why an inbox entry is not read (`bad_file:<why>`), from its own metadata: None for a regular file that is no symlink."""
     try:
+        os.fsencode(path).decode("utf-8")
+    except UnicodeDecodeError:  # DuckDB cannot open it, and no name in the lake or the UI could say which file it was
+        return "bad_file:bad_name"
+    try:
         mode = os.lstat(path).st_mode
     except OSError:
         return "bad_file:vanished"
@@ -748,10 +752,11 @@ def _stage_or_refuse(stager: _Stager, file_idx: int, path: Path, restage_unit: i
 def _ingest(stager: _Stager, settings: Settings, files: list[Path], days) -> IngestResult:
     con = stager.con
     result = IngestResult(files=len(files))
+    bad: dict[int, str] = {}  # file index -> bad_file:<why>
     for file_idx, path in enumerate(files):
         problem = _stage_or_refuse(stager, file_idx, path)
         if problem:
-            result.bad_files[stager.sources[file_idx]] = problem
+            bad[file_idx] = problem
     result.lines = con.execute("SELECT (SELECT count(*) FROM keys) + (SELECT count(*) FROM rejected)").fetchall()[0][0]
 
     existing = [partition_file(settings.lake_dir, TABLE, d) for d in partition_dates(settings.lake_dir, TABLE)]
@@ -761,10 +766,10 @@ def _ingest(stager: _Stager, settings: Settings, files: list[Path], days) -> Ing
         "SELECT DISTINCT file_idx, unit_line FROM fate WHERE fate = 'conflicting_duplicate' AND line_no IS NULL ORDER BY ALL"
     ).fetchall()
     for file_idx, unit_line in redo:
-        if stager.sources[file_idx] not in result.bad_files:
+        if file_idx not in bad:
             problem = _stage_or_refuse(stager, file_idx, files[file_idx], unit_line)
             if problem:  # it changed since it was first read
-                result.bad_files[stager.sources[file_idx]] = problem
+                bad[file_idx] = problem
     if redo:
         _decide_fates(con, existing)
 
@@ -780,9 +785,10 @@ def _ingest(stager: _Stager, settings: Settings, files: list[Path], days) -> Ing
             result.pending += count
     for reason, count in con.execute("SELECT reason, count(*) FROM rejected GROUP BY reason").fetchall():
         result.quarantined[reason] += count
-    result.quarantined.update(result.bad_files.values())
+    result.quarantined.update(bad.values())
+    result.bad_files = {printable_name(stager.sources[i]): reason for i, reason in sorted(bad.items())}
 
-    _write_quarantine(stager, settings, files, result.bad_files)
+    _write_quarantine(stager, settings, files, bad)
     _write_partitions(stager, settings, wanted, result)
     return result
 
@@ -816,7 +822,7 @@ def _decide_fates(con, existing: list[Path]) -> None:
     """)
 
 
-def _write_quarantine(stager: _Stager, settings: Settings, files: list[Path], bad_files: dict[str, str]) -> None:
+def _write_quarantine(stager: _Stager, settings: Settings, files: list[Path], bad_files: dict[int, str]) -> None:
     """Rewrite each source file's quarantine file with its rejected lines (one file per source: reruns never duplicate).
 
     A file that cannot be read gets one entry for the whole file, with no line number and none of its text.
@@ -829,9 +835,15 @@ def _write_quarantine(stager: _Stager, settings: Settings, files: list[Path], ba
         legacy = settings.quarantine_dir / (source.replace("/", "__") + ".jsonl")  # the name before names were escaped
         if legacy.name not in names:
             legacy.unlink(missing_ok=True)
-        if source in bad_files:
-            reason = bad_files[source]
-            entry = {"source_file": source, "line_no": None, "reason": reason, "detail": FILE_DETAILS[reason], "raw": ""}
+        if file_idx in bad_files:
+            reason = bad_files[file_idx]
+            entry = {
+                "source_file": printable_name(source),
+                "line_no": None,
+                "reason": reason,
+                "detail": FILE_DETAILS[reason],
+                "raw": "",
+            }
             write_jsonl_atomic([entry], target)
             continue
         rows = con.execute(
@@ -865,6 +877,7 @@ FILE_DETAILS = {
     "bad_file:symlink": "the inbox entry is a symbolic link; only regular files in the inbox are read",
     "bad_file:not_a_regular_file": "the inbox entry is not a regular file (a folder, a FIFO, a device or a socket)",
     "bad_file:vanished": "the inbox entry disappeared while it was being read",
+    "bad_file:bad_name": "the file's path is not valid UTF-8 (its bad bytes are shown as \\xNN in source_file)",
     "bad_file:unreadable": "the file cannot be read (permissions or an I/O error)",
     "bad_file:not_gzip": "the file is named *.gz but is not gzip data",
     "bad_file:corrupt_gzip": "the gzip data is truncated or corrupt",
@@ -874,9 +887,16 @@ FILE_DETAILS = {
 def quarantine_name(source: str) -> str:
     """The quarantine file name of a source file: its inbox path with `%` and `/` escaped, so two sources never share one."""
     name = source.replace("%", "%25").replace("/", "%2F")
+    # a byte that is not UTF-8 (a surrogate in the decoded path) is escaped like `%` and `/`
+    name = re.sub("[\udc80-\udcff]", lambda m: f"%{ord(m.group()) - 0xDC00:02X}", name)
     if len(name.encode()) > 200:  # file names stop at 255 bytes; a hash of the whole path keeps long ones apart
-        name = name[:100] + "-" + hashlib.sha256(source.encode()).hexdigest()[:16]
+        name = name[:100] + "-" + hashlib.sha256(os.fsencode(source)).hexdigest()[:16]
     return name + ".jsonl"
+
+
+def printable_name(source: str) -> str:
+    """A source file name as text: bytes of the path that are not UTF-8 shown as \\xNN."""
+    return os.fsencode(source).decode("utf-8", "backslashreplace")
 
 
 def _source_name(settings: Settings, path: Path) -> str:
