@@ -67,6 +67,7 @@ VALID = [
     record("ok-deep-metadata", metadata={"a": {"b": {"c": {"d": [1, [2, [3]]]}}}}),
     record("ok-naive-time", timestamp=f"{DAY} 08:30:00"),
     record("ok-offset", timestamp=f"{DAY}T23:30:00-00:30"),
+    record("ok-odd-keys", **{"*": 1, "a.b": {"c": 2}, "$": None, 'q"': [1], "\u0000": "nul"}),
 ]
 
 

@@ -356,12 +356,14 @@ def classify_sql(first_day: str, last_day: str, limits: LineLimits) -> str:
     )
     # values only of valid rows: a function like from_json would fail on the wrongly typed ones
     values = ", ".join(f'CASE WHEN reason IS NULL THEN {_value(r)} END AS "{r.name}"' for r in rules)
-    # sorted by key, as the parallel reader's `_extra_sql` writes them
+    # sorted by key, as the parallel reader's `_extra_sql` writes them; read from the record as a map, because a key
+    # in a JSON path (`$."*"`, `$."a.b"`) may be taken for a wildcard or a step
     extra = (
-        f"CASE WHEN reason IS NULL AND NOT list_has_all({known}, keys) THEN '{{' || array_to_string(list_transform("
+        "CASE WHEN members IS NOT NULL THEN '{' || array_to_string(list_transform("
         f"list_sort(list_filter(keys, lambda k: NOT list_contains({known}, k))), "
-        f"lambda k: to_json(k) || ':' || json_extract(line, '$.' || to_json(k))), ',') || '}}' END"
+        "lambda k: to_json(k) || ':' || coalesce(members[k], 'null')), ',') || '}' END"
     )
+    members = f"CASE WHEN reason IS NULL AND NOT list_has_all({known}, keys) THEN from_json(line, '\"MAP(VARCHAR, JSON)\"') END"
     # rtrim and trim walk a whole line (0.3 s a 32 MB chunk each); the regex and ltrim stop early. A byte order mark
     # opening a line is dropped (and counted); a line of any Unicode white space is blank.
     fields = f"""
@@ -381,10 +383,12 @@ def classify_sql(first_day: str, last_day: str, limits: LineLimits) -> str:
         SELECT *, {_day()} AS day FROM ({_typed_sql(fields)})
     ), judged AS (
         SELECT *, {reason} AS reason FROM typed
+    ), valued AS (
+        SELECT *, {members} AS members FROM judged
     )
     SELECT line_no, reason, bom, blank AND ltrim(line, '{WHITESPACE}') <> '' AS odd_blank,
            CASE WHEN reason IS NOT NULL THEN raw END AS bad_raw, day, {values}, {extra} AS extra
-    FROM judged
+    FROM valued
     """
 
 
