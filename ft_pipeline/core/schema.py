@@ -103,7 +103,7 @@ JSON_TYPES = {str: "string", bool: "boolean", int: "integer", float: "number", l
 INT64_RANGE = (-(2**63), 2**63 - 1)  # integer fields are stored as int64
 # hours 00-23, minutes and seconds 00-59, offsets under a day: DuckDB would roll 24:00 or +25:00 over, Python refuses them
 TIMESTAMP_SHAPE = re.compile(
-    r"^\d{4}-\d{2}-\d{2}[T ]([01]\d|2[0-3]):[0-5]\d(:[0-5]\d(\.\d{1,6})?)?(Z|z|[+-]([01]\d|2[0-3])(:?[0-5]\d)?)?$"
+    r"^\d{4}-\d{2}-\d{2}[T ]([01]\d|2[0-3]):[0-5]\d(:[0-5]\d(\.\d{1,9})?)?(Z|z|[+-]([01]\d|2[0-3])(:?[0-5]\d)?)?$"
 )
 
 
