@@ -393,10 +393,9 @@ def classify_sql(first_day: str, last_day: str, limits: LineLimits) -> str:
 
 
 def screen_lines(raw: pa.Array, first_day: str, last_day: str, limits: LineLimits) -> pa.Array:
-    """Per line of a chunk, the reason `judge_line` gives a line DuckDB must not judge itself, else NULL.
+    """Per line of a chunk, the reason `judge_line` gives a line DuckDB must not parse, else NULL.
 
-    Those are lines over the size or depth limits, and lines with a trailing comma (`[1,]`), which DuckDB's reader
-    accepts and the JSON standard does not. Cheap byte tests pick the few candidates; only those are judged in Python.
+    Those are lines over the size or depth limits. Cheap byte tests pick the few candidates; only those are judged in Python.
     """
     offsets = np.frombuffer(raw.buffers()[1], np.int32)[raw.offset : raw.offset + len(raw) + 1]
     data = np.frombuffer(raw.buffers()[2], np.uint8)[offsets[0] : offsets[-1]]
@@ -406,9 +405,6 @@ def screen_lines(raw: pa.Array, first_day: str, last_day: str, limits: LineLimit
     if len(data):
         openers = np.add.reduceat((data == _OPEN_BRACKET) | (data == _OPEN_BRACE), starts, dtype=np.int64)
         candidates |= (openers > limits.max_depth) & (sizes > 0)
-        commas = [m.start() for m in _TRAILING_COMMA.finditer(memoryview(raw.buffers()[2])[offsets[0] : offsets[-1]])]
-        if commas:
-            candidates[np.searchsorted(starts, commas, side="right") - 1] = True
     reasons: list[str | None] = [None] * len(raw)
     for i in np.flatnonzero(candidates):
         reasons[i] = judge_line(raw[i].as_py(), first_day, last_day, limits).reason
@@ -416,7 +412,6 @@ def screen_lines(raw: pa.Array, first_day: str, last_day: str, limits: LineLimit
 
 
 _OPEN_BRACKET, _OPEN_BRACE = ord("["), ord("{")
-_TRAILING_COMMA = re.compile(rb",[ \t\r\n]*[\]}]")
 
 
 def clean_file_sql(
@@ -483,16 +478,14 @@ def _extra_sql(unknown: list[str]) -> str:
 def screen_sql(path: Path) -> str:
     """The query that counts a file's records (key NULL) and the records that give each top-level key.
 
-    With each count come the longest record in bytes, how many records hold a trailing comma (`[1,]`), which the
-    reader accepts and the JSON standard does not, and the bytes of all records (only the NULL key's row counts each
-    record once).
+    With each count come the longest record in bytes and the bytes of all records (only the NULL key's row counts
+    each record once).
     """
     # one GROUP BY over the unnested keys measured 3x cheaper than list functions on each record's key list; a key given
     # twice in a record is not seen here, but the reader of `clean_file_sql` fails on a duplicate contract key
     return (
-        f"SELECT key, count(*), max(bytes), count(*) FILTER (comma), sum(bytes) FROM ("
-        f"SELECT unnest(list_prepend(NULL::VARCHAR, json_keys(json))) AS key, strlen(json) AS bytes, "
-        f"regexp_matches(json, {_sql_str(_TRAILING_COMMA.pattern.decode())}) AS comma "
+        f"SELECT key, count(*), max(bytes), sum(bytes) FROM ("
+        f"SELECT unnest(list_prepend(NULL::VARCHAR, json_keys(json))) AS key, strlen(json) AS bytes "
         f"FROM read_ndjson_objects({_sql_str(str(path))})) GROUP BY key"
     )
 
@@ -629,14 +622,14 @@ class _Stager:
         limits = self.limits
         try:
             screened = {key: rest for key, *rest in self.con.execute(screen_sql(path)).fetchall()}
-            lines, biggest, commas, total = screened.pop(None, (0, 0, 0, 0))
+            lines, biggest, total = screened.pop(None, (0, 0, 0))
             counts = {key: n for key, (n, *_) in screened.items()}
             unknown = {key: n for key, n in counts.items() if key not in {r.name for r in field_rules()}}
-            # a record over a limit, with an empty key or a trailing comma needs the line checker's reason; with at most
-            # max_keys distinct keys in the file, no record has more
+            # a record over a limit or with an empty key needs the line checker's reason; with at most max_keys
+            # distinct keys in the file, no record has more
             if len(unknown) > MAX_UNKNOWN_KEYS or len(counts) > limits.max_keys or "" in counts:
                 return False
-            if (biggest or 0) + 1 > limits.max_bytes or commas or not _only_records(path, lines, total or 0):
+            if (biggest or 0) + 1 > limits.max_bytes or not _only_records(path, lines, total or 0):
                 return False
             given = [counts.get(r.name, 0) for r in rules]
             # where every record gives a field, the reader's NULL can only be an explicit null

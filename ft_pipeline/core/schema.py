@@ -244,6 +244,21 @@ def limit_problem(raw: bytes, limits: LineLimits) -> tuple[str, str] | None:
     return None
 
 
+# a comma before a closing bracket: DuckDB's JSON reader accepts one after the last member (`[1,]`, `{"a": 1,}`)
+_TRAILING_COMMA = re.compile(rb",[ \t\r\n]*[\]}]")
+
+
+def _without_trailing_commas(text: str) -> str:
+    """The line as DuckDB's reader takes it (a comma after the last member allowed), rewritten as standard JSON by DuckDB itself."""
+    import duckdb
+
+    try:
+        (minified,) = duckdb.execute("SELECT json(?::VARCHAR)", [text]).fetchone() or ("",)
+    except duckdb.Error as exc:
+        raise ValueError(str(exc).splitlines()[0]) from None
+    return minified
+
+
 class _Object(dict):
     """A parsed JSON object that remembers its keys in order, repeats included."""
 
@@ -278,6 +293,8 @@ def judge_line(raw: bytes, first_day: str, last_day: str, limits: LineLimits = L
     if not text.strip(BLANK_CHARS):
         return LineVerdict(blank=True, bom=bom)
     try:
+        if _TRAILING_COMMA.search(raw):
+            text = _without_trailing_commas(text)
         record = json.loads(text, object_pairs_hook=_Object)
         # a lone surrogate escape (\ud800) parses in Python, but is no Unicode text: DuckDB's reader refuses it
         json.dumps(record, ensure_ascii=False).encode("utf-8")

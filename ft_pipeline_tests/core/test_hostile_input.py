@@ -71,7 +71,10 @@ def test_log_writer_gives_the_verdict_of_ingest(settings, tmp_path):
         verdict = judge_line(line, FIRST, LAST, settings.line_limits)
         if verdict.blank or verdict.reason in ("invalid_utf8", "invalid_json", "duplicate_key", "not_an_object", "too_deep"):
             continue  # no record to hand to the writer, not the one the line holds, or one Python cannot parse
-        record = json.loads(line.decode("utf-8").removeprefix("\ufeff"))
+        try:
+            record = json.loads(line.decode("utf-8").removeprefix("\ufeff"))
+        except ValueError:  # a trailing comma, which ingest takes and a writer never writes
+            continue
         if record.get("log_id") is None or record.get("timestamp") is None:
             continue  # the writer fills these in
         compared += 1
