@@ -255,7 +255,7 @@ def _without_trailing_commas(text: str) -> str:
     try:
         (minified,) = duckdb.execute("SELECT json(?::VARCHAR)", [text]).fetchone() or ("",)
     except duckdb.Error as exc:
-        raise ValueError(str(exc).splitlines()[0]) from None
+        raise ValueError(str(exc).splitlines()[0].split("Input:")[0].strip()) from None  # DuckDB quotes the input
     return minified
 
 
