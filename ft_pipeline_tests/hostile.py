@@ -67,16 +67,19 @@ VALID = [
     record("ok-deep-metadata", metadata={"a": {"b": {"c": {"d": [1, [2, [3]]]}}}}),
     record("ok-naive-time", timestamp=f"{DAY} 08:30:00"),
     record("ok-offset", timestamp=f"{DAY}T23:30:00-00:30"),
-    record("ok-trailing-comma", metadata={"list": [1, 2]}),
     record("ok-odd-keys", **{"*": 1, "a.b": {"c": 2}, "$": None, 'q"': [1], "\u0000": "nul"}),
 ]
 
 
 def _line(value: dict) -> bytes:
-    text = json.dumps(value, ensure_ascii=False).encode()
-    if value.get("log_id") == "ok-trailing-comma":  # DuckDB's reader takes a comma after a last member, and so ingest does
-        text = text.replace(b"2]", b"2, ]")[:-1] + b",\t}"
-    return text
+    return json.dumps(value, ensure_ascii=False).encode()
+
+
+# valid lines as a producer may write them: a comma after a last member, which DuckDB's reader takes and so ingest does
+VALID_LINES = [_line(r) for r in VALID] + [
+    _line(record("ok-trailing-comma", metadata={"list": [1, 2]})).replace(b"2]", b"2, ]")[:-1] + b",\t}"
+]
+VALID_IDS = {r["log_id"] for r in VALID} | {"ok-trailing-comma"}
 
 
 def _deep(levels: int, opener: str = "[") -> str:
@@ -143,11 +146,11 @@ def write_hostile_inbox(inbox: Path, outside: Path) -> HostileInbox:
     expected = HostileInbox()
     lines: list[bytes] = []
     mixed: list[tuple[bytes, str | None]] = []
-    for i, valid in enumerate(VALID):
-        mixed.append((_line(valid), None))
+    for i, valid in enumerate(VALID_LINES):
+        mixed.append((valid, None))
         if i < len(BAD):
             mixed.append(BAD[i])
-    mixed += BAD[len(VALID) :]
+    mixed += BAD[len(VALID_LINES) :]
     mixed += [(blank, "blank") for blank in BLANK]
     for line_no, (line, reason) in enumerate(mixed, 1):
         lines.append(line)
@@ -156,7 +159,7 @@ def write_hostile_inbox(inbox: Path, outside: Path) -> HostileInbox:
         if reason != "blank":
             expected.bad_lines[("mixed.jsonl", line_no)] = reason
     (inbox / "mixed.jsonl").write_bytes(b"\n".join(lines) + b"\n")
-    expected.valid_ids |= {r["log_id"] for r in VALID}
+    expected.valid_ids |= VALID_IDS
 
     # a BOM at the start of a gzip file of valid records
     (inbox / "bom.jsonl.gz").write_bytes(gzip.compress(b"\xef\xbb\xbf" + b"\n".join(_line(r) for r in BOM_VALID) + b"\n"))
@@ -197,7 +200,7 @@ def write_hostile_inbox(inbox: Path, outside: Path) -> HostileInbox:
 def corpus_lines() -> list[tuple[bytes, str | None]]:
     """Every corpus line with the reason ingest must give it (None: valid; 'blank': not a record)."""
     return (
-        [(_line(r), None) for r in VALID]
+        [(line, None) for line in VALID_LINES]
         + BAD
         + [(blank, "blank") for blank in BLANK]
         + [(b"\xef\xbb\xbf" + _line(r), None) for r in BOM_VALID]
