@@ -13,6 +13,7 @@ import tempfile
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -101,17 +102,18 @@ def read_problem(exc: BaseException) -> str:
     return "bad_file:unreadable"
 
 
-def open_inbox_file(path: Path) -> BinaryIO:
+@contextmanager
+def open_inbox_file(path: Path) -> Iterator[BinaryIO]:
     """An inbox file opened for reading its bytes (gunzipped for *.gz), never through a symlink swapped in since it was listed."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+    with os.fdopen(fd, "rb") as raw:
+        if not stat.S_ISREG(os.fstat(raw.fileno()).st_mode):
             raise IsADirectoryError(f"{path} is not a regular file")
-        raw = os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-    return cast(BinaryIO, gzip.GzipFile(fileobj=raw, mode="rb")) if path.name.endswith(".gz") else raw
+        if path.name.endswith(".gz"):
+            with gzip.GzipFile(fileobj=raw, mode="rb") as unzipped:
+                yield cast(BinaryIO, unzipped)
+        else:
+            yield raw
 
 
 def line_batches(path: Path) -> Iterator[pa.Table]:
