@@ -169,6 +169,11 @@ _RULES: list[tuple[str, re.Pattern[str], Callable[[str], bool] | None, int]] = [
 ]
 
 
+# What an identifier (a log_id, a task name) must not hold: everything but random-looking tokens and bare digit runs,
+# which ids are made of (a 128-bit hex id looks like a secret, a 16-digit id passes Luhn one time in ten).
+IDENTIFIER_RULES = [rule for rule in _RULES if rule[1] is not _LONG_TOKEN and rule[0] != "CARD"]
+
+
 def _redact_iban(match: re.Match[str], counts: Counter) -> str:
     """The IBAN placeholder for the longest valid prefix of a candidate (it may have run into a following word)."""
     text = match.group(0)
@@ -181,10 +186,10 @@ def _redact_iban(match: re.Match[str], counts: Counter) -> str:
     return text
 
 
-def redact(text: str) -> tuple[str, dict[str, int]]:
-    """`text` with every PII match replaced by its typed placeholder, and the count per type."""
+def redact(text: str, rules: list | None = None) -> tuple[str, dict[str, int]]:
+    """`text` with every PII match replaced by its typed placeholder, and the count per type (`rules`: default all)."""
     counts: Counter = Counter()
-    for kind, pattern, valid, keep in _RULES:
+    for kind, pattern, valid, keep in _RULES if rules is None else rules:
         if kind == "IBAN":
             text = pattern.sub(lambda m: _redact_iban(m, counts), text)
             continue
@@ -225,10 +230,13 @@ def _redact_json(text: str) -> tuple[str, dict[str, int]]:
         return redact(text)
 
 
-def redact_column(values: pa.Array | pa.ChunkedArray, json_text: bool = False) -> tuple[pa.Array, dict[str, int]]:
+def redact_column(
+    values: pa.Array | pa.ChunkedArray, json_text: bool = False, identifiers: bool = False
+) -> tuple[pa.Array, dict[str, int]]:
     """A string (or list<string>) column with PII redacted (nulls kept) and the count per type; Python runs only on prefiltered rows.
 
-    With `json_text`, each value is JSON text whose strings are redacted one by one, so the result stays valid JSON.
+    With `json_text`, each value is JSON text whose strings are redacted one by one, so the result stays valid JSON;
+    with `identifiers`, only IDENTIFIER_RULES apply.
     """
     array = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
     if pa.types.is_list(array.type):  # list<string> (failure reasons): the strings are redacted in place
@@ -240,7 +248,7 @@ def redact_column(values: pa.Array | pa.ChunkedArray, json_text: bool = False) -
     if not pa.types.is_string(array.type) and not pa.types.is_large_string(array.type):
         raise TypeError(f"redact_column needs a string or list<string> column, got {array.type}")
     mask = pc.fill_null(pc.match_substring_regex(array, PREFILTER), False)
-    clean_one = _redact_json if json_text else redact
+    clean_one = _redact_json if json_text else (lambda text: redact(text, IDENTIFIER_RULES)) if identifiers else redact
     counts: Counter = Counter()
     cleaned = []
     for text in array.filter(mask).to_pylist():

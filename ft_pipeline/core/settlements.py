@@ -179,10 +179,10 @@ def _reasons(raw: pa.Table, settings: Settings) -> tuple[pa.ChunkedArray, pa.Chu
 
 
 def _holds_pii(raw: pa.Table, columns: tuple[str, ...]) -> pa.Array:
-    """True where one of the columns holds something the redaction would replace."""
+    """True where one of the identifier columns holds PII (an e-mail, a phone, a key; not just a random-looking id)."""
     found = pa.array(np.zeros(raw.num_rows, dtype=bool))
     for name in columns:
-        redacted, counts = redact_column(raw[name])
+        redacted, counts = redact_column(raw[name], identifiers=True)
         if counts:
             found = pc.or_(found, pc.fill_null(pc.not_equal(redacted, raw[name].combine_chunks()), False))
     return found

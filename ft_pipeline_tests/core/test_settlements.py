@@ -271,8 +271,11 @@ def test_every_text_column_leaves_raw_redacted(settings):
 
 
 def test_an_identifier_holding_pii_is_excluded_and_quarantined_by_the_stage(settings):
-    result, table = settle([raw_log("dave@example.com"), raw_log("ok-1"), raw_log("ok-2", task="4111111111111111")], settings)
-    assert table["log_id"].to_pylist() == ["ok-1"] and result.excluded == {"pii_in_identifier": 2}
+    rows = [raw_log("dave@example.com"), raw_log("ok-1"), raw_log("ok-2", task="sk-live-abcdef123456")]
+    rows += [raw_log("3f786850e387550fdab836ed7e6dc881"), raw_log("4111111111111111")]  # random-looking ids are ids
+    result, table = settle(rows, settings)
+    assert sorted(table["log_id"].to_pylist()) == ["3f786850e387550fdab836ed7e6dc881", "4111111111111111", "ok-1"]
+    assert result.excluded == {"pii_in_identifier": 2}
     entries = [json.loads(line) for line in quarantine_path(settings, DEFAULT_DATE).read_text().splitlines()]
     assert [e["reason"] for e in entries] == ["pii_in_identifier"] * 2
     assert "dave@example.com" not in json.dumps(entries)
