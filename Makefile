@@ -28,8 +28,9 @@ lint: install
 test: lint
 	$(BIN)/python -m pytest
 
+# the webserver and daemon never import ft_pipeline: their telemetry is switched off here and in dagster.yaml
 ui: install
-	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p $(UI_PORT)
+	DAGSTER_DISABLE_TELEMETRY=true MLFLOW_DISABLE_TELEMETRY=true $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p $(UI_PORT)
 
 bench: install
 	$(BIN)/python bench/ingest.py --lines 200000

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import sys
 from collections.abc import Sequence
 
@@ -21,14 +22,14 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     """Materialize the selection for every partition with data, then print a summary."""
-    from ft_pipeline.core.ingest import inbox_files
+    from ft_pipeline.core.ingest import inbox_entries
     from ft_pipeline.core.spool import recover_spools
     from ft_pipeline.runner import run_pipeline
 
     recovered = recover_spools(settings.inbox_dir)
     if recovered:
         print(f"recovered {len(recovered)} spool file(s) of dead writers into the inbox")
-    if args.demo_if_empty and not inbox_files(settings.inbox_dir):
+    if args.demo_if_empty and not inbox_entries(settings.inbox_dir):  # an inbox of unreadable files is not empty
         print(f"the inbox {settings.inbox_dir} is empty: writing demo logs")
         cmd_demo(argparse.Namespace(records=3000, days=30, seed=0), settings)
     runs = run_pipeline(args.select, settings=settings)
@@ -144,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="ft-pipeline", description=__doc__)
     parser.add_argument("--data-dir", help="data dir (default: $FT_DATA_DIR or ./data)")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="write realistic demo logs into the inbox")
@@ -187,15 +189,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What a user can cause and fix: a bad name or value, a missing or unreadable file, a file in the wrong format
+# (a corrupt checkpoint or adapter: pickle, safetensors and JSON errors are ValueErrors, EOFErrors or UnpicklingErrors).
+USER_ERRORS = (ValueError, LookupError, OSError, EOFError, pickle.UnpicklingError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `ft-pipeline` console script."""
+    """Entry point of the `ft-pipeline` console script: exit code 2 and one line for a user error, a traceback only with --debug."""
     args = build_parser().parse_args(argv)
-    settings = Settings.from_env(data_dir=args.data_dir)
     try:
+        settings = Settings.from_env(data_dir=args.data_dir)
         return args.func(args, settings)
-    except (ValueError, FileNotFoundError, LookupError) as exc:
-        print(f"ft-pipeline {args.command}: {exc}", file=sys.stderr)
+    except USER_ERRORS as exc:
+        if args.debug:
+            raise
+        print(f"ft-pipeline {args.command}: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(
+            f"ft-pipeline {args.command}: internal error {type(exc).__name__}: {_one_line(exc)} (--debug shows where)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as one line: its message with newlines folded, its type when it has no message."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 300 else text[:299] + "…"
 
 
 if __name__ == "__main__":

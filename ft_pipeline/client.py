@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ft_pipeline.core.schema import record_problems
+from ft_pipeline.core.schema import judge_line, record_problems
 from ft_pipeline.core.spool import PUBLISHED_PREFIX, SPOOL_DIR, new_spool_name, publish_spool, recover_spools
 from ft_pipeline.settings import Settings
 
@@ -29,6 +29,8 @@ class LogWriter:
         self.flush_every = flush_every
         self.flush_seconds = flush_seconds
         self.published: list[Path] = []
+        settings = Settings.from_env()
+        self.first_day, self.limits = settings.partitions_start, settings.line_limits
         # a writer killed before it published left its records in the spool: they reach the inbox now, not never
         self.recovered: list[Path] = recover_spools(self.inbox_dir)
         self._lock = threading.Lock()
@@ -55,8 +57,12 @@ class LogWriter:
             raise ValueError("log record breaks the contract: " + "; ".join(f"{code} ({detail})" for code, detail in problems))
         try:
             data = (json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
-        except (TypeError, ValueError, UnicodeEncodeError) as exc:
+        except (TypeError, ValueError, UnicodeEncodeError, RecursionError) as exc:
             raise ValueError(f"log record is not serialisable as UTF-8 JSON: {exc}") from None
+        # the line as ingest will read it, judged by ingest's own rules: limits, keys, the partitions' days
+        verdict = judge_line(data, self.first_day, datetime.now(UTC).date().isoformat(), self.limits)
+        if verdict.reason:
+            raise ValueError(f"log record breaks the contract: {verdict.reason} ({verdict.detail})")
         with self._lock:
             if self._closed:
                 raise ValueError("this LogWriter is closed")

@@ -52,8 +52,12 @@ def selected_keys(defs: Definitions, select: str) -> set[str]:
 def data_dates(settings: Settings) -> list[str]:
     """Days that have data: in the inbox files or already in the lake."""
     from ft_pipeline.core.ingest import inbox_dates, inbox_files
+    from ft_pipeline.partitions import daily_partitions
 
-    dates = set(inbox_dates(inbox_files(settings.inbox_dir))) | set(partition_dates(settings.lake_dir, "raw_logs"))
+    # only days of the partitions: a record from before FT_PARTITIONS_START, from year 1 or 9999 is quarantined by the
+    # ingest, and must not stretch the run's range beyond the partitions (Dagster refuses it, or walks ten thousand years)
+    first, last = settings.partitions_start, daily_partitions.get_last_partition_key() or settings.partitions_start
+    dates = inbox_dates(inbox_files(settings.inbox_dir), first, last) | set(partition_dates(settings.lake_dir, "raw_logs"))
     return sorted(dates)
 
 

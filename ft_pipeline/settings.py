@@ -8,7 +8,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ft_pipeline.core.schema import LineLimits
 
 
 def knob(default: Any, env: str, stage: str, help: str) -> Any:
@@ -32,6 +35,18 @@ class Settings:
     )
     ingest_memory_limit: str = knob(
         "1GB", "FT_INGEST_MEMORY_LIMIT", "general", "DuckDB memory limit of the raw_logs ingest; beyond it DuckDB spills to disk."
+    )
+    ingest_max_line_bytes: int = knob(
+        8 << 20, "FT_INGEST_MAX_LINE_BYTES", "general", "Longest input line in bytes; longer ones are quarantined as too_large."
+    )
+    ingest_max_depth: int = knob(
+        64,
+        "FT_INGEST_MAX_DEPTH",
+        "general",
+        "Deepest nesting of arrays and objects in a record; deeper ones are quarantined as too_deep.",
+    )
+    ingest_max_keys: int = knob(
+        256, "FT_INGEST_MAX_KEYS", "general", "Most top-level keys of a record; more are quarantined as too_many_keys."
     )
 
     # settlements: quality filters (each applied only when the record has the field)
@@ -176,6 +191,13 @@ class Settings:
                 values[f.name] = _parse(f, raw)
         values.update({k: v for k, v in overrides.items() if v is not None or _optional(cls, k)})
         return cls(**values)
+
+    @property
+    def line_limits(self) -> LineLimits:
+        """The size, depth and key limits every input line is checked against, by ingest and by the client alike."""
+        from ft_pipeline.core.schema import LineLimits
+
+        return LineLimits(self.ingest_max_line_bytes, self.ingest_max_depth, self.ingest_max_keys)
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some knobs changed."""

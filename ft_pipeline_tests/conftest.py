@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import ft_pipeline  # noqa: F401  (first: it turns MLflow's and Dagster's usage telemetry off for every test)
 from ft_pipeline.core.io import partition_file, write_parquet_atomic
 from ft_pipeline.settings import Settings
 

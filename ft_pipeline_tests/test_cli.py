@@ -19,3 +19,35 @@ def test_errors_are_one_clear_line_and_exit_code_2(tmp_path, capsys):
     assert "materialize task_dataset first" in capsys.readouterr().err
     assert main(["--data-dir", str(tmp_path), "train", "--task", "../etc"]) == 2
     assert "must match" in capsys.readouterr().err
+
+
+def test_user_errors_print_one_line_and_a_traceback_only_with_debug(tmp_path, capsys):
+    import pickle
+
+    import pytest
+
+    import ft_pipeline.cli as cli
+
+    def unpickle(args, settings):
+        pickle.loads(b"not a pickle")
+
+    parser = cli.build_parser
+    for error_args in (["train", "--task", "support\n"], ["generate", "bad name", "hi"]):
+        assert main(["--data-dir", str(tmp_path), *error_args]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err
+    real = parser()
+    real._subparsers._group_actions[0].choices["status"].set_defaults(func=unpickle)
+    cli.build_parser = lambda: real
+    try:
+        assert main(["--data-dir", str(tmp_path), "status"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("ft-pipeline status: ") and err.count("\n") == 1
+        with pytest.raises(pickle.UnpicklingError):
+            main(["--debug", "--data-dir", str(tmp_path), "status"])
+    finally:
+        cli.build_parser = parser
+    (tmp_path / "a_file").write_text("not a folder")
+    assert main(["--data-dir", str(tmp_path / "a_file"), "demo", "--records", "5"]) == 2  # an OSError
+    err = capsys.readouterr().err
+    assert err.startswith("ft-pipeline demo: ") and err.count("\n") == 1

@@ -39,3 +39,20 @@ def test_loading_the_code_location_imports_no_training_stack():
     code = "import sys, ft_pipeline.definitions; print(sorted(m for m in ('torch', 'transformers', 'peft', 'mlflow', 'scipy') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_telemetry_is_off_in_every_entry_point():
+    """The CLI, the code location and the client each turn MLflow's and Dagster's usage telemetry off, unasked."""
+    import os
+
+    clean = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_DISABLE_TELEMETRY", "DAGSTER_DISABLE_TELEMETRY")}
+    probe = (
+        "from mlflow.environment_variables import MLFLOW_DISABLE_TELEMETRY; import os; "
+        "print(MLFLOW_DISABLE_TELEMETRY.get(), os.environ.get('DAGSTER_DISABLE_TELEMETRY'))"
+    )
+    for module, expected in (("os", ["False", "None"]), *((m, ["True", "true"]) for m in ENTRY_POINTS)):
+        out = subprocess.run([sys.executable, "-c", f"import {module}; {probe}"], env=clean, capture_output=True, text=True)
+        assert out.stdout.split() == expected, (module, out.stderr[-500:])
+
+
+ENTRY_POINTS = ("ft_pipeline.cli", "ft_pipeline.definitions", "ft_pipeline.client", "ft_pipeline.training.lora")

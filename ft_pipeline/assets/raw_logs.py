@@ -32,11 +32,21 @@ def raw_logs(context: AssetExecutionContext, config: RawLogsConfig, pipeline: Pi
             f"{result.lines_by_line} lines were checked one by one: the files or 32 MB pieces that hold a bad line "
             "or a conflicting duplicate, for the line numbers the quarantine names; the rest went through DuckDB's parallel reader"
         )
+    # file names and task names come from producers: what the UI and the logs show of them is redacted too
+    bad_files = {redact(source)[0]: reason for source, reason in sorted(result.bad_files.items())}
+    tasks = {redact(task)[0]: count for task, count in result.tasks.items()}
+    for source, reason in bad_files.items():
+        context.log.warning(f"quarantined the whole file {source}: {reason}; the rest of the inbox was read")
     for reason, count in sorted(result.quarantined.items()):
         context.log.warning(f"quarantined {count} lines: {reason} (see {settings.quarantine_dir})")
+    if result.odd_blank_lines or result.bom_lines:
+        context.log.info(
+            f"{result.odd_blank_lines} lines of unusual white space skipped as blank, "
+            f"{result.bom_lines} byte order marks dropped from the start of a line"
+        )
     # raw_logs keeps the original text; what the UI shows of it is redacted like every later stage
     preview = "\n".join(
-        f"| {r['log_id']} | {r['timestamp']:%Y-%m-%d %H:%M:%S} | {r['task']} | {r['decision']} | {redact(r['prompt'])[0].replace('|', ' ')} |"
+        f"| {redact(r['log_id'])[0]} | {r['timestamp']:%Y-%m-%d %H:%M:%S} | {redact(r['task'])[0]} | {r['decision']} | {redact(r['prompt'])[0].replace('|', ' ')} |"
         for r in result.preview
     )
     metadata = {
@@ -47,10 +57,14 @@ def raw_logs(context: AssetExecutionContext, config: RawLogsConfig, pipeline: Pi
         "lines_read": result.lines,
         "lines_checked_one_by_one": result.lines_by_line,
         "inbox_files": result.files,
+        "bad_files": len(result.bad_files),
+        "bad_file_reasons": MetadataValue.json(bad_files),
+        "odd_blank_lines": result.odd_blank_lines,
+        "bom_lines": result.bom_lines,
         "partitions": MetadataValue.json(result.partitions),
-        "tasks": MetadataValue.json(result.tasks),
+        "tasks": MetadataValue.json(tasks),
         "preview": MetadataValue.md("| log_id | timestamp | task | decision | prompt |\n|---|---|---|---|---|\n" + preview),
         **{f"quarantined_{reason}": count for reason, count in sorted(result.quarantined.items())},
-        **{f"rows_task_{task}": count for task, count in result.tasks.items()},
+        **{f"rows_task_{task}": count for task, count in tasks.items()},
     }
     return MaterializeResult(metadata=metadata)

@@ -2,7 +2,7 @@
 
 from dagster import AssetDep, AssetExecutionContext, BackfillPolicy, MaterializeResult, MetadataValue, asset
 
-from ft_pipeline.core.settlements import build_partition, preview_markdown, settlements_path, summary
+from ft_pipeline.core.settlements import build_partition, preview_markdown, quarantine_path, settlements_path, summary
 from ft_pipeline.partitions import daily_partitions
 from ft_pipeline.resources import PipelineResource, stage_config
 
@@ -29,6 +29,8 @@ def settlements(context: AssetExecutionContext, config: SettlementsConfig, pipel
         context.log.info(
             f"{date}: {result.settled} of {result.rows_in} records settled; excluded {result.excluded}; PII redacted {result.pii}"
         )
+        if result.quarantined:
+            context.log.warning(f"{date}: {len(result.quarantined)} records quarantined in {quarantine_path(settings, date)}")
         results.append(result)
     totals = summary(results)
     shown = next((r for r in reversed(results) if r.settled), results[-1])

@@ -3,22 +3,38 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
+import re
 import shutil
+import stat
 import tempfile
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import BinaryIO, cast
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 
 from ft_pipeline.core.io import atomic_path, partition_dates, partition_file, write_jsonl_atomic
-from ft_pipeline.core.schema import PATTERN_REASONS, RAW_LOG_SCHEMA, TIMESTAMP_SHAPE, FieldRule, field_rules, record_problems
+from ft_pipeline.core.schema import (
+    BLANK_CHARS,
+    BOM,
+    PATTERN_REASONS,
+    RAW_LOG_SCHEMA,
+    TIMESTAMP_SHAPE,
+    FieldRule,
+    LineLimits,
+    field_rules,
+    judge_line,
+)
 from ft_pipeline.settings import Settings
 
 TABLE = "raw_logs"
@@ -37,26 +53,74 @@ PARQUET = "FORMAT parquet, COMPRESSION snappy"
 WHITESPACE = " \t\r\n"
 
 
-def inbox_files(inbox_dir: Path) -> list[Path]:
-    """The *.jsonl and *.jsonl.gz files under `inbox_dir`, sorted; hidden files and folders (spools) are skipped."""
+def inbox_entries(inbox_dir: Path) -> list[Path]:
+    """Every entry named *.jsonl or *.jsonl.gz under `inbox_dir`, of any kind, sorted; hidden files and folders (spools) are skipped."""
     root = Path(inbox_dir)
     if not root.is_dir():
         return []
     return sorted(
         p
         for p in root.rglob("*.jsonl*")
-        if p.name.endswith((".jsonl", ".jsonl.gz"))
-        and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        if p.name.endswith((".jsonl", ".jsonl.gz")) and not any(part.startswith(".") for part in p.relative_to(root).parts)
     )
+
+
+def inbox_files(inbox_dir: Path) -> list[Path]:
+    """The inbox entries that are regular files (symlinks and special files are refused), sorted."""
+    return [p for p in inbox_entries(inbox_dir) if file_problem(p) is None]
+
+
+def file_problem(path: Path) -> str | None:
+    """Why an inbox entry is not read (`bad_file:<why>`), from its own metadata: None for a regular file that is no symlink."""
+    try:
+        os.fsencode(path).decode("utf-8")
+    except UnicodeDecodeError:  # DuckDB cannot open it, and no name in the lake or the UI could say which file it was
+        return "bad_file:bad_name"
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return "bad_file:vanished"
+    if stat.S_ISLNK(mode):  # a link would pull in any file the process can read, from outside the inbox
+        return "bad_file:symlink"
+    if not stat.S_ISREG(mode):  # a FIFO would block the run, a device or a folder is no log file
+        return "bad_file:not_a_regular_file"
+    return None
+
+
+# what reading a whole file can raise: a gzip header or stream that is broken or cut short, an I/O or permission error
+READ_ERRORS = (OSError, EOFError, zlib.error, duckdb.IOException)
+
+
+def read_problem(exc: BaseException) -> str:
+    """The `bad_file:<why>` reason of an error raised while reading an inbox file."""
+    if isinstance(exc, PermissionError):
+        return "bad_file:unreadable"
+    if isinstance(exc, gzip.BadGzipFile) or "not a gzip" in str(exc).lower():
+        return "bad_file:not_gzip"
+    if isinstance(exc, EOFError | zlib.error) or "gzip" in str(exc).lower():
+        return "bad_file:corrupt_gzip"
+    return "bad_file:unreadable"
+
+
+@contextmanager
+def open_inbox_file(path: Path) -> Iterator[BinaryIO]:
+    """An inbox file opened for reading its bytes (gunzipped for *.gz), never through a symlink swapped in since it was listed."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as raw:
+        if not stat.S_ISREG(os.fstat(raw.fileno()).st_mode):
+            raise IsADirectoryError(f"{path} is not a regular file")
+        if path.name.endswith(".gz"):
+            with gzip.GzipFile(fileobj=raw, mode="rb") as unzipped:
+                yield cast(BinaryIO, unzipped)
+        else:
+            yield raw
 
 
 def line_batches(path: Path) -> Iterator[pa.Table]:
     """The lines of one file (gzip or plain) as Arrow tables of (line_no, raw bytes with newline), a chunk at a time."""
     chunk_bytes = CHUNK_BYTES  # read at call time, so that a test can make chunks small
-    opener = gzip.open if path.name.endswith(".gz") else open
     next_line, rest = 1, b""
-    with opener(path, "rb") as fh:
+    with open_inbox_file(path) as fh:
         while True:
             block = fh.read(chunk_bytes)
             data = rest + block
@@ -90,19 +154,29 @@ def _connect(settings: Settings, spill_dir: str | None = None) -> duckdb.DuckDBP
     return con
 
 
-def inbox_dates(paths: Iterable[Path]) -> set[str]:
-    """UTC dates (YYYY-MM-DD) of the parseable timestamps in the given inbox files."""
+def inbox_dates(paths: Iterable[Path], first_day: str = "0001-01-01", last_day: str = "9999-12-31") -> set[str]:
+    """UTC dates (YYYY-MM-DD) between `first_day` and `last_day` of the parseable timestamps in the given inbox files.
+
+    A file that cannot be read holds no dates: ingest quarantines it, and it must not stop a sensor or a run before that.
+    """
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     dates: set[str] = set()
     for path in paths:
-        for batches in line_batches(Path(path)):
-            con.register("chunk", pa.Table.from_batches(batches))
-            rows = con.execute(
-                "SELECT DISTINCT strftime(try_cast(try(json_extract_string(try(decode(raw)), '$.timestamp')) AS TIMESTAMPTZ), '%Y-%m-%d') "
-                "FROM chunk"
-            ).fetchall()
-            dates.update(d for (d,) in rows if d)
+        if file_problem(Path(path)):
+            continue
+        try:
+            for batches in line_batches(Path(path)):
+                con.register("chunk", pa.Table.from_batches(batches))
+                # a timestamp the contract refuses (24:00, +25:00) names no day; the shape test keeps the cast from rolling it over
+                rows = con.execute(
+                    "SELECT DISTINCT strftime(try_cast(t AS TIMESTAMPTZ), '%Y-%m-%d') FROM ("
+                    "SELECT try(json_extract_string(try(decode(raw)), '$.timestamp')) AS t FROM chunk) "
+                    f"WHERE regexp_matches(t, {_sql_str(TIMESTAMP_SHAPE.pattern)})"
+                ).fetchall()
+                dates.update(d for (d,) in rows if d and first_day <= d <= last_day)
+        except READ_ERRORS:
+            continue
     return dates
 
 
@@ -262,53 +336,99 @@ def _content_hash(rules: tuple[FieldRule, ...]) -> str:
     return "printf('%016x', hash(" + ", ".join([f'"{r.name}"' for r in rules] + ["extra"]) + "))"
 
 
-def classify_sql(first_day: str, last_day: str) -> str:
-    """The query that turns a chunk of raw lines into typed rows, each with a quarantine reason or NULL."""
+def classify_sql(first_day: str, last_day: str, limits: LineLimits) -> str:
+    """The query that turns a chunk of raw lines into typed rows, each with a quarantine reason, 'blank' or NULL.
+
+    The chunk's `screened` column holds the reason `screen_lines` found for a line that must not reach the parser.
+    """
     rules = field_rules()
     known = _sql_list(r.name for r in rules)
     structure = json.dumps({r.name: "JSON" for r in rules}).replace("'", "''")
     checks = [c for r in rules for c in _field_checks(r)]
     checks.append((f"day NOT BETWEEN '{first_day}' AND '{last_day}'", "'out_of_range:timestamp'"))
+    # the order of `judge_line`, so that both give the same first reason
     reason = (
-        "CASE WHEN line IS NULL THEN 'invalid_utf8' "
+        "CASE WHEN screened IS NOT NULL THEN screened WHEN blank THEN 'blank' WHEN line IS NULL THEN 'invalid_utf8' "
         "WHEN s IS NULL THEN CASE WHEN json_valid(line) THEN 'not_an_object' ELSE 'invalid_json' END "
+        f"WHEN len(keys) > {int(limits.max_keys)} THEN 'too_many_keys' "
+        "WHEN list_contains(keys, '') THEN 'empty_key' "
         "WHEN len(keys) > len(list_distinct(keys)) THEN 'duplicate_key' "
         + " ".join(f"WHEN {cond} THEN {why}" for cond, why in checks)
         + " END"
     )
     # values only of valid rows: a function like from_json would fail on the wrongly typed ones
     values = ", ".join(f'CASE WHEN reason IS NULL THEN {_value(r)} END AS "{r.name}"' for r in rules)
-    # sorted by key, as the parallel reader's `_extra_sql` writes them
+    # sorted by key, as the parallel reader's `_extra_sql` writes them; read from the record as a map, because a key
+    # in a JSON path (`$."*"`, `$."a.b"`) may be taken for a wildcard or a step
     extra = (
-        f"CASE WHEN NOT list_has_all({known}, keys) THEN '{{' || array_to_string(list_transform("
+        "CASE WHEN members IS NOT NULL THEN '{' || array_to_string(list_transform("
         f"list_sort(list_filter(keys, lambda k: NOT list_contains({known}, k))), "
-        f"lambda k: to_json(k) || ':' || json_extract(line, '$.' || to_json(k))), ',') || '}}' END"
+        "lambda k: to_json(k) || ':' || coalesce(members[k], 'null')), ',') || '}' END"
     )
-    # rtrim and trim walk a whole line (0.3 s a 32 MB chunk each); the regex and ltrim stop early
+    members = f"CASE WHEN reason IS NULL AND NOT list_has_all({known}, keys) THEN from_json(line, '\"MAP(VARCHAR, JSON)\"') END"
+    # rtrim and trim walk a whole line (0.3 s a 32 MB chunk each); the regex and ltrim stop early. A byte order mark
+    # opening a line is dropped (and counted); a line of any Unicode white space is blank.
     fields = f"""
-        SELECT line_no, raw, line, s, keys, s.* FROM (
-            SELECT line_no, raw, line, s, CASE WHEN s IS NOT NULL THEN json_keys(line) END AS keys FROM (
-                SELECT line_no, raw, line,
-                       CASE WHEN ltrim(line, '{WHITESPACE}')[1] = '{{' THEN try(from_json(line, '{structure}')) END AS s
-                FROM (SELECT line_no, raw, regexp_replace(try(decode(raw)), '\\r?\\n$', '') AS line FROM chunk)
-                WHERE line IS NULL OR ltrim(line, '{WHITESPACE}') <> ''))
+        SELECT line_no, raw, line, bom, blank, screened, s, keys, s.* FROM (
+            SELECT *, CASE WHEN s IS NOT NULL THEN json_keys(line) END AS keys FROM (
+                SELECT *, CASE WHEN NOT blank AND ltrim(line, '{WHITESPACE}')[1] = '{{'
+                               THEN try(from_json(line, '{structure}')) END AS s FROM (
+                    SELECT *, coalesce(ltrim(line, {_sql_str(BLANK_CHARS)}) = '', false) AS blank FROM (
+                        SELECT line_no, raw, screened, coalesce(starts_with(decoded, '{BOM}'), false) AS bom,
+                               CASE WHEN starts_with(decoded, '{BOM}') THEN substr(decoded, 2) ELSE decoded END AS line
+                        FROM (SELECT line_no, raw, screened,
+                                     CASE WHEN screened IS NULL THEN regexp_replace(try(decode(raw)), '\\r?\\n$', '') END AS decoded
+                              FROM chunk)))))
     """
     return f"""
     WITH typed AS (
         SELECT *, {_day()} AS day FROM ({_typed_sql(fields)})
     ), judged AS (
         SELECT *, {reason} AS reason FROM typed
+    ), valued AS (
+        SELECT *, {members} AS members FROM judged
     )
-    SELECT line_no, reason, CASE WHEN reason IS NOT NULL THEN raw END AS bad_raw, day, {values}, {extra} AS extra
-    FROM judged
+    SELECT line_no, reason, bom, blank AND ltrim(line, '{WHITESPACE}') <> '' AS odd_blank,
+           CASE WHEN reason IS NOT NULL THEN raw END AS bad_raw, day, {values}, {extra} AS extra
+    FROM valued
     """
 
 
-def clean_file_sql(path: Path, first_day: str, last_day: str, non_null: Iterable[str] = (), unknown: Iterable[str] = ()) -> str:
+def screen_lines(raw: pa.Array, first_day: str, last_day: str, limits: LineLimits) -> pa.Array:
+    """Per line of a chunk, the reason `judge_line` gives a line DuckDB must not parse, else NULL.
+
+    Those are lines over the size or depth limits. Cheap byte tests pick the few candidates; only those are judged in Python.
+    """
+    offsets = np.frombuffer(raw.buffers()[1], np.int32)[raw.offset : raw.offset + len(raw) + 1]
+    data = np.frombuffer(raw.buffers()[2], np.uint8)[offsets[0] : offsets[-1]]
+    starts = offsets[:-1] - offsets[0]
+    sizes = np.diff(offsets)
+    candidates = sizes > limits.max_bytes
+    if len(data):
+        openers = np.add.reduceat((data == _OPEN_BRACKET) | (data == _OPEN_BRACE), starts, dtype=np.int64)
+        candidates |= (openers > limits.max_depth) & (sizes > 0)
+    reasons: list[str | None] = [None] * len(raw)
+    for i in np.flatnonzero(candidates):
+        reasons[i] = judge_line(raw[i].as_py(), first_day, last_day, limits).reason
+    return pa.array(reasons, pa.string())
+
+
+_OPEN_BRACKET, _OPEN_BRACE = ord("["), ord("{")
+
+
+def clean_file_sql(
+    path: Path,
+    first_day: str,
+    last_day: str,
+    non_null: Iterable[str] = (),
+    unknown: Iterable[str] = (),
+    max_depth: int = LineLimits.max_depth,
+) -> str:
     """The query that types every record of a file with DuckDB's own parallel JSON reader, and fails on a row that breaks a rule.
 
     `non_null` names optional fields that every record of the file gives, so that a NULL from the reader is a null;
-    `unknown` names the keys outside the contract that records of the file give, which go to `extra`.
+    `unknown` names the keys outside the contract that records of the file give, which go to `extra`; a value that
+    opens `max_depth` arrays or objects or more may nest too deep, and sends the file to the line checker.
     """
     # The reader cannot see undeclared keys, tell a null from an absent key, or number lines: `screen_sql` finds the keys
     # and counts them, and a file whose rows need line numbers (quarantine, conflicts) is parsed line by line. Rows are
@@ -324,6 +444,8 @@ def clean_file_sql(path: Path, first_day: str, last_day: str, non_null: Iterable
         [f"{_sql_id(r.name)} IS NULL" for r in rules if r.required or r.name in non_null]
         + [f"({_sql_id(r.name)} IS NOT NULL AND {cond})" for r in rules for cond, _ in _value_checks(r)]
         + [f"day NOT BETWEEN '{first_day}' AND '{last_day}'"]
+        + [_may_nest_deep(_sql_id(r.name), max_depth) for r in rules if r.kind == "json"]
+        + [_may_nest_deep("extra", max_depth)]
     )
     values = ", ".join(f'{_value(r)} AS "{r.name}"' for r in rules)
     # Each step is its own projection, so that a typed form is computed once for both checks and values (a WHERE would be
@@ -334,6 +456,15 @@ def clean_file_sql(path: Path, first_day: str, last_day: str, non_null: Iterable
         SELECT *, CASE WHEN {dirty} THEN error('a row breaks the contract') ELSE day END AS checked_day FROM (
             SELECT *, {_day()} AS day FROM ({_typed_sql(reader)})))
     """
+
+
+def _may_nest_deep(x: str, max_depth: int) -> str:
+    """SQL that is true when a JSON value opens `max_depth` arrays or objects or more; only long values are counted."""
+    text = f"{x}::VARCHAR"
+    return (
+        f"coalesce(strlen({text}) >= {2 * max_depth} AND "
+        f"strlen({text}) - strlen(replace(replace({text}, '[', ''), '{{', '')) >= {max_depth}, false)"
+    )
 
 
 def _extra_sql(unknown: list[str]) -> str:
@@ -347,13 +478,37 @@ def _extra_sql(unknown: list[str]) -> str:
 
 
 def screen_sql(path: Path) -> str:
-    """The query that counts a file's records (key NULL) and the records that give each top-level key."""
+    """The query that counts a file's records (key NULL) and the records that give each top-level key.
+
+    With each count come the longest record in bytes and the bytes of all records (only the NULL key's row counts
+    each record once).
+    """
     # one GROUP BY over the unnested keys measured 3x cheaper than list functions on each record's key list; a key given
     # twice in a record is not seen here, but the reader of `clean_file_sql` fails on a duplicate contract key
     return (
-        f"SELECT key, count(*) FROM (SELECT unnest(list_prepend(NULL::VARCHAR, json_keys(json))) AS key "
+        f"SELECT key, count(*), max(bytes), sum(bytes) FROM ("
+        f"SELECT unnest(list_prepend(NULL::VARCHAR, json_keys(json))) AS key, strlen(json) AS bytes "
         f"FROM read_ndjson_objects({_sql_str(str(path))})) GROUP BY key"
     )
+
+
+def _only_records(path: Path, records: int, record_bytes: int) -> bool:
+    """Whether a file holds nothing but its records, one per line: no blank line, no white space around a record.
+
+    The reader skips such bytes, and some (a vertical tab before a record) are no JSON white space: a file that has
+    them goes to the line checker. A plain file's size says so, a gzip file's by the size its trailer records.
+    """
+    expected = record_bytes + records  # each record and its newline
+    if path.name.endswith(".gz"):
+        with open(path, "rb") as fh:
+            fh.seek(-4, os.SEEK_END)
+            return int.from_bytes(fh.read(4), "little") == expected % 2**32
+    size = path.stat().st_size
+    if size == expected - 1 and records:  # the last line may lack its newline
+        with open(path, "rb") as fh:
+            fh.seek(-1, os.SEEK_END)
+            return fh.read(1) != b"\n"
+    return size == expected
 
 
 def _non_null_optional(rules: tuple[FieldRule, ...]) -> list[FieldRule]:
@@ -372,6 +527,9 @@ class IngestResult:
     quarantined: Counter = field(default_factory=Counter)  # reason -> lines
     pending: int = 0  # valid new rows of days this run did not materialize
     lines_by_line: int = 0  # lines of files or 32 MB pieces that held a bad line or a conflict, checked one by one
+    bad_files: dict[str, str] = field(default_factory=dict)  # source file -> bad_file:<why>, for files quarantined whole
+    odd_blank_lines: int = 0  # blank lines of white space other than spaces and tabs (a vertical tab, a lone BOM)
+    bom_lines: int = 0  # lines that opened with a byte order mark, which was dropped
     partitions: dict[str, int] = field(default_factory=dict)  # day -> rows stored after the run
     tasks: dict[str, int] = field(default_factory=dict)  # task -> rows stored in those partitions
     preview: list[dict] = field(default_factory=list)  # a few of the new rows
@@ -407,15 +565,18 @@ class _Stager:
     first_day: str
     last_day: str
     ingested_at: str
+    limits: LineLimits = field(default_factory=LineLimits)
     fast: dict[tuple[int, int], bool] = field(default_factory=dict)  # fast-path unit -> covers its whole file
     lines_by_line: int = 0  # lines staged by `_stage_lines`
+    odd_blank_lines: int = 0  # blank lines of white space other than JSON's (a vertical tab, a no-break space)
+    bom_lines: int = 0  # lines that opened with a byte order mark, dropped before parsing
 
     def __post_init__(self):
         self.con.execute(
             "CREATE TABLE keys (file_idx INTEGER, unit_line BIGINT, line_no BIGINT, log_id VARCHAR, content_hash VARCHAR, day VARCHAR)"
         )
         self.con.execute("CREATE TABLE rejected (file_idx INTEGER, line_no BIGINT, reason VARCHAR, raw BLOB)")
-        self.line_query = classify_sql(self.first_day, self.last_day)
+        self.line_query = classify_sql(self.first_day, self.last_day, self.limits)
         (self.work / "stage").mkdir()
 
     def unit_dir(self, file_idx: int, unit_line: int) -> Path:
@@ -460,16 +621,23 @@ class _Stager:
         """Stage a file with the parallel reader when every record in it is valid; False, with nothing kept, otherwise."""
         folder = self.unit_dir(file_idx, unit_line)
         rules = _non_null_optional(field_rules())
+        limits = self.limits
         try:
-            counts = dict(self.con.execute(screen_sql(path)).fetchall())
-            lines = counts.pop(None, 0)
+            screened = {key: rest for key, *rest in self.con.execute(screen_sql(path)).fetchall()}
+            lines, biggest, total = screened.pop(None, (0, 0, 0))
+            counts = {key: n for key, (n, *_) in screened.items()}
             unknown = {key: n for key, n in counts.items() if key not in {r.name for r in field_rules()}}
-            if len(unknown) > MAX_UNKNOWN_KEYS:
+            # a record over a limit or with an empty key needs the line checker's reason; with at most max_keys
+            # distinct keys in the file, no record has more
+            if len(unknown) > MAX_UNKNOWN_KEYS or len(counts) > limits.max_keys or "" in counts:
+                return False
+            if (biggest or 0) + 1 > limits.max_bytes or not _only_records(path, lines, total or 0):
                 return False
             given = [counts.get(r.name, 0) for r in rules]
             # where every record gives a field, the reader's NULL can only be an explicit null
             everywhere = [r.name for r, n in zip(rules, given) if n == lines]
-            rows = self._copy(file_idx, unit_line, clean_file_sql(path, self.first_day, self.last_day, everywhere, unknown))
+            sql = clean_file_sql(path, self.first_day, self.last_day, everywhere, unknown, limits.max_depth)
+            rows = self._copy(file_idx, unit_line, sql)
         except duckdb.InvalidInputException:  # a line that is not a JSON object, not UTF-8, gives a key twice, or breaks a rule
             shutil.rmtree(folder, ignore_errors=True)
             return False
@@ -513,10 +681,18 @@ class _Stager:
     def _stage_lines(self, file_idx: int, chunk: pa.Table) -> None:
         """Stage one chunk line by line: each line with its number, rejected ones with their reason and bytes."""
         first = chunk["line_no"][0].as_py()
-        self.con.register("chunk", chunk)
+        screened = pa.chunked_array(
+            [screen_lines(part, self.first_day, self.last_day, self.limits) for part in chunk["raw"].chunks], pa.string()
+        )
+        self.con.register("chunk", chunk.append_column("screened", screened))
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE judged AS {self.line_query}")
-        self.con.execute(f"INSERT INTO rejected SELECT {file_idx}, line_no, reason, bad_raw FROM judged WHERE reason IS NOT NULL")
-        typed = "SELECT * EXCLUDE (line_no, reason, bad_raw) FROM judged WHERE reason IS NULL"
+        self.con.execute(
+            f"INSERT INTO rejected SELECT {file_idx}, line_no, reason, bad_raw FROM judged WHERE reason IS NOT NULL AND reason <> 'blank'"
+        )
+        odd, bom = self.con.execute("SELECT count(*) FILTER (odd_blank), count(*) FILTER (bom) FROM judged").fetchall()[0]
+        self.odd_blank_lines += odd
+        self.bom_lines += bom
+        typed = "SELECT * EXCLUDE (line_no, reason, bad_raw, bom, odd_blank) FROM judged WHERE reason IS NULL"
         self.con.execute(
             f"INSERT INTO keys SELECT {file_idx}, {first}, line_no, log_id, {_content_hash(field_rules())}, day "
             f"FROM judged WHERE reason IS NULL"
@@ -525,32 +701,61 @@ class _Stager:
         self.lines_by_line += chunk.num_rows
         self.con.unregister("chunk")
 
+    def drop_file(self, file_idx: int) -> None:
+        """Forget whatever was staged of a file that turned out unreadable part way."""
+        self.con.execute("DELETE FROM keys WHERE file_idx = $f", {"f": file_idx})
+        self.con.execute("DELETE FROM rejected WHERE file_idx = $f", {"f": file_idx})
+        for unit in [key for key in self.fast if key[0] == file_idx]:
+            del self.fast[unit]
+        for folder in (self.work / "stage").glob(f"{file_idx}-*"):
+            shutil.rmtree(folder)
+
 
 def ingest(settings: Settings, days: Iterable[str] | None = None, last_day: str | None = None) -> IngestResult:
-    """Ingest every inbox file: store the new valid records of `days` (default: all), quarantine the bad lines."""
+    """Ingest every inbox file: store the new valid records of `days` (default: all), quarantine the bad lines and files."""
     last_day = last_day or datetime.now(UTC).date().isoformat()
     first_day = date.fromisoformat(settings.partitions_start).isoformat()
-    files = inbox_files(settings.inbox_dir)
+    files = inbox_entries(settings.inbox_dir)
     settings.lake_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".ingest-", dir=settings.lake_dir))  # same filesystem: moves are renames
     try:
         con = _connect(settings, str(work / "spill"))
-        stager = _Stager(
-            con, work, [_source_name(settings, p) for p in files], first_day, last_day, datetime.now(UTC).isoformat()
-        )
+        sources = [_source_name(settings, p) for p in files]
+        stager = _Stager(con, work, sources, first_day, last_day, datetime.now(UTC).isoformat(), settings.line_limits)
         result = _ingest(stager, settings, files, days)
         result.lines_by_line = stager.lines_by_line
+        result.odd_blank_lines = stager.odd_blank_lines
+        result.bom_lines = stager.bom_lines
         con.close()
         return result
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _stage_or_refuse(stager: _Stager, file_idx: int, path: Path, restage_unit: int | None = None) -> str | None:
+    """Stage one inbox file (or restage one of its units); the `bad_file:<why>` reason, with nothing kept, when it cannot be read."""
+    problem = file_problem(path)
+    if problem is None:
+        try:
+            if restage_unit is None:
+                stager.stage_file(file_idx, path)
+            else:
+                stager.restage_by_line(file_idx, restage_unit, path)
+            return None
+        except READ_ERRORS as exc:
+            problem = read_problem(exc)
+    stager.drop_file(file_idx)
+    return problem
+
+
 def _ingest(stager: _Stager, settings: Settings, files: list[Path], days) -> IngestResult:
     con = stager.con
     result = IngestResult(files=len(files))
+    bad: dict[int, str] = {}  # file index -> bad_file:<why>
     for file_idx, path in enumerate(files):
-        stager.stage_file(file_idx, path)
+        problem = _stage_or_refuse(stager, file_idx, path)
+        if problem:
+            bad[file_idx] = problem
     result.lines = con.execute("SELECT (SELECT count(*) FROM keys) + (SELECT count(*) FROM rejected)").fetchall()[0][0]
 
     existing = [partition_file(settings.lake_dir, TABLE, d) for d in partition_dates(settings.lake_dir, TABLE)]
@@ -560,7 +765,10 @@ def _ingest(stager: _Stager, settings: Settings, files: list[Path], days) -> Ing
         "SELECT DISTINCT file_idx, unit_line FROM fate WHERE fate = 'conflicting_duplicate' AND line_no IS NULL ORDER BY ALL"
     ).fetchall()
     for file_idx, unit_line in redo:
-        stager.restage_by_line(file_idx, unit_line, files[file_idx])
+        if file_idx not in bad:
+            problem = _stage_or_refuse(stager, file_idx, files[file_idx], unit_line)
+            if problem:  # it changed since it was first read
+                bad[file_idx] = problem
     if redo:
         _decide_fates(con, existing)
 
@@ -576,8 +784,10 @@ def _ingest(stager: _Stager, settings: Settings, files: list[Path], days) -> Ing
             result.pending += count
     for reason, count in con.execute("SELECT reason, count(*) FROM rejected GROUP BY reason").fetchall():
         result.quarantined[reason] += count
+    result.quarantined.update(bad.values())
+    result.bad_files = {printable_name(stager.sources[i]): reason for i, reason in sorted(bad.items())}
 
-    _write_quarantine(con, settings, files)
+    _write_quarantine(stager, settings, files, bad)
     _write_partitions(stager, settings, wanted, result)
     return result
 
@@ -611,17 +821,36 @@ def _decide_fates(con, existing: list[Path]) -> None:
     """)
 
 
-def _write_quarantine(con, settings: Settings, files: list[Path]) -> None:
-    """Rewrite each source file's quarantine file with its rejected lines (one file per source: reruns never duplicate)."""
+def _write_quarantine(stager: _Stager, settings: Settings, files: list[Path], bad_files: dict[int, str]) -> None:
+    """Rewrite each source file's quarantine file with its rejected lines (one file per source: reruns never duplicate).
+
+    A file that cannot be read gets one entry for the whole file, with no line number and none of its text.
+    """
+    con = stager.con
+    names = {quarantine_name(_source_name(settings, path)) for path in files}
     for file_idx, path in enumerate(files):
+        source = _source_name(settings, path)
+        target = settings.quarantine_dir / quarantine_name(source)
+        legacy = settings.quarantine_dir / (source.replace("/", "__") + ".jsonl")  # the name before names were escaped
+        if legacy.name not in names:
+            legacy.unlink(missing_ok=True)
+        if file_idx in bad_files:
+            reason = bad_files[file_idx]
+            entry = {
+                "source_file": printable_name(source),
+                "line_no": None,
+                "reason": reason,
+                "detail": FILE_DETAILS[reason],
+                "raw": "",
+            }
+            write_jsonl_atomic([entry], target)
+            continue
         rows = con.execute(
             "SELECT line_no, reason, raw FROM rejected WHERE file_idx = $i "
             "UNION ALL SELECT line_no, fate, NULL FROM fate WHERE file_idx = $i AND fate = 'conflicting_duplicate' "
             "ORDER BY line_no",
             {"i": file_idx},
         ).fetchall()
-        source = _source_name(settings, path)
-        target = settings.quarantine_dir / (source.replace("/", "__") + ".jsonl")
         if not rows:
             target.unlink(missing_ok=True)
             continue
@@ -630,17 +859,43 @@ def _write_quarantine(con, settings: Settings, files: list[Path]) -> None:
         refetched = _read_lines(path, missing) if missing else {}
         entries = []
         for line_no, reason, raw in rows:
-            text = (raw if raw is not None else refetched[line_no]).decode("utf-8", "replace").rstrip("\r\n")
+            data = raw if raw is not None else refetched[line_no]
             entries.append(
                 {
                     "source_file": source,
                     "line_no": line_no,
                     "reason": reason,
-                    "detail": _detail(reason, text, settings),
-                    "raw": text,
+                    "detail": _detail(reason, data, stager),
+                    "raw": data.decode("utf-8", "replace").rstrip("\r\n"),
                 }
             )
         write_jsonl_atomic(entries, target)
+
+
+FILE_DETAILS = {
+    "bad_file:symlink": "the inbox entry is a symbolic link; only regular files in the inbox are read",
+    "bad_file:not_a_regular_file": "the inbox entry is not a regular file (a folder, a FIFO, a device or a socket)",
+    "bad_file:vanished": "the inbox entry disappeared while it was being read",
+    "bad_file:bad_name": "the file's path is not valid UTF-8 (its bad bytes are shown as \\xNN in source_file)",
+    "bad_file:unreadable": "the file cannot be read (permissions or an I/O error)",
+    "bad_file:not_gzip": "the file is named *.gz but is not gzip data",
+    "bad_file:corrupt_gzip": "the gzip data is truncated or corrupt",
+}
+
+
+def quarantine_name(source: str) -> str:
+    """The quarantine file name of a source file: its inbox path with `%` and `/` escaped, so two sources never share one."""
+    name = source.replace("%", "%25").replace("/", "%2F")
+    # a byte that is not UTF-8 (a surrogate in the decoded path) is escaped like `%` and `/`
+    name = re.sub("[\udc80-\udcff]", lambda m: f"%{ord(m.group()) - 0xDC00:02X}", name)
+    if len(name.encode()) > 200:  # file names stop at 255 bytes; a hash of the whole path keeps long ones apart
+        name = name[:100] + "-" + hashlib.sha256(os.fsencode(source)).hexdigest()[:16]
+    return name + ".jsonl"
+
+
+def printable_name(source: str) -> str:
+    """A source file name as text: bytes of the path that are not UTF-8 shown as \\xNN."""
+    return os.fsencode(source).decode("utf-8", "backslashreplace")
 
 
 def _source_name(settings: Settings, path: Path) -> str:
@@ -658,25 +913,12 @@ def _read_lines(path: Path, line_nos: set[int]) -> dict[int, bytes]:
     return found
 
 
-def _detail(reason: str, text: str, settings: Settings) -> str:
-    """A human-readable explanation of why a line was quarantined."""
-    if reason == "invalid_utf8":
-        return "the line is not valid UTF-8"
+def _detail(reason: str, raw: bytes, stager: _Stager) -> str:
+    """A human-readable explanation of why a line was quarantined: the line checker's own, or that of a conflict."""
     if reason == "conflicting_duplicate":
         return "a record with this log_id is already stored with different content"
-    if reason == "duplicate_key":
-        keys = [key for key, _ in json.loads(text, object_pairs_hook=list)]
-        repeated = sorted({key for key in keys if keys.count(key) > 1})
-        return f"the record gives {', '.join(repeated)} more than once, so its content is ambiguous"
-    try:
-        record = json.loads(text)
-    except ValueError as exc:
-        return f"not valid JSON: {exc}"
-    if reason == "out_of_range:timestamp":
-        return (
-            f"timestamp {record.get('timestamp')!r} is outside the daily partitions (from {settings.partitions_start} to today)"
-        )
-    return next((detail for code, detail in record_problems(record) if code == reason), reason)
+    verdict = judge_line(raw, stager.first_day, stager.last_day, stager.limits)
+    return verdict.detail if verdict.reason == reason else reason
 
 
 def _swap_in(staged: Path, target: Path) -> None:

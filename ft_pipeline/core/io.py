@@ -21,16 +21,22 @@ PARTITION_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 def checked_name(name: str, what: str = "task") -> str:
     """`name` when it is a safe single path component (the contract's task pattern), else ValueError."""
-    if not isinstance(name, str) or not TASK_NAME.match(name):
+    # fullmatch: with match, the pattern's `$` would accept a name ending in a newline
+    if not isinstance(name, str) or not TASK_NAME.fullmatch(name):
         raise ValueError(f"{what} name {name!r} must match {TASK_NAME.pattern}")
     return name
 
 
+def checked_date(date: str) -> str:
+    """`date` when it is a partition date (YYYY-MM-DD), else ValueError."""
+    if not isinstance(date, str) or not PARTITION_DATE.fullmatch(date):
+        raise ValueError(f"partition date {date!r} must be YYYY-MM-DD")
+    return date
+
+
 def partition_dir(lake_dir: Path, table: str, date: str) -> Path:
     """Folder of one daily partition: <lake>/<table>/date=YYYY-MM-DD."""
-    if not PARTITION_DATE.match(date):
-        raise ValueError(f"partition date {date!r} must be YYYY-MM-DD")
-    return Path(lake_dir) / checked_name(table, "table") / f"date={date}"
+    return Path(lake_dir) / checked_name(table, "table") / f"date={checked_date(date)}"
 
 
 def partition_file(lake_dir: Path, table: str, date: str) -> Path:

@@ -1,5 +1,9 @@
 """PII redaction: e-mail addresses, phone numbers, payment cards, IP addresses, secrets, IBANs and US SSNs.
 
+E-mail addresses are found in any script and in spelled-out forms (`name(at)example.org`), cards with spaces, dashes
+or dots between their groups, phones in international, national and local (555-0199) forms, vendor keys also
+right after `-` or `_`.
+
 Each kind of PII is replaced by a typed placeholder such as [EMAIL]. Candidates found by a regex are
 validated where a checksum or a parser exists (Luhn for cards, mod 97 for IBANs, `ipaddress` for IPs),
 so ordinary numbers, dates, times, prices and code survive. `redact_column` runs a cheap column-wise
@@ -21,10 +25,11 @@ import pyarrow.compute as pc
 
 PII_TYPES = ("SECRET", "EMAIL", "IBAN", "CARD", "SSN", "IP", "PHONE")
 
-# Tokens with a recognisable vendor prefix, JWTs, and `key = value` assignments of credentials.
+# Tokens with a recognisable vendor prefix, JWTs, and `key = value` assignments of credentials. A prefix may follow
+# `-` or `_` (`v-AKIA...`, `key_sk-...`): only a letter or digit before it makes it part of a longer word.
 _SECRET = re.compile(
-    r"(?<![\w-])(?:"
-    r"sk-(?:proj-|ant-|live-|test-)?[A-Za-z0-9_-]{16,}"
+    r"(?<![A-Za-z0-9])(?:"
+    r"sk-(?:proj-|ant-|live-|test-)?(?=[A-Za-z0-9_-]*\d)[A-Za-z0-9_-]{8,}"
     r"|(?:AKIA|ASIA)[0-9A-Z]{16}"
     r"|gh[pousr]_[A-Za-z0-9]{30,}"
     r"|github_pat_[A-Za-z0-9_]{30,}"
@@ -42,15 +47,20 @@ _ASSIGNED = re.compile(
 _LONG_TOKEN = re.compile(r"(?<![\w+/=-])[A-Za-z0-9_+/=-]{32,}(?![\w+/=-])")
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
-_EMAIL = re.compile(
-    r"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"
+# Any script: accented and internationalised local parts and domains (josé@exämple.de, 用户@例子.中国), and the
+# spelled-out forms people use to dodge filters: name(at)example.org, name [at] example [dot] org.
+_EMAIL = re.compile(r"(?<![\w.+-])[^\W_][\w.%+-]*@[^\W_](?:[\w-]*[^\W_])?(?:\.[\w-]+)*\.(?:xn--[a-z0-9-]+|[^\W\d_]{2,})\b")
+_SPELLED_AT = r"\s*[\[({<]\s*at\s*[\])}>]\s*"
+_SPELLED_DOT = r"(?:\s*[\[({<]\s*dot\s*[\])}>]\s*|\.)"
+_OBFUSCATED_EMAIL = re.compile(
+    rf"(?i)(?<![\w.+-])[^\W_][\w.%+-]*{_SPELLED_AT}[^\W_][\w-]*(?:{_SPELLED_DOT}[\w-]+)*{_SPELLED_DOT}[^\W\d_]{{2,}}\b"
 )
 
 # Country code, two check digits, then the account in groups of four (spaces optional).
 _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b")
 
 # 13-19 digits, contiguous or in groups of four (or Amex 4-6-5) with one consistent separator.
-_CARD = re.compile(r"(?<![\d.,-])(?:\d{13,19}|\d{4}([ -])\d{4}\1\d{4}\1\d{1,7}|\d{4}([ -])\d{6}\2\d{5})(?![\d-]|[.,]\d)")
+_CARD = re.compile(r"(?<![\d.,-])(?:\d{13,19}|\d{4}([ .-])\d{4}\1\d{4}\1\d{1,7}|\d{4}([ -])\d{6}\2\d{5})(?![\d-]|[.,]\d)")
 _SSN = re.compile(r"(?<![\d-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\d-])")
 
 _IPV4 = re.compile(r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?!\.?\d)")
@@ -65,14 +75,19 @@ _PHONE = re.compile(
     r"|\(\d{3}\) ?\d{3}[ .-]\d{4}"
     r"|\d{3}(?P<sep>[ .-])\d{3}(?P=sep)\d{4}"
     r"|\(?0\d{1,4}\)?[ -]\d{3,4}[ -]\d{3,4}"
+    r"|0[1-9](?P<pair>[ .-])\d{2}(?:(?P=pair)\d{2}){3}"
+    r"|0\d{2,4}[ /-]\d{6,8}"
     r")(?![\w])(?![ .-]\d)"
 )
+# A local number without area code, 3-4 digits as in 555-0199; no digit, dot or dash may touch it (ISBNs, versions).
+_LOCAL_PHONE = re.compile(r"(?<![\w+.,/-])[2-9]\d{2}-\d{4}(?![\w-]|[.,/]\d)")
 
 # Column-wise RE2 prefilter: a row that matches none of these cannot hold anything the patterns redact.
 PREFILTER = (
     r"@|\d[\s().-]{0,2}\d[\s().-]{0,2}\d[\s().-]{0,2}\d[\s().-]{0,2}\d[\s().-]{0,2}\d[\s().-]{0,2}\d"
     r"|\d\.\d{1,3}\.\d|[0-9A-Fa-f]:[0-9A-Fa-f]{0,4}:|::"
     r"|sk-|AKIA|ASIA|gh[pousr]_|github_pat_|xox[abprs]-|AIza|eyJ|(?i:bearer|api.?key|secret|token|passw)"
+    r"|(?i:[\[({<]\s*at\s*[\])}>])"
     r"|[A-Za-z0-9_+/=-]{32}|[A-Z]{2}\d{2}"
 )
 
@@ -143,13 +158,20 @@ _RULES: list[tuple[str, re.Pattern[str], Callable[[str], bool] | None, int]] = [
     ("SECRET", _ASSIGNED, None, 1),
     ("SECRET", _LONG_TOKEN, _high_entropy, 0),
     ("EMAIL", _EMAIL, None, 0),
+    ("EMAIL", _OBFUSCATED_EMAIL, None, 0),
     ("IBAN", _IBAN, None, 0),
     ("CARD", _CARD, _card_valid, 0),
     ("SSN", _SSN, None, 0),
     ("IP", _IPV4, None, 0),
     ("IP", _IPV6, _ipv6_valid, 0),
     ("PHONE", _PHONE, _phone_valid, 0),
+    ("PHONE", _LOCAL_PHONE, None, 0),
 ]
+
+
+# What an identifier (a log_id, a task name) must not hold: everything but random-looking tokens and bare digit runs,
+# which ids are made of (a 128-bit hex id looks like a secret, a 16-digit id passes Luhn one time in ten).
+IDENTIFIER_RULES = [rule for rule in _RULES if rule[1] is not _LONG_TOKEN and rule[0] != "CARD"]
 
 
 def _redact_iban(match: re.Match[str], counts: Counter) -> str:
@@ -164,10 +186,10 @@ def _redact_iban(match: re.Match[str], counts: Counter) -> str:
     return text
 
 
-def redact(text: str) -> tuple[str, dict[str, int]]:
-    """`text` with every PII match replaced by its typed placeholder, and the count per type."""
+def redact(text: str, rules: list | None = None) -> tuple[str, dict[str, int]]:
+    """`text` with every PII match replaced by its typed placeholder, and the count per type (`rules`: default all)."""
     counts: Counter = Counter()
-    for kind, pattern, valid, keep in _RULES:
+    for kind, pattern, valid, keep in _RULES if rules is None else rules:
         if kind == "IBAN":
             text = pattern.sub(lambda m: _redact_iban(m, counts), text)
             continue
@@ -186,7 +208,7 @@ def _redact_json(text: str) -> tuple[str, dict[str, int]]:
     """Redact every string inside JSON text (escapes such as \\n would hide word boundaries from the patterns)."""
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # JSON nested past Python's recursion limit is redacted as text
         return redact(text)
     counts: Counter = Counter()
 
@@ -201,20 +223,32 @@ def _redact_json(text: str) -> tuple[str, dict[str, int]]:
             return {walk(key): walk(item) for key, item in node.items()}
         return node
 
-    cleaned = walk(value)
-    return (json.dumps(cleaned, ensure_ascii=False) if counts else text), dict(counts)
+    try:
+        cleaned = walk(value)
+        return (json.dumps(cleaned, ensure_ascii=False) if counts else text), dict(counts)
+    except RecursionError:
+        return redact(text)
 
 
-def redact_column(values: pa.Array | pa.ChunkedArray, json_text: bool = False) -> tuple[pa.Array, dict[str, int]]:
-    """A string column with PII redacted (nulls kept) and the count per type; Python runs only on prefiltered rows.
+def redact_column(
+    values: pa.Array | pa.ChunkedArray, json_text: bool = False, identifiers: bool = False
+) -> tuple[pa.Array, dict[str, int]]:
+    """A string (or list<string>) column with PII redacted (nulls kept) and the count per type; Python runs only on prefiltered rows.
 
-    With `json_text`, each value is JSON text whose strings are redacted one by one, so the result stays valid JSON.
+    With `json_text`, each value is JSON text whose strings are redacted one by one, so the result stays valid JSON;
+    with `identifiers`, only IDENTIFIER_RULES apply.
     """
     array = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    if pa.types.is_list(array.type):  # list<string> (failure reasons): the strings are redacted in place
+        strings, found = redact_column(pc.list_flatten(array))
+        if not found:
+            return array, {}
+        offsets = pc.subtract(array.offsets, array.offsets[0])
+        return pa.ListArray.from_arrays(offsets, strings, type=array.type, mask=array.is_null()), found
     if not pa.types.is_string(array.type) and not pa.types.is_large_string(array.type):
-        raise TypeError(f"redact_column needs a string column, got {array.type}")
+        raise TypeError(f"redact_column needs a string or list<string> column, got {array.type}")
     mask = pc.fill_null(pc.match_substring_regex(array, PREFILTER), False)
-    clean_one = _redact_json if json_text else redact
+    clean_one = _redact_json if json_text else (lambda text: redact(text, IDENTIFIER_RULES)) if identifiers else redact
     counts: Counter = Counter()
     cleaned = []
     for text in array.filter(mask).to_pylist():

@@ -6,7 +6,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, date, datetime
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -101,12 +101,15 @@ def field_rules() -> tuple[FieldRule, ...]:
 PATTERN_REASONS = {"task": "bad_task_name"}
 JSON_TYPES = {str: "string", bool: "boolean", int: "integer", float: "number", list: "array", dict: "object", type(None): "null"}
 INT64_RANGE = (-(2**63), 2**63 - 1)  # integer fields are stored as int64
-TIMESTAMP_SHAPE = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|z|[+-]\d{2}(:?\d{2})?)?$")
+# hours 00-23, minutes and seconds 00-59, offsets under a day: DuckDB would roll 24:00 or +25:00 over, Python refuses them
+TIMESTAMP_SHAPE = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[T ]([01]\d|2[0-3]):[0-5]\d(:[0-5]\d(\.\d{1,9})?)?(Z|z|[+-]([01]\d|2[0-3])(:?[0-5]\d)?)?$"
+)
 
 
 def json_type(value: Any) -> str:
     """JSON Schema type name of a parsed JSON value (integers count as numbers too)."""
-    return JSON_TYPES.get(type(value), "unknown")
+    return "object" if isinstance(value, dict) else JSON_TYPES.get(type(value), "unknown")
 
 
 def _type_ok(value: Any, types: tuple[str, ...]) -> bool:
@@ -116,8 +119,21 @@ def _type_ok(value: Any, types: tuple[str, ...]) -> bool:
     return kind in types and (kind != "number" or math.isfinite(value))
 
 
+def _excerpt(value: str) -> str:
+    """A value as an error message may quote it: its start, with any PII in it redacted."""
+    from ft_pipeline.core.redaction import redact
+
+    return repr(redact(value[:80])[0])
+
+
+@cache
+def _pattern(pattern: str) -> re.Pattern[str]:
+    """A contract pattern with JSON Schema's meaning of `$` (the end of the text; Python's also matches before a final newline)."""
+    return re.compile(re.sub(r"(?<!\\)\$$", r"\\Z", pattern))
+
+
 def _parse_timestamp(text: str) -> datetime | None:
-    if not TIMESTAMP_SHAPE.match(text):
+    if not TIMESTAMP_SHAPE.fullmatch(text):  # fullmatch: `$` alone would let a trailing newline through
         return None
     try:
         return datetime.fromisoformat(text.replace("z", "Z"))
@@ -143,12 +159,14 @@ def field_problems(rule: FieldRule, record: dict[str, Any]) -> list[tuple[str, s
                 f"{name} must have {spec.get('minLength', 0)}-{spec.get('maxLength')} characters, has {len(value)}",
             )
         )
-    if "pattern" in spec and not re.search(spec["pattern"], value):
-        problems.append((PATTERN_REASONS.get(name, f"bad_pattern:{name}"), f"{name} {value[:80]!r} must match {spec['pattern']}"))
+    if "pattern" in spec and not _pattern(spec["pattern"]).search(value):
+        problems.append(
+            (PATTERN_REASONS.get(name, f"bad_pattern:{name}"), f"{name} {_excerpt(value)} must match {spec['pattern']}")
+        )
     if spec.get("format") == "date-time" and _parse_timestamp(value) is None:
-        problems.append(("bad_timestamp", f"{name} {value[:80]!r} is not an ISO 8601 date-time"))
+        problems.append(("bad_timestamp", f"{name} {_excerpt(value)} is not an ISO 8601 date-time"))
     if "enum" in spec and value not in spec["enum"]:
-        problems.append((f"bad_enum:{name}", f"{name} {str(value)[:80]!r} must be one of {spec['enum']}"))
+        problems.append((f"bad_enum:{name}", f"{name} {_excerpt(str(value))} must be one of {spec['enum']}"))
     if ("minimum" in spec and value < spec["minimum"]) or ("maximum" in spec and value > spec["maximum"]):
         problems.append((f"out_of_range:{name}", f"{name} {value} must be within [{spec.get('minimum')}, {spec.get('maximum')}]"))
     if rule.kind == "integer" and not INT64_RANGE[0] <= value <= INT64_RANGE[1]:
@@ -186,3 +204,136 @@ def record_problems(record: Any) -> list[tuple[str, str]]:
 def validate_record(record: Any) -> list[str]:
     """The reason codes of `record`'s contract violations; empty when it is valid."""
     return [code for code, _ in record_problems(record)]
+
+
+# A line that holds only these is blank, not a record: Unicode white space and byte order marks.
+BLANK_CHARS = "".join(ch for ch in map(chr, range(0x3001)) if ch.isspace()) + "\ufeff"
+BOM = "\ufeff"
+# the two bytes that open a JSON array or object; a line with fewer than max_depth of them cannot nest deeper
+_OPENERS = (ord("["), ord("{"))
+_CLOSERS = (ord("]"), ord("}"))
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+
+
+@dataclass(frozen=True)
+class LineLimits:
+    """What a line may hold before it is refused unparsed: bytes, nesting depth and top-level keys."""
+
+    max_bytes: int = 8 << 20
+    max_depth: int = 64
+    max_keys: int = 256
+
+
+def nesting_depth(raw: bytes) -> int:
+    """How deep arrays and objects nest in one line of JSON, counted without recursion (strings do not count)."""
+    import numpy as np
+
+    data = np.frombuffer(_JSON_STRING.sub(b'""', raw), np.uint8)
+    steps = np.isin(data, _OPENERS).astype(np.int64) - np.isin(data, _CLOSERS)
+    return int(np.cumsum(steps).max(initial=0))
+
+
+def limit_problem(raw: bytes, limits: LineLimits) -> tuple[str, str] | None:
+    """The reason and detail when a line breaks a size or depth limit, checked on its bytes before any parser sees it."""
+    if len(raw) > limits.max_bytes:
+        return "too_large", f"the line has {len(raw)} bytes, more than the limit of {limits.max_bytes}"
+    if raw.count(b"[") + raw.count(b"{") > limits.max_depth:
+        depth = nesting_depth(raw)
+        if depth > limits.max_depth:
+            return "too_deep", f"arrays or objects nest {depth} deep, more than the limit of {limits.max_depth}"
+    return None
+
+
+# a comma before a closing bracket: DuckDB's JSON reader accepts one after the last member (`[1,]`, `{"a": 1,}`)
+_TRAILING_COMMA = re.compile(rb",[ \t\r\n]*[\]}]")
+
+
+def _without_trailing_commas(text: str) -> str:
+    """The line as DuckDB's reader takes it (a comma after the last member allowed), rewritten as standard JSON by DuckDB itself."""
+    import duckdb
+
+    try:
+        (minified,) = duckdb.execute("SELECT json(?::VARCHAR)", [text]).fetchone() or ("",)
+    except duckdb.Error as exc:
+        raise ValueError(str(exc).splitlines()[0].split("Input:")[0].strip()) from None  # DuckDB quotes the input
+    return minified
+
+
+class _Object(dict):
+    """A parsed JSON object that remembers its keys in order, repeats included."""
+
+    def __init__(self, pairs: list[tuple[str, Any]]):
+        super().__init__(pairs)
+        self.given = [key for key, _ in pairs]
+
+
+@dataclass(frozen=True)
+class LineVerdict:
+    """What the contract says of one input line: blank, valid (reason None) or rejected with a reason and a detail."""
+
+    reason: str | None = None
+    detail: str = ""
+    blank: bool = False
+    bom: bool = False
+    record: dict[str, Any] | None = None
+
+
+def judge_line(raw: bytes, first_day: str, last_day: str, limits: LineLimits = LineLimits()) -> LineVerdict:
+    """The verdict on one input line (bytes, with or without its newline), exactly as ingest gives it."""
+    problem = limit_problem(raw, limits)
+    if problem:
+        return LineVerdict(*problem)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return LineVerdict("invalid_utf8", "the line is not valid UTF-8")
+    text = text.removesuffix("\n").removesuffix("\r")
+    bom = text.startswith(BOM)
+    text = text.removeprefix(BOM)
+    if not text.strip(BLANK_CHARS):
+        return LineVerdict(blank=True, bom=bom)
+    try:
+        if _TRAILING_COMMA.search(raw):
+            text = _without_trailing_commas(text)
+        record = json.loads(text, object_pairs_hook=_Object)
+        # a lone surrogate escape (\ud800) parses in Python, but is no Unicode text: DuckDB's reader refuses it
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except (ValueError, UnicodeEncodeError) as exc:
+        return LineVerdict("invalid_json", f"not valid JSON: {exc}", bom=bom)
+    problem = record_problem(record, first_day, last_day, limits)
+    return LineVerdict(*problem, bom=bom) if problem else LineVerdict(bom=bom, record=record)
+
+
+def record_problem(record: Any, first_day: str, last_day: str, limits: LineLimits = LineLimits()) -> tuple[str, str] | None:
+    """The quarantine reason and detail of one parsed record (None when valid): structure, contract, then its day."""
+    if not isinstance(record, dict):
+        return "not_an_object", f"a record must be a JSON object, got {json_type(record)}"
+    given = getattr(record, "given", list(record))
+    if len(given) > limits.max_keys:
+        return "too_many_keys", f"the record has {len(given)} keys, more than the limit of {limits.max_keys}"
+    if "" in given:
+        return "empty_key", 'the record has an empty key ""'
+    if len(given) > len(set(given)):
+        repeated = sorted({key for key in given if given.count(key) > 1})
+        return "duplicate_key", f"the record gives {', '.join(repeated)} more than once, so its content is ambiguous"
+    problems = record_problems(record)
+    if problems:
+        return problems[0]
+    day = timestamp_day(record["timestamp"])
+    if day is None or not first_day <= day.isoformat() <= last_day:
+        return (
+            "out_of_range:timestamp",
+            f"timestamp {_excerpt(record['timestamp'])} is outside the daily partitions (from {first_day} to {last_day})",
+        )
+    return None
+
+
+def timestamp_day(text: str) -> date | None:
+    """The UTC day of a contract timestamp (naive means UTC); None when it is not one or its UTC day is not a date."""
+    moment = _parse_timestamp(text)
+    if moment is None:
+        return None
+    try:
+        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC).date()
+    except OverflowError:  # 9999-12-31T23:00-05:00 is in year 10000 in UTC, 0001-01-01T00:00+01:00 in year 0
+        return None

@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ft_pipeline.core.edits import edit_metrics
-from ft_pipeline.core.io import atomic_path, partition_file, write_parquet_atomic
+from ft_pipeline.core.io import atomic_path, checked_date, partition_file, write_jsonl_atomic, write_parquet_atomic
 from ft_pipeline.core.redaction import PII_TYPES, redact_column
 from ft_pipeline.core.schema import RAW_LOG_SCHEMA
 from ft_pipeline.settings import Settings
@@ -41,8 +41,16 @@ from ft_pipeline.settings import Settings
 RAW_TABLE = "raw_logs"
 TABLE = "settlements"
 
-# Free-text columns a person or the model wrote; anything else is an id, an enum or a number.
-REDACTED_COLUMNS = ("prompt", "messages", "system_prompt", "output", "final_output", "metadata", "extra", "user_id")
+# log_id and task are identifiers that other stages key on: a record whose identifier holds PII is excluded (and named in
+# the stage's quarantine) rather than redacted. decision is an enum and content_hash is ours.
+ID_COLUMNS = ("log_id", "task")
+# Every other text column leaves raw redacted: what people and the model wrote, and every name a producer chose
+# (agents, topics, variants, experiment ids, models, failure reasons, metadata and extra values, the source file).
+REDACTED_COLUMNS = tuple(
+    f.name
+    for f in RAW_LOG_SCHEMA
+    if (pa.types.is_string(f.type) or pa.types.is_list(f.type)) and f.name not in (*ID_COLUMNS, "decision", "content_hash")
+)
 JSON_COLUMNS = ("messages", "metadata", "extra")
 
 SETTLED_FIELDS = [
@@ -58,6 +66,7 @@ SETTLED_FIELDS = [
 SCHEMA = pa.schema(list(RAW_LOG_SCHEMA) + SETTLED_FIELDS)
 
 EXCLUSION_REASONS = (
+    "pii_in_identifier",
     "not_settled:rejected",
     "not_settled:pending",
     "accepted_final_differs",
@@ -111,6 +120,7 @@ class SettleResult:
     pii: dict[str, int] = field(default_factory=dict)
     preview: pa.Table = field(default_factory=SCHEMA.empty_table)
     source_missing: bool = False
+    quarantined: list[dict] = field(default_factory=list)  # this stage's quarantine: log_id (redacted), reason, detail
 
 
 def summary(results: list[SettleResult]) -> dict[str, int | float | None]:
@@ -120,6 +130,7 @@ def summary(results: list[SettleResult]) -> dict[str, int | float | None]:
         "rows_in": sum(r.rows_in for r in results),
         "settled": settled,
         "excluded": sum(sum(r.excluded.values()) for r in results),
+        "quarantined": sum(len(r.quarantined) for r in results),
         **{f"excluded:{reason}": sum(r.excluded.get(reason, 0) for r in results) for reason in EXCLUSION_REASONS},
         **{f"pii:{kind}": sum(r.pii.get(kind, 0) for r in results) for kind in PII_TYPES},
         "mean_retained": sum(r.retained_sum for r in results) / settled if settled else None,
@@ -152,6 +163,7 @@ def _reasons(raw: pa.Table, settings: Settings) -> tuple[pa.ChunkedArray, pa.Chu
     too_short = _below(pc.utf8_length(pc.utf8_trim_whitespace(final_text)), settings.min_final_chars)
     # The first true condition names the reason, so the order here is the order of EXCLUSION_REASONS.
     conditions = [
+        (_holds_pii(raw, ID_COLUMNS), "pii_in_identifier"),
         (pc.invert(pc.or_(accepted, edited)), pc.binary_join_element_wise("not_settled:", decision, "")),
         (pc.and_(accepted, pc.and_(has_final, pc.invert(same_final))), "accepted_final_differs"),
         (pc.and_(edited, pc.invert(has_final)), "edited_without_final"),
@@ -164,6 +176,16 @@ def _reasons(raw: pa.Table, settings: Settings) -> tuple[pa.ChunkedArray, pa.Chu
     for condition, label in reversed(conditions):
         reason = pc.if_else(condition, label, reason)
     return reason, use_final
+
+
+def _holds_pii(raw: pa.Table, columns: tuple[str, ...]) -> pa.Array:
+    """True where one of the identifier columns holds PII (an e-mail, a phone, a key; not just a random-looking id)."""
+    found = pa.array(np.zeros(raw.num_rows, dtype=bool))
+    for name in columns:
+        redacted, counts = redact_column(raw[name], identifiers=True)
+        if counts:
+            found = pc.or_(found, pc.fill_null(pc.not_equal(redacted, raw[name].combine_chunks()), False))
+    return found
 
 
 def _duplicate_key(text: pa.ChunkedArray) -> pa.Array:
@@ -233,6 +255,15 @@ def _select_survivors(con: duckdb.DuckDBPyConnection, source: str, settings: Set
         raw = pa.Table.from_batches([batch]).cast(KEY_SCHEMA)
         result.rows_in += raw.num_rows
         reason, use_final = _reasons(raw, settings)
+        refused = pc.fill_null(pc.equal(reason, "pii_in_identifier"), False)
+        for row in raw.filter(refused).select(["log_id"]).to_pylist():
+            result.quarantined.append(
+                {
+                    "log_id": redact_column(pa.array([row["log_id"]]))[0][0].as_py(),
+                    "reason": "pii_in_identifier",
+                    "detail": "its log_id or task holds personal data or a secret, which no identifier may carry",
+                }
+            )
         kept = pc.is_null(reason)
         excluded.update(dict(zip(*_value_counts(pc.filter(reason, pc.invert(kept))))))
         raw, use_final = raw.filter(kept), pc.filter(use_final, kept)
@@ -270,6 +301,29 @@ def _settled(raw: pa.Table, use_final: pa.ChunkedArray, pii: Counter) -> pa.Tabl
     return table.append_column("weight", _weights(table["quality_score"])).cast(SCHEMA)
 
 
+def _settled_or_quarantined(raw: pa.Table, use_final: pa.ChunkedArray, pii: Counter, result: SettleResult) -> pa.Table:
+    """`_settled` of a batch; when it fails, row by row, so that a record it fails on is quarantined and the rest settle."""
+    found: Counter = Counter()
+    try:
+        table = _settled(raw, use_final, found)
+    except Exception:  # any error of one record's text: find the record, the batch does not stop the day
+        parts = []
+        for i in range(raw.num_rows):
+            row_found: Counter = Counter()
+            try:
+                parts.append(_settled(raw.slice(i, 1), use_final.slice(i, 1), row_found))
+            except Exception as exc:
+                log_id = redact_column(raw["log_id"].slice(i, 1))[0][0].as_py()
+                result.quarantined.append(
+                    {"log_id": log_id, "reason": f"settle_failed:{type(exc).__name__}", "detail": "settling this record failed"}
+                )
+                continue
+            found.update(row_found)
+        table = pa.concat_tables(parts) if parts else SCHEMA.empty_table()
+    pii.update(found)
+    return table
+
+
 def _settle_file(source: Path, target: Path, settings: Settings) -> SettleResult:
     """Settle the raw_logs parquet file `source` into the settlements parquet file `target`, written atomically."""
     result = SettleResult()
@@ -293,7 +347,9 @@ def _settle_file(source: Path, target: Path, settings: Settings) -> SettleResult
         with atomic_path(target) as tmp, pq.ParquetWriter(tmp, SCHEMA, compression="zstd") as writer:
             for batch in reader:
                 table = pa.Table.from_batches([batch])
-                settled = _settled(table.drop_columns("use_final").cast(RAW_LOG_SCHEMA), table["use_final"], pii)
+                settled = _settled_or_quarantined(
+                    table.drop_columns("use_final").cast(RAW_LOG_SCHEMA), table["use_final"], pii, result
+                )
                 writer.write_table(settled)
                 if result.preview.num_rows < PREVIEW_ROWS:
                     # A copy (take), so the preview does not keep the whole batch alive.
@@ -320,8 +376,21 @@ def build_partition(settings: Settings, date: str) -> SettleResult:
     source = partition_file(settings.lake_dir, RAW_TABLE, date)
     if not source.is_file():
         write_parquet_atomic(SCHEMA.empty_table(), settlements_path(settings, date))
-        return SettleResult(source_missing=True)
-    return _settle_file(source, settlements_path(settings, date), settings)
+        result = SettleResult(source_missing=True)
+    else:
+        result = _settle_file(source, settlements_path(settings, date), settings)
+    # the stage's own quarantine, one file per day, rewritten by every build: names and reasons, never record text
+    target = quarantine_path(settings, date)
+    if result.quarantined:
+        write_jsonl_atomic(result.quarantined, target)
+    else:
+        target.unlink(missing_ok=True)
+    return result
+
+
+def quarantine_path(settings: Settings, date: str) -> Path:
+    """The settlements stage's quarantine file of one day."""
+    return settings.quarantine_dir / TABLE / f"date={checked_date(date)}.jsonl"
 
 
 def preview_markdown(table: pa.Table, rows: int = PREVIEW_ROWS, width: int = 60) -> str:

@@ -13,7 +13,7 @@ from ft_pipeline.core.io import (
 )
 
 
-@pytest.mark.parametrize("name", ["../x", "a/b", "", "A", "-x", "x" * 65, ".hidden"])
+@pytest.mark.parametrize("name", ["../x", "a/b", "", "A", "-x", "x" * 65, ".hidden", "support\n", "support\r\n"])
 def test_unsafe_names_never_become_paths(name):
     with pytest.raises(ValueError):
         checked_name(name)

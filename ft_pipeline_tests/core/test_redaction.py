@@ -106,3 +106,67 @@ def test_json_column_redacts_behind_escapes_and_stays_valid():
     assert json.loads(column[0].as_py()) == [{"role": "user", "content": "call me:\n[PHONE]\tor\n[IBAN]"}]
     assert column.to_pylist()[1:] == ["not json: [EMAIL]", None]
     assert counts == {"PHONE": 1, "IBAN": 1, "EMAIL": 1}
+
+
+# Obfuscated and international forms: each must be caught (recall), and look-alikes must survive (precision).
+EVASIVE = [
+    ("EMAIL", "name(at)example.org"),
+    ("EMAIL", "name [at] example [dot] org"),
+    ("EMAIL", "first.last {at} mail (dot) example (dot) com"),
+    ("EMAIL", "josé@exämple.de"),
+    ("EMAIL", "用户@例子.中国"),
+    ("EMAIL", "info@xn--bcher-kva.example"),
+    ("CARD", "4111.1111.1111.1111"),
+    ("PHONE", "555-0199"),
+    ("PHONE", "06 12 34 56 78"),
+    ("PHONE", "0171 1234567"),
+    ("SECRET", "sk-abc12345"),
+    ("SECRET", "v-AKIAIOSFODNN7EXAMPLE"),
+    ("SECRET", "key_sk-proj-abcdefghijklmnop1234567890"),
+    ("SSN", "078-05-1120"),
+]
+LOOK_ALIKES = [
+    "look at this (at home) and meet me at noon",
+    "sk-learn and scikit-learn are libraries",
+    "ISBN 978-3-16-148410-0 and version 1.2.3-4567",
+    "pages 123-4567 of the 2024-0199 report",
+    "release 10.2 is not an address, nor is 1.1111.1111.1111",
+    "the ratio 1111.1111 and the year 2026",
+    "mask-AKIA is a word, task_name_v2 an identifier",
+    "Email me at the office (dot) not here",
+    "call extension 12-3456 or room 101",
+]
+
+
+def _caught(kind: str, value: str) -> bool:
+    text, counts = redact(f"see {value} now")
+    return value not in text and counts.get(kind, 0) >= 1
+
+
+def test_evasive_pii_is_caught_and_look_alikes_are_left_alone(capsys):
+    """Precision and recall over every true positive (plain and evasive PII) and every look-alike in these tests."""
+    positives = CASES + EVASIVE
+    missed = [value for kind, value in positives if not _caught(kind, value)]
+    flagged = [text for text in LOOK_ALIKES + ORDINARY if redact(text)[1]]
+    true_pos = len(positives) - len(missed)
+    recall = true_pos / len(positives)
+    precision = true_pos / (true_pos + len(flagged))
+    with capsys.disabled():
+        print(
+            f"\nredaction corpus: {len(positives)} PII values ({len(EVASIVE)} evasive), "
+            f"{len(LOOK_ALIKES) + len(ORDINARY)} look-alikes: recall {recall:.3f}, precision {precision:.3f}"
+        )
+    assert recall == 1.0, missed
+    assert precision >= 0.97, flagged
+
+
+def test_list_columns_are_redacted_in_place():
+    column = pa.array([["too_formal", "ssn 078-05-1120"], None, [], ["ok"]], pa.list_(pa.string()))
+    cleaned, counts = redact_column(column)
+    assert cleaned.to_pylist() == [["too_formal", "ssn [SSN]"], None, [], ["ok"]] and counts == {"SSN": 1}
+
+
+def test_json_nested_past_the_recursion_limit_is_redacted_as_text():
+    deep = '{"a": ' * 5000 + '"mail bob@example.com"' + "}" * 5000
+    cleaned, counts = redact_column(pa.array([deep]), json_text=True)
+    assert "bob@example.com" not in cleaned[0].as_py() and counts == {"EMAIL": 1}

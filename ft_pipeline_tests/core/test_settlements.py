@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ft_pipeline.core.schema import RAW_LOG_SCHEMA
-from ft_pipeline.core.settlements import EXCLUSION_REASONS, build_partition, settlements_path, summary
+from ft_pipeline.core.settlements import EXCLUSION_REASONS, build_partition, quarantine_path, settlements_path, summary
 from ft_pipeline.settings import Settings
 from ft_pipeline_tests.lake_fixtures import DEFAULT_DATE, raw_log, write_raw_logs
 
@@ -255,3 +255,49 @@ def test_summary_names_every_reason_and_adds_partitions(settings):
     assert totals["excluded:not_settled:rejected"] == 1 and totals["pii:EMAIL"] == 0
     assert totals["mean_retained"] == pytest.approx((1.0 + 0.5) / 2)
     assert totals["edit_rate"] == 0.5
+
+
+def test_every_text_column_leaves_raw_redacted(settings):
+    """Names a producer chose (agent, topic, experiment, variant, model, failure reasons, ...) are redacted like prompts."""
+    value = "carol@example.com"
+    texts = {name: f"x {value}" for name in ("agent", "topic", "reasoning_mode", "model", "adapter_version")}
+    texts |= {"experiment_id": "exp-sk-abcdef123456", "variant": "v-AKIAIOSFODNN7EXAMPLE"}
+    row = raw_log("r1", failure_reasons=["too_formal", "ssn 078-05-1120"], source_file=f"{value}.jsonl", **texts)
+    result, table = settle([row], settings)
+    written = json.dumps(table.to_pylist(), default=str)
+    assert result.settled == 1
+    assert not [leak for leak in (value, "sk-abcdef123456", "AKIAIOSFODNN7EXAMPLE", "078-05-1120") if leak in written]
+    assert table["failure_reasons"].to_pylist() == [["too_formal", "ssn [SSN]"]]
+
+
+def test_an_identifier_holding_pii_is_excluded_and_quarantined_by_the_stage(settings):
+    rows = [raw_log("dave@example.com"), raw_log("ok-1"), raw_log("ok-2", task="sk-live-abcdef123456")]
+    rows += [raw_log("3f786850e387550fdab836ed7e6dc881"), raw_log("4111111111111111")]  # random-looking ids are ids
+    result, table = settle(rows, settings)
+    assert sorted(table["log_id"].to_pylist()) == ["3f786850e387550fdab836ed7e6dc881", "4111111111111111", "ok-1"]
+    assert result.excluded == {"pii_in_identifier": 2}
+    entries = [json.loads(line) for line in quarantine_path(settings, DEFAULT_DATE).read_text().splitlines()]
+    assert [e["reason"] for e in entries] == ["pii_in_identifier"] * 2
+    assert "dave@example.com" not in json.dumps(entries)
+
+
+def test_a_record_that_fails_is_quarantined_and_its_day_settles(settings, monkeypatch):
+    from ft_pipeline.core import settlements as module
+
+    real = module.edit_metrics
+
+    def fragile(a, b):
+        if "poison" in b:
+            raise RecursionError("too deep for this record")
+        return real(a, b)
+
+    monkeypatch.setattr(module, "edit_metrics", fragile)
+    rows = [raw_log(f"ok-{i}", decision="edited", final_output=f"fixed {i}") for i in range(5)]
+    rows.append(raw_log("bad", decision="edited", final_output="poison"))
+    # a lake written before ingest had depth limits may hold one nested 5,000 deep
+    rows.append(raw_log("deep", metadata='{"a": ' * 5000 + '"mail bob@example.com"' + "}" * 5000))
+    result, table = settle(rows, settings)
+    assert sorted(table["log_id"].to_pylist()) == ["deep", "ok-0", "ok-1", "ok-2", "ok-3", "ok-4"]
+    entries = [json.loads(line) for line in quarantine_path(settings, DEFAULT_DATE).read_text().splitlines()]
+    assert entries == [{"log_id": "bad", "reason": "settle_failed:RecursionError", "detail": "settling this record failed"}]
+    assert summary([result])["quarantined"] == 1 and "bob@example.com" not in json.dumps(table.to_pylist(), default=str)
