@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dagster import AssetKey, AssetSelection, DagsterInstance, Definitions, materialize
+from dagster import AssetKey, AssetSelection, DagsterInstance, Definitions, RunsFilter, materialize
 
 from ft_pipeline.core.io import partition_dates
+from ft_pipeline.core.locks import LOCK_NAME, hold, is_free, lock_path
+from ft_pipeline.inflight import IN_PROGRESS
 from ft_pipeline.settings import Settings
 
 DAILY_ASSETS = ("raw_logs", "settlements")
@@ -17,6 +21,10 @@ GLOBAL_ASSETS = ("pattern_report", "base_model")
 TASK_ASSETS = ("task_dataset", "lora_adapter", "adapter_evaluation", "champion")
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
+# names the lock an `ft-pipeline run` process holds while it lives: a run it started that is still STARTED while the
+# lock is free was left by a killed process
+OWNER_TAG = "ft_pipeline/owner"
+OWNER_PREFIX = "runner-"
 # Step progress and our own log lines; Dagster's per-event DEBUG lines stay in the UI's run log.
 CONSOLE_INFO = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
@@ -83,15 +91,54 @@ def run_pipeline(
 ) -> list[StageRun]:
     """Materialize the selection: daily assets over all days with data, then global assets, then each task."""
     from ft_pipeline.definitions import defs
-    from ft_pipeline.partitions import task_partitions
 
     settings = settings or Settings.from_env()
-    instance = instance or pipeline_instance()
+    owner = f"{OWNER_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    with ExitStack() as stack:
+        # several processes creating the sqlite stores at once fail on each other's tables: one sets them up; owner
+        # locks are created and swept under the same lock, so a sweep never takes a new owner's lock for a dead one's
+        with hold(settings.root, "stores"):
+            instance = instance or pipeline_instance()
+            dead = fail_dead_runs(instance, settings)
+            stack.callback(lock_path(settings.root, owner).unlink, missing_ok=True)
+            stack.enter_context(hold(settings.root, owner))
+        if dead:
+            log(f"marked {len(dead)} run(s) of killed ft-pipeline processes failed: {', '.join(dead)}")
+        return _run_stages(defs, select, settings, instance, log, {OWNER_TAG: owner})
+
+
+def fail_dead_runs(instance: DagsterInstance, settings: Settings) -> list[str]:
+    """Report as failed the runs still in progress whose `ft-pipeline run` process died, and drop dead owners' locks."""
+    dead = [
+        run
+        for run in instance.get_runs(RunsFilter(statuses=IN_PROGRESS))
+        if LOCK_NAME.fullmatch(run.tags.get(OWNER_TAG, "")) and is_free(lock_path(settings.root, run.tags[OWNER_TAG]))
+    ]
+    for run in dead:
+        instance.report_run_failed(run, "the ft-pipeline process that ran it died before it ended")
+        # the slots of the pools its steps held; without a daemon nobody else gives them back
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+    for lock in lock_path(settings.root, "stores").parent.glob(f"{OWNER_PREFIX}*.lock"):
+        if is_free(lock):
+            lock.unlink(missing_ok=True)
+    return [run.run_id for run in dead]
+
+
+def _run_stages(
+    defs: Definitions,
+    select: str,
+    settings: Settings,
+    instance: DagsterInstance,
+    log: Callable[[str], None],
+    owner: dict[str, str],
+) -> list[StageRun]:
+    from ft_pipeline.partitions import task_partitions
+
     wanted = selected_keys(defs, select)
     every_asset = list(defs.assets or []) + list(defs.asset_checks or [])
     runs: list[StageRun] = []
 
-    def launch(names: list[str], label: str, **kwargs) -> StageRun:
+    def launch(names: list[str], label: str, tags: dict[str, str] | None = None, **kwargs) -> StageRun:
         log(f"materializing {', '.join(names)} for {label}")
         result = materialize(
             every_asset,
@@ -100,6 +147,7 @@ def run_pipeline(
             resources=defs.resources,
             run_config=CONSOLE_INFO,
             raise_on_error=False,
+            tags={**owner, **(tags or {})},
             **kwargs,
         )
         failed = [event.step_key for event in result.all_events if event.is_step_failure]
@@ -123,9 +171,12 @@ def run_pipeline(
     per_task = [name for name in TASK_ASSETS if name in wanted]
     if per_task:
         tasks = settled_tasks(settings)
-        new = [task for task in tasks if not instance.has_dynamic_partition(task_partitions.name, task)]
-        if new:
-            instance.add_dynamic_partitions(task_partitions.name, new)
+        with hold(settings.root, "stores"):
+            new = [task for task in tasks if not instance.has_dynamic_partition(task_partitions.name, task)]
+            if new:
+                instance.add_dynamic_partitions(task_partitions.name, new)
         for task in tasks:
-            launch(per_task, f"task {task}", partition_key=task)
+            # the whole task stage takes turns with other runs of the task: the second finds its adapter up to date
+            with hold(settings.root, f"train-{task}"):
+                launch(per_task, f"task {task}", partition_key=task)
     return runs

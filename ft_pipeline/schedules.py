@@ -5,6 +5,7 @@ from datetime import timedelta
 from dagster import DefaultScheduleStatus, RunRequest, ScheduleEvaluationContext, SkipReason, schedule
 
 from ft_pipeline.core.freshness import new_examples_count
+from ft_pipeline.inflight import tasks_in_progress
 from ft_pipeline.jobs import ingest_job, retrain_job
 from ft_pipeline.partitions import task_partitions
 from ft_pipeline.resources import PipelineResource
@@ -39,7 +40,9 @@ def nightly_retrain_schedule(context: ScheduleEvaluationContext, pipeline: Pipel
     day = context.scheduled_execution_time.strftime("%Y-%m-%d")
     requests = []
     # tasks become partitions through the retrain sensor; a run for an unknown partition would fail
-    for task in sorted(context.instance.get_dynamic_partitions(task_partitions.name)):
+    tasks = context.instance.get_dynamic_partitions(task_partitions.name)
+    busy = tasks_in_progress(context.instance, settings, tasks)
+    for task in sorted(set(tasks) - busy):
         count = new_examples_count(settings, task)
         if count > 0:
             tags = {"ft_pipeline/new_examples": str(count)}

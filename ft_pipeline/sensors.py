@@ -8,6 +8,7 @@ from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, Se
 from ft_pipeline.core.ingest import inbox_dates, inbox_files
 from ft_pipeline.core.retrain import RetrainState, due_retrains, retrain_run_key, scan_settlements
 from ft_pipeline.core.spool import recover_spools
+from ft_pipeline.inflight import tasks_in_progress
 from ft_pipeline.jobs import ingest_job, retrain_job
 from ft_pipeline.partitions import daily_partitions, task_partitions
 from ft_pipeline.resources import PipelineResource
@@ -51,7 +52,10 @@ def retrain_sensor(context: SensorEvaluationContext, pipeline: PipelineResource)
     settings = pipeline.settings()
     state = RetrainState.from_json(context.cursor)
     scan = scan_settlements(state, settings.lake_dir, settings.adapters_dir)
-    due = due_retrains(state, scan, settings.retrain_threshold)
+    busy = tasks_in_progress(context.instance, settings, scan.counts)
+    due = due_retrains(state, scan, settings.retrain_threshold, busy)
+    if busy:
+        context.log.info(f"not requesting tasks being trained now: {', '.join(sorted(busy))}")
     known = set(context.instance.get_dynamic_partitions(task_partitions.name))
     new_tasks = sorted(set(scan.counts) - known)
     context.log.info(

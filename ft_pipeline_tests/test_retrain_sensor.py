@@ -114,3 +114,21 @@ def test_a_tick_reads_only_new_files(instance, settings, monkeypatch):
     write_partition(settings.lake_dir, "2024-03-08", ("qa", 5, 80))
     tick(instance, settings, cursor)
     assert read == ["date=2024-03-08"]
+
+
+def test_a_task_being_trained_is_not_requested_until_that_training_ends(instance, settings):
+    from dagster._core.test_utils import create_run_for_test
+
+    from ft_pipeline.core.locks import hold
+
+    write_partition(settings.lake_dir, "2024-03-01", ("qa", 60, 0), ("summarize", 60, 100))
+    # qa is trained outside Dagster (its lock is held); summarize by a run this instance has in progress
+    started = create_run_for_test(
+        instance, job_name="retrain_job", status=dg.DagsterRunStatus.STARTED, tags={"dagster/partition": "summarize"}
+    )
+    with hold(settings.root, "train-qa"):
+        busy = tick(instance, settings, None)
+    assert runs(busy) == []
+    instance.report_run_failed(started)
+    after = tick(instance, settings, busy.cursor)
+    assert sorted(key for key, _ in runs(after)) == ["qa", "summarize"]

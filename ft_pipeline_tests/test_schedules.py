@@ -59,3 +59,14 @@ def test_nightly_retrain_requests_each_known_task_with_new_data(instance, tmp_pa
 
 def test_nightly_retrain_skips_without_new_data(instance, tmp_path):
     assert isinstance(evaluate(nightly_retrain_schedule, instance, tmp_path), dg.SkipReason)
+
+
+def test_nightly_retrain_leaves_out_a_task_being_trained(instance, tmp_path):
+    from ft_pipeline.core.locks import hold
+
+    settings = Settings.from_env(data_dir=str(tmp_path))
+    write_partition(settings.lake_dir, "2024-03-01", ("qa", 3, 0), ("summarize", 4, 10))
+    instance.add_dynamic_partitions(task_partitions.name, ["qa", "summarize"])
+    with hold(settings.root, "train-qa"):
+        requests = evaluate(nightly_retrain_schedule, instance, tmp_path)
+    assert [r.partition_key for r in requests] == ["summarize"]

@@ -17,8 +17,9 @@ from pathlib import Path
 LOCKS_DIR = ".locks"
 LOCK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=-]{0,200}")
 
-# flock conflicts between two descriptors of one process too: a lock this process holds is taken again for free
-_held: dict[Path, int] = {}
+# flock conflicts between two descriptors of one process too: a lock this thread holds is taken again for free,
+# while another thread of the process waits like another process would
+_held: dict[tuple[Path, int], int] = {}
 _guard = threading.Lock()
 
 
@@ -49,18 +50,17 @@ def hold(data_dir: Path, name: str, timeout: float | None = None, poll: float = 
     The kernel releases the lock when its process dies, so a killed run never leaves a lock behind.
     """
     path = lock_path(data_dir, name)
+    key = (path, threading.get_ident())
     with _guard:
-        if path in _held:
-            _held[path] += 1
-            fd = None
-        else:
-            fd = -1
-    if fd is None:
+        again = key in _held
+        if again:
+            _held[key] += 1
+    if again:
         try:
             yield path
         finally:
             with _guard:
-                _held[path] -= 1
+                _held[key] -= 1
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -78,12 +78,12 @@ def hold(data_dir: Path, name: str, timeout: float | None = None, poll: float = 
         stamp = {"pid": os.getpid(), "host": socket.gethostname(), "since": datetime.now(UTC).isoformat(timespec="seconds")}
         os.write(fd, json.dumps(stamp).encode())
         with _guard:
-            _held[path] = 1
+            _held[key] = 1
         try:
             yield path
         finally:
             with _guard:
-                del _held[path]
+                del _held[key]
     finally:
         os.close(fd)  # releases the lock
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,13 +131,15 @@ def _totals(state: RetrainState) -> dict[str, TaskCount]:
     return {task: TaskCount(task, state.watermarks[task], counts[task], newest[task]) for task in sorted(counts)}
 
 
-def due_retrains(state: RetrainState, scan: Scan, threshold: int) -> list[TaskCount]:
-    """Tasks whose new examples reached `threshold`, each once per adapter unless `threshold` more arrive."""
+def due_retrains(state: RetrainState, scan: Scan, threshold: int, busy: Collection[str] = ()) -> list[TaskCount]:
+    """Tasks whose new examples reached `threshold`, each once per adapter unless `threshold` more arrive; never a busy one."""
     # A request is remembered with the adapter watermark it was made against, so a retrain still running (or one
     # that failed) is not requested again every tick; a new adapter, or another `threshold` examples, re-arms it.
+    # A task being trained right now (by a run this sensor did not request) is left unrequested and unremembered:
+    # once that training ends, its new watermark decides whether the examples left over are due.
     due = []
     for task, count in scan.counts.items():
-        if count.count < threshold:
+        if count.count < threshold or task in busy:
             continue
         last = state.requested.get(task)
         if last and last["wm"] == count.watermark and count.count - last["count"] < threshold:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from ft_pipeline.core.io import checked_name
 from ft_pipeline.core.lineage import adapter_dir
+from ft_pipeline.core.locks import hold
 from ft_pipeline.settings import Settings
 from ft_pipeline.training.tracking import client, registered_model_name
 
@@ -74,13 +76,19 @@ def _record(settings: Settings, task: str, action: str, before: int | None, afte
     return entry
 
 
+def alias_lock(settings: Settings, task: str) -> AbstractContextManager:
+    """The lock that makes a task's alias moves take turns: each reads the champion, decides and moves it alone."""
+    return hold(settings.root, f"alias-{checked_name(task)}")
+
+
 def promote(settings: Settings, task: str, version: int, reason: str) -> dict[str, Any] | None:
     """Point the task's champion alias at `version` and record why; None when it already is the champion."""
     task = checked_name(task)
-    before = current_champion(settings, task)
-    if before == int(version):
-        return None
-    return _record(settings, task, "promote", before, int(version), reason)
+    with alias_lock(settings, task):
+        before = current_champion(settings, task)
+        if before == int(version):
+            return None
+        return _record(settings, task, "promote", before, int(version), reason)
 
 
 def promote_evaluated(settings: Settings, task: str, log: Any = print) -> dict[str, Any]:
@@ -89,48 +97,50 @@ def promote_evaluated(settings: Settings, task: str, log: Any = print) -> dict[s
     from ft_pipeline.training.evaluation import latest_evaluation
 
     task = checked_name(task)
-    evaluation = latest_evaluation(settings, task)
-    if evaluation is None:
-        raise LookupError(f"task {task!r}: the newest adapter has no evaluation; materialize adapter_evaluation first")
-    version, before = int(evaluation["version"]), current_champion(settings, task)
-    outcome = {"task": task, "version": version, "decision": evaluation["decision"], "champion_before": before}
-    if evaluation["decision"] != "promote":
-        reason = f"v{version} is kept out: " + "; ".join(evaluation["reasons"])
-    elif before == version:
-        reason = f"v{version} already is the champion"
-    elif before != evaluation["champion_before"]:
-        reason = f"the champion moved from v{evaluation['champion_before']} to v{before} since v{version} was evaluated; evaluate again"
-    elif settings.dry_run:
-        reason = f"dry run: v{version} would be promoted, the alias was not moved"
-    else:
-        reason = "; ".join(evaluation["reasons"])
-        promote(settings, task, version, reason=reason)
-        log(f"{task}: champion {'v' + str(before) if before is not None else 'none'} -> v{version}")
-        return {**outcome, "promoted": True, "champion_after": version, "reason": reason, "dry_run": False}
-    log(f"{task}: champion stays {'v' + str(before) if before is not None else 'none'}: {reason}")
-    return {**outcome, "promoted": False, "champion_after": before, "reason": reason, "dry_run": bool(settings.dry_run)}
+    with alias_lock(settings, task):
+        evaluation = latest_evaluation(settings, task)
+        if evaluation is None:
+            raise LookupError(f"task {task!r}: the newest adapter has no evaluation; materialize adapter_evaluation first")
+        version, before = int(evaluation["version"]), current_champion(settings, task)
+        outcome = {"task": task, "version": version, "decision": evaluation["decision"], "champion_before": before}
+        if evaluation["decision"] != "promote":
+            reason = f"v{version} is kept out: " + "; ".join(evaluation["reasons"])
+        elif before == version:
+            reason = f"v{version} already is the champion"
+        elif before != evaluation["champion_before"]:
+            reason = f"the champion moved from v{evaluation['champion_before']} to v{before} since v{version} was evaluated; evaluate again"
+        elif settings.dry_run:
+            reason = f"dry run: v{version} would be promoted, the alias was not moved"
+        else:
+            reason = "; ".join(evaluation["reasons"])
+            promote(settings, task, version, reason=reason)
+            log(f"{task}: champion {'v' + str(before) if before is not None else 'none'} -> v{version}")
+            return {**outcome, "promoted": True, "champion_after": version, "reason": reason, "dry_run": False}
+        log(f"{task}: champion stays {'v' + str(before) if before is not None else 'none'}: {reason}")
+        return {**outcome, "promoted": False, "champion_after": before, "reason": reason, "dry_run": bool(settings.dry_run)}
 
 
 def rollback(settings: Settings, task: str, to_version: int | None = None, reason: str = "manual rollback") -> tuple[int, int]:
     """Move the champion back to `to_version` (default: the champion before the current one); returns (from, to)."""
     task = checked_name(task)
-    before = current_champion(settings, task)
-    if before is None:
-        raise LookupError(f"task {task!r} has no champion to roll back")
-    if to_version is None:
-        lineage = champion_lineage(settings, task)
-        if before in lineage:
-            lineage = lineage[: lineage.index(before)]
-        if not lineage:
-            raise LookupError(f"task {task!r}: champion v{before} has no predecessor in {history_path(settings, task)}")
-        to_version = lineage[-1]
-    to_version = int(to_version)
-    if to_version == before:
-        raise ValueError(f"task {task!r}: v{to_version} already is the champion")
-    if not adapter_dir(settings.adapters_dir, task, to_version).is_dir():
-        raise FileNotFoundError(f"task {task!r} has no adapter v{to_version} under {settings.adapters_dir}")
-    _record(settings, task, "rollback", before, to_version, reason)
-    return before, to_version
+    with alias_lock(settings, task):
+        before = current_champion(settings, task)
+        if before is None:
+            raise LookupError(f"task {task!r} has no champion to roll back")
+        if to_version is None:
+            lineage = champion_lineage(settings, task)
+            if before in lineage:
+                lineage = lineage[: lineage.index(before)]
+            if not lineage:
+                raise LookupError(f"task {task!r}: champion v{before} has no predecessor in {history_path(settings, task)}")
+            to_version = lineage[-1]
+        to_version = int(to_version)
+        if to_version == before:
+            raise ValueError(f"task {task!r}: v{to_version} already is the champion")
+        if not adapter_dir(settings.adapters_dir, task, to_version).is_dir():
+            raise FileNotFoundError(f"task {task!r} has no adapter v{to_version} under {settings.adapters_dir}")
+        _record(settings, task, "rollback", before, to_version, reason)
+        return before, to_version
 
 
 def _live(groups: dict[str, Any], task: str, version: int) -> dict[str, Any] | None:

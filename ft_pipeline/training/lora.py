@@ -20,6 +20,8 @@ import torch
 
 from ft_pipeline.core.io import atomic_path, checked_name, read_jsonl, replace_dir_atomic, write_json_atomic
 from ft_pipeline.core.lineage import ADAPTER_CONFIG, adapter_dir, dataset_dir, latest_adapter, read_dataset_manifest
+from ft_pipeline.core.locks import hold
+from ft_pipeline.core.scratch import scratch_dir
 from ft_pipeline.settings import Settings
 from ft_pipeline.training.data import IGNORE, Example, collate, encode_all, length_grouped_batches
 
@@ -358,8 +360,24 @@ def checkpoint_dir(settings: Settings, task: str, dataset_version: str) -> Path:
 
 
 def train_task(settings: Settings, task: str, log: Log = print, tags: dict[str, str] | None = None) -> TrainResult:
-    """Train, log, register and store a LoRA adapter for one task; resumes an interrupted run of the same data."""
+    """Train, log, register and store a LoRA adapter for one task; resumes an interrupted run of the same data.
+
+    Trainings of one task take turns (a second one waits, then finds the adapter up to date); each first finishes
+    what killed trainings of the task left behind.
+    """
+    from ft_pipeline.training.leftovers import finish_dead_trainings
+
+    task = checked_name(task)
+    with hold(settings.root, f"train-{task}"):
+        leftovers = finish_dead_trainings(settings, task)
+        if leftovers:
+            log(f"{task}: {leftovers.describe()}")
+        return _train_locked(settings, task, log, tags)
+
+
+def _train_locked(settings: Settings, task: str, log: Log, tags: dict[str, str] | None) -> TrainResult:
     from ft_pipeline.training.base_model import base_identity, ensure_base_model, load_base_model
+    from ft_pipeline.training.leftovers import ADAPTER_SCRATCH
     from ft_pipeline.training.tracking import DATASET_ARTIFACTS, Tracker, run_path
 
     folder = dataset_dir(settings.datasets_dir, task)
@@ -418,76 +436,75 @@ def train_task(settings: Settings, task: str, log: Log = print, tags: dict[str, 
         f"training {task}: {len(train)} train / {len(dev)} dev examples, {trainable:,} of {total:,} weights trainable "
         f"on {device}; MLflow run {tracker.run_id}"
     )
-    staging = settings.adapters_dir / checked_name(task) / f".staging-{tracker.run_id}"
-    try:
-        result = fit(
-            model,
-            train,
-            dev,
-            settings,
-            pad_id=pad_id,
-            log=log,
-            tracker=tracker,
-            checkpoint=ckpt_dir / CHECKPOINT_FILE,
-            resume=resume,
-            checkpoint_extra={"fingerprint": fingerprint, "run_id": tracker.run_id},
-        )
-        if staging.exists():
-            shutil.rmtree(staging)
-        model.save_pretrained(staging)
-        tracker.log_artifacts(staging, "adapter")
-        if (folder / "validation.json").is_file():
-            tracker.log_artifact(folder / "validation.json")
-        # the exact files trained, chosen and judged on, so the adapter's data can be replayed after the dataset moved on
-        for name in DATASET_ARTIFACTS:
-            if (folder / name).is_file():
-                tracker.log_artifact(folder / name, "dataset")
-        version = tracker.register(
-            task,
-            "adapter",
-            {
-                "dataset_version": manifest["version"],
+    # staged outside adapters/, in a folder whose lock dies with this process, so a killed save is swept next time
+    with scratch_dir(settings.root, ADAPTER_SCRATCH) as work:
+        staging = work / "adapter"
+        try:
+            result = fit(
+                model,
+                train,
+                dev,
+                settings,
+                pad_id=pad_id,
+                log=log,
+                tracker=tracker,
+                checkpoint=ckpt_dir / CHECKPOINT_FILE,
+                resume=resume,
+                checkpoint_extra={"fingerprint": fingerprint, "run_id": tracker.run_id},
+            )
+            model.save_pretrained(staging)
+            tracker.log_artifacts(staging, "adapter")
+            if (folder / "validation.json").is_file():
+                tracker.log_artifact(folder / "validation.json")
+            # the exact files trained, chosen and judged on, so the adapter's data can be replayed after the dataset moved on
+            for name in DATASET_ARTIFACTS:
+                if (folder / name).is_file():
+                    tracker.log_artifact(folder / name, "dataset")
+            version = tracker.register(
+                task,
+                "adapter",
+                {
+                    "dataset_version": manifest["version"],
+                    "mlflow_run_id": tracker.run_id,
+                    "base_model": settings.base_model,
+                    "base_hash": identity["hash"],
+                    "data_watermark": manifest.get("data_watermark"),
+                },
+            )
+            config = {
+                **hyper,
+                **lineage,
+                "base_identity": identity,
+                "n_test": manifest.get("n_test"),
+                "split": manifest.get("split"),
+                "dagster_run_id": run_tags.get("dagster_run_id"),
+                "target_modules": modules,
+                "trainable_params": trainable,
                 "mlflow_run_id": tracker.run_id,
-                "base_model": settings.base_model,
-                "base_hash": identity["hash"],
-                "data_watermark": manifest.get("data_watermark"),
-            },
-        )
-        config = {
-            **hyper,
-            **lineage,
-            "base_identity": identity,
-            "n_test": manifest.get("n_test"),
-            "split": manifest.get("split"),
-            "dagster_run_id": run_tags.get("dagster_run_id"),
-            "target_modules": modules,
-            "trainable_params": trainable,
-            "mlflow_run_id": tracker.run_id,
-            "trained_at": datetime.now(UTC).isoformat(),
-            "version": version,
-            "fingerprint": fingerprint,
-            "steps": result.steps,
-            "best_step": result.best_step,
-            "best_dev_loss": result.best_dev_loss,
-        }
-        write_json_atomic(config, staging / ADAPTER_CONFIG)
-        tracker.log_artifact(staging / ADAPTER_CONFIG, "adapter")
-        tracker.log_artifact(staging / ADAPTER_CONFIG)
-        target = replace_dir_atomic(staging, adapter_dir(settings.adapters_dir, task, version))
-        summary = {
-            "best_dev_loss": result.best_dev_loss,
-            "best_step": result.best_step,
-            "steps": result.steps,
-            "tokens_per_s": result.tokens_per_s,
-            "stopped_early": float(result.stopped_early),
-        }
-        tracker.log_metrics({k: v for k, v in summary.items() if v is not None}, result.steps)
-        tracker.set_tags({"adapter_version": version, "adapter_dir": str(target)})
-        tracker.finish()
-    except BaseException as exc:
-        tracker.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+                "trained_at": datetime.now(UTC).isoformat(),
+                "version": version,
+                "fingerprint": fingerprint,
+                "steps": result.steps,
+                "best_step": result.best_step,
+                "best_dev_loss": result.best_dev_loss,
+            }
+            write_json_atomic(config, staging / ADAPTER_CONFIG)
+            tracker.log_artifact(staging / ADAPTER_CONFIG, "adapter")
+            tracker.log_artifact(staging / ADAPTER_CONFIG)
+            target = replace_dir_atomic(staging, adapter_dir(settings.adapters_dir, task, version))
+            summary = {
+                "best_dev_loss": result.best_dev_loss,
+                "best_step": result.best_step,
+                "steps": result.steps,
+                "tokens_per_s": result.tokens_per_s,
+                "stopped_early": float(result.stopped_early),
+            }
+            tracker.log_metrics({k: v for k, v in summary.items() if v is not None}, result.steps)
+            tracker.set_tags({"adapter_version": version, "adapter_dir": str(target)})
+            tracker.finish()
+        except BaseException as exc:
+            tracker.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            raise
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     metrics = {
         **summary,

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ft_pipeline.core.io import checked_name
+from ft_pipeline.core.locks import hold
 from ft_pipeline.settings import Settings
 
 # A dataset's files as logged with each training run under `dataset/`: what lineage replays.
@@ -26,20 +27,32 @@ def client(settings: Settings) -> Any:
     """An MlflowClient on the pipeline's tracking store, without touching MLflow's global state."""
     from mlflow.tracking import MlflowClient
 
-    if settings.tracking_uri.startswith("sqlite:///"):
-        settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
-    return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+    uri = settings.tracking_uri
+    if not uri.startswith("sqlite:///") or uri in _ready:
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
+    # the first use creates and migrates the database; processes doing it at once fail on each other's tables
+    with hold(settings.root, "mlflow-store"):
+        mlflow_client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        mlflow_client.search_experiments(max_results=1)
+        mlflow_client.search_registered_models(max_results=1)
+    _ready.add(uri)
+    return mlflow_client
+
+
+_ready: set[str] = set()  # sqlite stores this process has seen set up
 
 
 def ensure_experiment(settings: Settings, task: str) -> str:
     """Id of the task's experiment, created with an artifact location under settings.artifact_root."""
     mlflow_client = client(settings)
-    existing = mlflow_client.get_experiment_by_name(experiment_name(task))
-    if existing is not None:
-        return existing.experiment_id
-    # Explicit, or artifacts would land in ./mlruns of whatever the current directory is.
-    location = (settings.artifact_root / checked_name(task)).as_uri()
-    return mlflow_client.create_experiment(experiment_name(task), artifact_location=location)
+    with hold(settings.root, "mlflow-store"):  # two first trainings of a task would both create its experiment
+        existing = mlflow_client.get_experiment_by_name(experiment_name(task))
+        if existing is not None:
+            return existing.experiment_id
+        # Explicit, or artifacts would land in ./mlruns of whatever the current directory is.
+        location = (settings.artifact_root / checked_name(task)).as_uri()
+        return mlflow_client.create_experiment(experiment_name(task), artifact_location=location)
 
 
 def run_path(settings: Settings, run_id: str) -> str:

@@ -74,3 +74,21 @@ def test_a_finished_scratch_folder_leaves_nothing(tmp_path):
     with scratch_dir(tmp_path, "settle") as folder:
         (folder / "x").write_text("x")
     assert list(scratch_root(tmp_path).iterdir()) == []
+
+
+def test_another_thread_waits_for_a_lock_this_thread_holds(tmp_path):
+    import threading
+
+    order = []
+
+    def other():
+        with hold(tmp_path, "alias-t"):
+            order.append("other")
+
+    with hold(tmp_path, "alias-t"):
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join(0.3)
+        order.append("first")
+    thread.join()
+    assert order == ["first", "other"]
