@@ -141,6 +141,30 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from ft_pipeline.serve.app import serve
+
+    serve(settings, args.host, args.port)
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
+    from ft_pipeline.serve.keys import KeyStore
+
+    store = KeyStore(settings.root)
+    if args.action == "create":
+        key, token = store.create(args.name, args.scope)
+        print(f"created key {key.id} ({key.name}, scopes {','.join(key.scopes)}); its token, shown only now:\n{token}")
+    elif args.action == "revoke":
+        key = store.revoke(args.id)
+        print(f"revoked key {key.id} ({key.name}) at {key.revoked_at}")
+    else:
+        for key in store.all():
+            state = f"revoked {key.revoked_at}" if key.revoked_at else "active"
+            print(f"{key.id}  {key.name:<24} {','.join(key.scopes):<28} created {key.created_at}  {state}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="ft-pipeline", description=__doc__)
@@ -186,6 +210,21 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("prompt")
     generate.add_argument("--max-new-tokens", type=int, default=128)
     generate.set_defaults(func=cmd_generate)
+
+    serve = sub.add_parser("serve", help="run the HTTP capture API (POST /v1/logs, /healthz, /metrics)")
+    serve.add_argument("--host", default="127.0.0.1", help="bind address; beyond loopback every request needs an API key")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(func=cmd_serve)
+
+    keys = sub.add_parser("keys", help="manage the HTTP API's bearer keys (stored hashed)")
+    key_actions = keys.add_subparsers(dest="action", required=True)
+    create = key_actions.add_parser("create", help="make a key and print its token once")
+    create.add_argument("name")
+    create.add_argument("--scope", action="append", required=True, help="log, feedback, read or generate; repeatable")
+    key_actions.add_parser("list", help="every key with its scopes and state, never a token")
+    revoke = key_actions.add_parser("revoke", help="revoke a key by id")
+    revoke.add_argument("id")
+    keys.set_defaults(func=cmd_keys)
     return parser
 
 

@@ -13,9 +13,42 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ft_pipeline.core.schema import judge_line, record_problems
+from ft_pipeline.core.schema import LineLimits, judge_line, record_problems
 from ft_pipeline.core.spool import PUBLISHED_PREFIX, SPOOL_DIR, new_spool_name, publish_spool, recover_spools
 from ft_pipeline.settings import Settings
+
+
+class RecordRejected(ValueError):
+    """A record the contract refuses, with the reason code ingest would quarantine it under."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"log record breaks the contract: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+def encode_record(record: dict[str, Any], first_day: str, limits: LineLimits) -> tuple[str, bytes]:
+    """A record as the inbox line ingest will read (log_id and timestamp filled when missing) and its log_id; RecordRejected otherwise."""
+    record = dict(record)
+    if record.get("log_id") is None:
+        record["log_id"] = uuid.uuid4().hex
+    stamp = record.get("timestamp")
+    if stamp is None:
+        record["timestamp"] = datetime.now(UTC).isoformat()
+    elif isinstance(stamp, datetime):
+        # the contract reads a naive time as UTC; say so explicitly in the file
+        record["timestamp"] = (stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)).isoformat()
+    problems = record_problems(record)
+    if problems:
+        raise RecordRejected(problems[0][0], "; ".join(f"{code} ({detail})" for code, detail in problems))
+    try:
+        data = (json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+    except (TypeError, ValueError, UnicodeEncodeError, RecursionError) as exc:
+        raise RecordRejected("not_serialisable", f"not serialisable as UTF-8 JSON: {exc}") from None
+    # the line as ingest will read it, judged by ingest's own rules: limits, keys, the partitions' days
+    verdict = judge_line(data, first_day, datetime.now(UTC).date().isoformat(), limits)
+    if verdict.reason:
+        raise RecordRejected(verdict.reason, f"{verdict.reason} ({verdict.detail})")
+    return record["log_id"], data
 
 
 class LogWriter:
@@ -43,39 +76,39 @@ class LogWriter:
 
     def write(self, record: dict[str, Any]) -> str:
         """Validate one record (filling log_id and timestamp when missing), spool it, and return its log_id."""
-        record = dict(record)
-        if record.get("log_id") is None:
-            record["log_id"] = uuid.uuid4().hex
-        stamp = record.get("timestamp")
-        if stamp is None:
-            record["timestamp"] = datetime.now(UTC).isoformat()
-        elif isinstance(stamp, datetime):
-            # the contract reads a naive time as UTC; say so explicitly in the file
-            record["timestamp"] = (stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)).isoformat()
-        problems = record_problems(record)
-        if problems:
-            raise ValueError("log record breaks the contract: " + "; ".join(f"{code} ({detail})" for code, detail in problems))
-        try:
-            data = (json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
-        except (TypeError, ValueError, UnicodeEncodeError, RecursionError) as exc:
-            raise ValueError(f"log record is not serialisable as UTF-8 JSON: {exc}") from None
-        # the line as ingest will read it, judged by ingest's own rules: limits, keys, the partitions' days
-        verdict = judge_line(data, self.first_day, datetime.now(UTC).date().isoformat(), self.limits)
-        if verdict.reason:
-            raise ValueError(f"log record breaks the contract: {verdict.reason} ({verdict.detail})")
+        log_id, line = encode_record(record, self.first_day, self.limits)
+        self.write_lines([line])
+        return log_id
+
+    def write_lines(self, lines: list[bytes], sync: bool = False) -> None:
+        """Spool lines that `encode_record` made, in one write; with `sync`, durable on disk before this returns."""
         with self._lock:
             if self._closed:
                 raise ValueError("this LogWriter is closed")
             self._adopt_after_fork()
             fh = self._fh or self._open_spool()
-            fh.write(data)
+            fh.write(b"".join(lines))
             # nothing stays in this process's buffer, so a fork cannot write the same line twice
             fh.flush()
-            self._pending += 1
+            if sync:
+                os.fsync(fh.fileno())
+            self._pending += len(lines)
             # there is no background thread: an idle writer publishes on its next write, flush() or close()
             if self._pending >= self.flush_every or time.monotonic() - self._opened_at >= self.flush_seconds:
                 self._publish()
-        return record["log_id"]
+
+    def publish_if_due(self) -> Path | None:
+        """Publish the spool when it has waited flush_seconds (for callers with a timer, such as the HTTP server)."""
+        with self._lock:
+            self._adopt_after_fork()
+            if self._fh is not None and time.monotonic() - self._opened_at >= self.flush_seconds:
+                return self._publish()
+            return None
+
+    @property
+    def pending(self) -> int:
+        """Records spooled and not yet published."""
+        return self._pending
 
     def flush(self) -> Path | None:
         """Publish the spooled records into the inbox now; returns the new inbox file, if any."""

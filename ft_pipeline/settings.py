@@ -180,6 +180,27 @@ class Settings:
         "15 0 * * *", "FT_DAILY_INGEST_CRON", "automation", "Cron of the daily ingest of yesterday's partition."
     )
 
+    # HTTP capture API (ft-pipeline serve)
+    serve_max_body_bytes: int = knob(
+        16 << 20, "FT_SERVE_MAX_BODY_BYTES", "serve", "Largest request body in bytes; larger ones get 413."
+    )
+    serve_max_batch: int = knob(1000, "FT_SERVE_MAX_BATCH", "serve", "Most records in one request; more get 413.")
+    serve_max_field_chars: int = knob(
+        1_000_000,
+        "FT_SERVE_MAX_FIELD_CHARS",
+        "serve",
+        "Longest text field of a record; a longer one rejects the record as field_too_long.",
+    )
+    serve_body_timeout_seconds: float = knob(
+        30.0, "FT_SERVE_BODY_TIMEOUT_SECONDS", "serve", "How long a client may take to send a body before 408."
+    )
+    serve_publish_every: int = knob(
+        1000, "FT_SERVE_PUBLISH_EVERY", "serve", "Records after which the server publishes its spool file into the inbox."
+    )
+    serve_publish_seconds: float = knob(
+        5.0, "FT_SERVE_PUBLISH_SECONDS", "serve", "Seconds after which the server publishes its spool file into the inbox."
+    )
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Settings from environment variables (or `env`), then explicit overrides."""
