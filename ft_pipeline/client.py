@@ -11,11 +11,14 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ft_pipeline.core.schema import LineLimits, judge_line, record_problems
 from ft_pipeline.core.spool import PUBLISHED_PREFIX, SPOOL_DIR, new_spool_name, publish_spool, recover_spools
 from ft_pipeline.settings import Settings
+
+if TYPE_CHECKING:
+    from ft_pipeline.http_client import HttpSender
 
 
 class RecordRejected(ValueError):
@@ -54,16 +57,44 @@ def encode_record(record: dict[str, Any], first_day: str, limits: LineLimits) ->
 class LogWriter:
     """Checks records against the contract and publishes them into the inbox as whole files, safe across processes."""
 
-    def __init__(self, inbox_dir: str | Path, flush_every: int = 1000, flush_seconds: float = 60.0):
+    def __init__(
+        self,
+        inbox_dir: str | Path | None = None,
+        flush_every: int = 1000,
+        flush_seconds: float = 60.0,
+        *,
+        url: str | None = None,
+        token: str | None = None,
+        spool_dir: str | Path | None = None,
+        block_seconds: float = 2.0,
+    ):
+        """Write into `inbox_dir`, or with `url` send to an `ft-pipeline serve` from a background thread.
+
+        In HTTP mode records go in batches of `flush_every` (at most every `flush_seconds`), failed sends are
+        retried with backoff and kept in `spool_dir` meanwhile (bounded), and flush() and close() wait at most
+        `block_seconds`: the application is never held up by the server.
+        """
         if flush_every < 1:
             raise ValueError("flush_every must be at least 1")
+        if (inbox_dir is None) == (url is None):
+            raise ValueError("give either inbox_dir or url")
+        settings = Settings.from_env()
+        self.first_day, self.limits = settings.partitions_start, settings.line_limits
+        self.block_seconds = block_seconds
+        self._http: HttpSender | None = None
+        if url is not None:
+            from ft_pipeline.http_client import HttpSender
+
+            folder = Path(spool_dir) if spool_dir else Path.home() / ".cache" / "ft_pipeline" / "http-spool"
+            self._http = HttpSender(url, token, folder, batch_size=min(flush_every, 1000), flush_seconds=min(flush_seconds, 5.0))
+            self._closed = False
+            return
+        assert inbox_dir is not None
         self.inbox_dir = Path(inbox_dir)
         self.spool_dir = self.inbox_dir / SPOOL_DIR
         self.flush_every = flush_every
         self.flush_seconds = flush_seconds
         self.published: list[Path] = []
-        settings = Settings.from_env()
-        self.first_day, self.limits = settings.partitions_start, settings.line_limits
         # a writer killed before it published left its records in the spool: they reach the inbox now, not never
         self.recovered: list[Path] = recover_spools(self.inbox_dir)
         self._lock = threading.Lock()
@@ -77,7 +108,12 @@ class LogWriter:
     def write(self, record: dict[str, Any]) -> str:
         """Validate one record (filling log_id and timestamp when missing), spool it, and return its log_id."""
         log_id, line = encode_record(record, self.first_day, self.limits)
-        self.write_lines([line])
+        if self._http is not None:
+            if self._closed:
+                raise ValueError("this LogWriter is closed")
+            self._http.submit(line)
+        else:
+            self.write_lines([line])
         return log_id
 
     def write_lines(self, lines: list[bytes], sync: bool = False) -> None:
@@ -111,13 +147,21 @@ class LogWriter:
         return self._pending
 
     def flush(self) -> Path | None:
-        """Publish the spooled records into the inbox now; returns the new inbox file, if any."""
+        """Publish the spooled records into the inbox now (HTTP mode: send them, waiting at most block_seconds); the new inbox file, if any."""
+        if self._http is not None:
+            self._http.flush(self.block_seconds)
+            return None
         with self._lock:
             self._adopt_after_fork()
             return self._publish()
 
     def close(self) -> None:
-        """Publish what is spooled; later writes raise."""
+        """Publish what is spooled (HTTP mode: send it within block_seconds, keep the rest on disk); later writes raise."""
+        if self._http is not None:
+            if not self._closed:
+                self._closed = True
+                self._http.close(self.block_seconds)
+            return
         with self._lock:
             if not self._closed:
                 self._adopt_after_fork()
@@ -163,11 +207,15 @@ _default_lock = threading.Lock()
 
 
 def default_writer() -> LogWriter:
-    """The process's shared writer into the inbox of FT_DATA_DIR, published at exit at the latest."""
+    """The process's shared writer: to the server at FT_LOG_URL when set, else into the inbox of FT_DATA_DIR; closed at exit."""
     global _default
     with _default_lock:
         if _default is None or _default._closed:
-            _default = LogWriter(Settings.from_env().inbox_dir, flush_every=100, flush_seconds=30.0)
+            settings = Settings.from_env()
+            if settings.log_url:
+                _default = LogWriter(url=settings.log_url, token=settings.log_token or None, flush_every=100, flush_seconds=1.0)
+            else:
+                _default = LogWriter(settings.inbox_dir, flush_every=100, flush_seconds=30.0)
             atexit.register(_default.close)
         return _default
 

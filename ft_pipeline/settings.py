@@ -200,6 +200,10 @@ class Settings:
     serve_publish_seconds: float = knob(
         5.0, "FT_SERVE_PUBLISH_SECONDS", "serve", "Seconds after which the server publishes its spool file into the inbox."
     )
+    log_url: str = knob(
+        "", "FT_LOG_URL", "serve", "Where log_interaction sends records (an ft-pipeline serve URL); empty writes into the inbox."
+    )
+    log_token: str = knob("", "FT_LOG_TOKEN", "serve", "Bearer API key log_interaction sends with FT_LOG_URL.")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

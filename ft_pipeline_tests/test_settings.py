@@ -59,6 +59,17 @@ def test_every_knob_is_documented_in_the_readme():
 
 
 def test_every_knob_has_help_and_a_known_stage():
-    stages = {"general", "settlements", "report", "dataset", "model", "training", "evaluation", "promotion", "automation", "serve"}
+    stages = {
+        "general",
+        "settlements",
+        "report",
+        "dataset",
+        "model",
+        "training",
+        "evaluation",
+        "promotion",
+        "automation",
+        "serve",
+    }
     for f in dataclasses.fields(Settings):
         assert f.metadata["help"] and f.metadata["stage"] in stages
