@@ -1,4 +1,4 @@
-"""The capture API: `POST /v1/logs` into the inbox through the spool, with API keys, limits, metrics and an access log."""
+"""The HTTP app: the capture API (`POST /v1/logs`) and the gateway, with API keys, limits, metrics and an access log."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import ipaddress
 import json
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ft_pipeline.client import LogWriter, RecordRejected, encode_record
+from ft_pipeline.serve.backends import InProcessBackend
 from ft_pipeline.serve.keys import ApiKey, KeyStore
 from ft_pipeline.settings import Settings
 
@@ -86,12 +87,13 @@ class CaptureApp:
         self.access_log.parent.mkdir(parents=True, exist_ok=True)
 
     def authorize(self, request: Request, scope: str) -> ApiKey | None:
-        """The key of a request allowed `scope`; None on loopback without a token; HttpError otherwise."""
+        """The key of a request allowed `scope`; None on loopback without a token or without any key; HttpError otherwise."""
         header = request.headers.get("authorization", "")
-        if not header:
-            if self.require_keys:
-                raise HttpError(401, "missing_token", "send an API key as 'Authorization: Bearer <token>'")
+        # on loopback with no key created, auth is off: OpenAI clients always send some key, which then means nothing
+        if not self.require_keys and (not header or not any(key.active for key in self.keys.all())):
             return None
+        if not header:
+            raise HttpError(401, "missing_token", "send an API key as 'Authorization: Bearer <token>'")
         kind, _, token = header.partition(" ")
         key = self.keys.authenticate(token.strip()) if kind.lower() == "bearer" else None
         if key is None:
@@ -187,33 +189,48 @@ class CaptureApp:
             os.close(fd)
 
 
-def create_app(settings: Settings, require_keys: bool = False) -> Starlette:
-    """The ASGI app; `require_keys` makes every route but /healthz need a bearer API key."""
-    state = CaptureApp(settings, require_keys)
+def create_app(settings: Settings, require_keys: bool = False, backend: InProcessBackend | None = None) -> Starlette:
+    """The ASGI app; `require_keys` makes every route but /healthz need a bearer API key with the route's scope."""
+    from ft_pipeline.serve.gateway import Gateway
 
-    async def logs(request: Request) -> Response:
-        start, key, count = time.perf_counter(), None, 0
-        try:
-            key = state.authorize(request, "log")
-            result = await state.capture(request)
-            count, status, response = len(result["results"]), 200, JSONResponse(result)
-        except HttpError as exc:
-            status, response = exc.status, JSONResponse({"error": {"reason": exc.reason, "detail": exc.detail}}, exc.status)
-        seconds = time.perf_counter() - start
-        state.metrics.latency.labels(request.url.path, str(status)).observe(seconds)
-        state.log_access(key, request.url.path, count, status, seconds)
-        return response
+    state = CaptureApp(settings, require_keys)
+    gateway = Gateway(state, backend)
+
+    def guarded(
+        scope: str, handler: Callable[[Request], Awaitable[tuple[Response, int]]]
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """A route that checks the key's scope, times the request and writes its access log line."""
+
+        async def endpoint(request: Request) -> Response:
+            start, key, count = time.perf_counter(), None, 0
+            try:
+                key = state.authorize(request, scope)
+                response, count = await handler(request)
+            except HttpError as exc:
+                response = JSONResponse({"error": {"reason": exc.reason, "detail": exc.detail}}, exc.status)
+            seconds = time.perf_counter() - start
+            state.metrics.latency.labels(request.url.path, str(response.status_code)).observe(seconds)
+            state.log_access(key, request.url.path, count, response.status_code, seconds)
+            return response
+
+        return endpoint
+
+    async def logs(request: Request) -> tuple[Response, int]:
+        result = await state.capture(request)
+        return JSONResponse(result), len(result["results"])
+
+    async def chat(request: Request) -> tuple[Response, int]:
+        return await gateway.chat(request), 1
+
+    async def models(request: Request) -> tuple[Response, int]:
+        return await gateway.models(request), 0
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
-    async def metrics(request: Request) -> Response:
-        try:
-            state.authorize(request, "read")
-        except HttpError as exc:
-            return JSONResponse({"error": {"reason": exc.reason, "detail": exc.detail}}, exc.status)
+    async def metrics(request: Request) -> tuple[Response, int]:
         state.metrics.backlog.set(state.writer.pending)
-        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST), 0
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -232,9 +249,11 @@ def create_app(settings: Settings, require_keys: bool = False) -> Starlette:
 
     app = Starlette(
         routes=[
-            Route("/v1/logs", logs, methods=["POST"]),
+            Route("/v1/logs", guarded("log", logs), methods=["POST"]),
+            Route("/v1/chat/completions", guarded("generate", chat), methods=["POST"]),
+            Route("/v1/models", guarded("generate", models), methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
-            Route("/metrics", metrics, methods=["GET"]),
+            Route("/metrics", guarded("read", metrics), methods=["GET"]),
         ],
         lifespan=lifespan,
     )

@@ -1,0 +1,100 @@
+"""The OpenAI-compatible gateway over real HTTP, driven by the official openai client: champions, fallbacks, streaming, logging."""
+
+import json
+import time
+
+import pytest
+from openai import OpenAI
+
+from ft_pipeline.training.champion import promote
+from ft_pipeline_tests.evaluation_fixtures import build_tiny_base, tiny_settings, train_adapter
+from ft_pipeline_tests.serve.server import running_server
+
+GREETING = [{"role": "user", "content": "Greet Alice."}]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A data dir with a tiny base, a task `greet` whose champion is trained, and a task `broken` whose champion lost its weights."""
+    root = tmp_path_factory.mktemp("gateway")
+    base = build_tiny_base(root / "base")
+    settings = tiny_settings(root / "data", base)
+    for task in ("greet", "broken"):
+        promote(settings, task, train_adapter(settings, task, word="Goodbye"), "for the gateway test")
+    (settings.adapters_dir / "broken" / "1" / "adapter_model.safetensors").unlink()
+    env = {"FT_BASE_MODEL": str(base), "FT_DEVICE": "cpu", "FT_TORCH_THREADS": "1", "FT_SERVE_PUBLISH_SECONDS": "1"}
+    with running_server(settings.root, **env) as url:
+        yield settings, OpenAI(base_url=f"{url}/v1", api_key="unused-on-loopback", max_retries=0)
+
+
+def test_the_champion_answers_in_the_openai_schema(served):
+    _, client = served
+    answer = client.chat.completions.create(model="greet", messages=GREETING, temperature=0, max_tokens=8, user="u-1")
+    assert answer.object == "chat.completion" and answer.model == "greet"
+    assert answer.system_fingerprint == "greet:v1" and answer.choices[0].message.role == "assistant"
+    assert answer.choices[0].finish_reason in {"stop", "length"}
+    usage = answer.usage
+    assert usage.prompt_tokens > 0 and 0 < usage.completion_tokens <= 8
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    served_by = answer.model_extra["ft_pipeline"]
+    assert served_by["adapter_version"] == 1 and served_by["fallback"] is None
+    assert answer.id == f"chatcmpl-{served_by['log_id']}"
+    # greedy is deterministic: the same request gets the same answer
+    again = client.chat.completions.create(model="greet", messages=GREETING, temperature=0, max_tokens=8)
+    assert again.choices[0].message.content == answer.choices[0].message.content
+
+
+def test_streaming_sends_the_same_answer_piece_by_piece_with_usage(served):
+    _, client = served
+    whole = client.chat.completions.create(model="greet", messages=GREETING, temperature=0, max_tokens=8)
+    chunks = list(
+        client.chat.completions.create(
+            model="greet", messages=GREETING, temperature=0, max_tokens=8, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert chunks[-1].usage.total_tokens == whole.usage.total_tokens
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
+
+
+def test_no_champion_or_a_broken_one_falls_back_to_the_base_and_says_so(served):
+    _, client = served
+    for task, reason in (("no-such-task", "no champion"), ("broken", "could not be loaded")):
+        answer = client.chat.completions.create(model=task, messages=GREETING, temperature=0, max_tokens=4)
+        assert answer.system_fingerprint == "base"
+        assert reason in answer.model_extra["ft_pipeline"]["fallback"]
+    # one broken task does not take the server down
+    assert (
+        client.chat.completions.create(model="greet", messages=GREETING, temperature=0, max_tokens=4).system_fingerprint
+        == "greet:v1"
+    )
+
+
+def test_models_lists_tasks_with_their_champions_and_bad_requests_get_openai_errors(served):
+    import openai
+
+    _, client = served
+    listed = {m.id: m.model_extra["champion_version"] for m in client.models.list()}
+    assert listed == {"broken": 1, "greet": 1}
+    with pytest.raises(openai.BadRequestError, match="model must be a task name"):
+        client.chat.completions.create(model="../etc", messages=GREETING)
+    with pytest.raises(openai.BadRequestError, match="temperature"):
+        client.chat.completions.create(model="greet", messages=GREETING, temperature=5)
+
+
+def test_every_answer_reaches_the_inbox_as_a_pending_call(served):
+    settings, client = served
+    answer = client.chat.completions.create(model="greet", messages=GREETING, temperature=0, max_tokens=8, user="u-2")
+    log_id = answer.model_extra["ft_pipeline"]["log_id"]
+    call = None
+    for _ in range(200):  # the server publishes its spool within FT_SERVE_PUBLISH_SECONDS (1 s here)
+        lines = [json.loads(line) for p in settings.inbox_dir.glob("*.jsonl") for line in p.read_text().splitlines()]
+        call = next((line for line in lines if line["log_id"] == log_id), None)
+        if call:
+            break
+        time.sleep(0.05)
+    assert call is not None
+    assert call["task"] == "greet" and call["decision"] == "pending" and call["adapter_version"] == "1"
+    assert call["prompt"] == "Greet Alice." and call["output"] == answer.choices[0].message.content
+    assert call["user_id"] == "u-2" and call["completion_tokens"] == answer.usage.completion_tokens
