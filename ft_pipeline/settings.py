@@ -200,6 +200,22 @@ class Settings:
     serve_publish_seconds: float = knob(
         5.0, "FT_SERVE_PUBLISH_SECONDS", "serve", "Seconds after which the server publishes its spool file into the inbox."
     )
+    serve_backend: str = knob(
+        "inprocess",
+        "FT_SERVE_BACKEND",
+        "serve",
+        "Who generates for the gateway: 'inprocess' (transformers + peft here) or 'upstream'.",
+    )
+    upstream_url: str = knob(
+        "",
+        "FT_UPSTREAM_URL",
+        "serve",
+        "OpenAI-compatible server with runtime LoRA loading (vLLM --enable-lora) the upstream backend uses.",
+    )
+    upstream_api_key: str = knob("", "FT_UPSTREAM_API_KEY", "serve", "Bearer key sent to FT_UPSTREAM_URL.")
+    upstream_base_model: str = knob(
+        "", "FT_UPSTREAM_BASE_MODEL", "serve", "Model name of the base at FT_UPSTREAM_URL (default: FT_BASE_MODEL)."
+    )
     log_url: str = knob(
         "", "FT_LOG_URL", "serve", "Where log_interaction sends records (an ft-pipeline serve URL); empty writes into the inbox."
     )

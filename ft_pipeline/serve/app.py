@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ft_pipeline.client import LogWriter, RecordRejected, encode_record
-from ft_pipeline.serve.backends import InProcessBackend
+from ft_pipeline.serve.backends import InProcessBackend, UpstreamBackend
 from ft_pipeline.serve.keys import ApiKey, KeyStore
 from ft_pipeline.settings import Settings
 
@@ -189,12 +189,25 @@ class CaptureApp:
             os.close(fd)
 
 
-def create_app(settings: Settings, require_keys: bool = False, backend: InProcessBackend | None = None) -> Starlette:
+def make_backend(settings: Settings) -> InProcessBackend | UpstreamBackend:
+    """The gateway's backend that FT_SERVE_BACKEND names."""
+    if settings.serve_backend == "upstream":
+        if not settings.upstream_url:
+            raise ValueError("FT_SERVE_BACKEND=upstream needs FT_UPSTREAM_URL")
+        return UpstreamBackend(settings, settings.upstream_url, settings.upstream_api_key, settings.upstream_base_model)
+    if settings.serve_backend != "inprocess":
+        raise ValueError(f"FT_SERVE_BACKEND must be inprocess or upstream, not {settings.serve_backend!r}")
+    return InProcessBackend(settings)
+
+
+def create_app(
+    settings: Settings, require_keys: bool = False, backend: InProcessBackend | UpstreamBackend | None = None
+) -> Starlette:
     """The ASGI app; `require_keys` makes every route but /healthz need a bearer API key with the route's scope."""
     from ft_pipeline.serve.gateway import Gateway
 
     state = CaptureApp(settings, require_keys)
-    gateway = Gateway(state, backend)
+    gateway = Gateway(state, backend or make_backend(settings))
 
     def guarded(
         scope: str, handler: Callable[[Request], Awaitable[tuple[Response, int]]]
@@ -225,6 +238,12 @@ def create_app(settings: Settings, require_keys: bool = False, backend: InProces
     async def models(request: Request) -> tuple[Response, int]:
         return await gateway.models(request), 0
 
+    async def load_adapter(request: Request) -> tuple[Response, int]:
+        return await gateway.load_adapter(request), 1
+
+    async def unload_adapter(request: Request) -> tuple[Response, int]:
+        return await gateway.unload_adapter(request), 1
+
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -252,6 +271,8 @@ def create_app(settings: Settings, require_keys: bool = False, backend: InProces
             Route("/v1/logs", guarded("log", logs), methods=["POST"]),
             Route("/v1/chat/completions", guarded("generate", chat), methods=["POST"]),
             Route("/v1/models", guarded("generate", models), methods=["GET"]),
+            Route("/v1/load_lora_adapter", guarded("generate", load_adapter), methods=["POST"]),
+            Route("/v1/unload_lora_adapter", guarded("generate", unload_adapter), methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", guarded("read", metrics), methods=["GET"]),
         ],

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import re
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from ft_pipeline.core.io import checked_name
 from ft_pipeline.core.lineage import adapter_dir, read_adapter_config
 from ft_pipeline.settings import Settings
 
@@ -27,11 +29,25 @@ class Params:
 
 @dataclass
 class Route:
-    """Who answers a task: its champion adapter, or the base model with the reason."""
+    """Who answers a request: an adapter (a task's champion, or one loaded at runtime by name), or the base model and why."""
 
     task: str
     version: int | None
+    adapter: str | None = None
     fallback: str | None = None
+
+
+# what a request's model may name: a task (its champion answers) or a runtime-loaded adapter, `<task>@<version>`
+MODEL_NAME = re.compile(r"(?P<task>[a-z0-9][a-z0-9_-]{0,63})(@(?P<version>[0-9]{1,9}))?")
+
+
+class UpstreamError(RuntimeError):
+    """The upstream server could not answer."""
+
+
+def adapter_name(task: str, version: int) -> str:
+    """The name a task's adapter version is loaded under, here and upstream."""
+    return f"{task}@{version}"
 
 
 @dataclass
@@ -51,18 +67,12 @@ def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
     return (text[: min(hits)], True) if hits else (text, False)
 
 
-class InProcessBackend:
-    """transformers + peft in this process: one base model, champions loaded by name into an LRU of `max_adapters`."""
+class Champions:
+    """Each task's champion version from the registry, cached for `ttl` seconds (a promotion reaches requests within it)."""
 
-    def __init__(self, settings: Settings, max_adapters: int = 4, champion_ttl: float = 5.0):
+    def __init__(self, settings: Settings, ttl: float = 5.0):
         self.settings = settings
-        self.max_adapters = max_adapters
-        self.champion_ttl = champion_ttl
-        self._lock = threading.Lock()  # one generation at a time on the shared weights
-        self._model: Any = None
-        self._tokenizer: Any = None
-        self._identity: dict[str, Any] = {}
-        self._loaded: OrderedDict[str, int] = OrderedDict()  # adapter name -> version, least recently used first
+        self.champion_ttl = ttl
         self._champions: dict[str, tuple[float, int | None]] = {}
 
     @property
@@ -80,6 +90,47 @@ class InProcessBackend:
             self._champions[task] = cached
         return cached[1]
 
+
+class InProcessBackend(Champions):
+    """transformers + peft in this process: one base model, adapters loaded by name into an LRU of `max_adapters`."""
+
+    def __init__(self, settings: Settings, max_adapters: int = 4, champion_ttl: float = 5.0):
+        super().__init__(settings, champion_ttl)
+        self.max_adapters = max_adapters
+        self._lock = threading.Lock()  # one generation at a time on the shared weights
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._identity: dict[str, Any] = {}
+        self._loaded: OrderedDict[str, str] = OrderedDict()  # adapter name -> folder, least recently used first
+        self._runtime: dict[str, str] = {}  # adapters loaded by name through load_adapter, reloaded after eviction
+
+    def load_adapter(self, name: str, path: str) -> None:
+        """Load an adapter folder under `name` (the runtime adapter-loading endpoint); ValueError when it cannot be."""
+        from ft_pipeline.core.lineage import ADAPTER_CONFIG
+        from ft_pipeline.training.base_model import check_adapter_base
+
+        if not MODEL_NAME.fullmatch(name) or "@" not in name:
+            raise ValueError(f"lora_name {name!r} must be <task>@<version>")
+        folder = Path(path)
+        if not (folder / "adapter_config.json").is_file():
+            raise ValueError(f"lora_path {path!r} holds no peft adapter (adapter_config.json)")
+        with self._lock:
+            self._ensure_base()
+            if (folder / ADAPTER_CONFIG).is_file():
+                config = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+                check_adapter_base(config, self._identity, f"adapter {name}")
+            self._runtime[name] = str(folder)
+            self._use(name, str(folder))
+
+    def unload_adapter(self, name: str) -> None:
+        """Forget a runtime-loaded adapter; LookupError when none has that name."""
+        with self._lock:
+            if self._runtime.pop(name, None) is None:
+                raise LookupError(f"no adapter named {name!r} is loaded")
+            if name in self._loaded:
+                del self._loaded[name]
+                self._model.delete_adapter(name)
+
     def _ensure_base(self) -> None:
         if self._model is not None:
             return
@@ -92,28 +143,43 @@ class InProcessBackend:
         self._model.eval()
         self._identity = base_identity(self.settings, source)
 
-    def _activate(self, task: str) -> Route:
-        """Make the task's champion the active adapter (loading it if needed), or say why the base answers."""
+    def _activate(self, model: str) -> Route:
+        """Make the adapter a request names active (loading it if needed), or say why the base answers."""
         from ft_pipeline.training.base_model import BaseModelMismatch, check_adapter_base
 
+        match = MODEL_NAME.fullmatch(model)
+        if match is None:
+            raise ValueError(f"model {model!r} must be a task name or <task>@<version>")
+        task = match["task"]
+        if match["version"] is not None:
+            if model not in self._runtime:
+                raise LookupError(f"no adapter named {model!r} is loaded")
+            self._use(model, self._runtime[model])
+            return Route(task, int(match["version"]), model)
         version = self.champion(task)
         if version is None:
-            return Route(task, None, "the task has no champion")
-        name = f"{task}@{version}"
+            return Route(task, None, None, "the task has no champion")
+        name = adapter_name(task, version)
         if name not in self._loaded:
             try:
                 config = read_adapter_config(self.settings.adapters_dir, task, version)
                 check_adapter_base(config, self._identity, f"champion {task} v{version}")
-                self._load(name, str(adapter_dir(self.settings.adapters_dir, task, version)))
+                self._use(name, str(adapter_dir(self.settings.adapters_dir, task, version)))
             except (BaseModelMismatch, OSError, ValueError, KeyError) as exc:
-                return Route(task, None, f"champion v{version} could not be loaded: {' '.join(str(exc).split())[:300]}")
-            self._loaded[name] = version
+                return Route(task, None, None, f"champion v{version} could not be loaded: {' '.join(str(exc).split())[:300]}")
+        self._use(name, self._loaded[name])
+        return Route(task, version, name)
+
+    def _use(self, name: str, path: str) -> None:
+        """Load the adapter if it is not, make it the active one, and evict the least recently used beyond max_adapters."""
+        if name not in self._loaded:
+            self._load(name, path)
+            self._loaded[name] = path
         self._loaded.move_to_end(name)
         self._model.set_adapter(name)
         while len(self._loaded) > self.max_adapters:
             old, _ = self._loaded.popitem(last=False)
             self._model.delete_adapter(old)
-        return Route(task, version)
 
     def _load(self, name: str, path: str) -> None:
         from peft import PeftModel
@@ -151,16 +217,15 @@ class InProcessBackend:
         import torch
 
         # the base answers with the adapters switched off, not with another task's adapter left active
-        off = self._model.disable_adapter() if route.version is None and self._loaded else contextlib.nullcontext()
+        off = self._model.disable_adapter() if route.adapter is None and self._loaded else contextlib.nullcontext()
         with torch.inference_mode(), off:
             return self._model.generate(**inputs, **kwargs)
 
-    def complete(self, task: str, messages: list[dict[str, str]], params: Params) -> Completion:
+    def complete(self, model: str, messages: list[dict[str, str]], params: Params) -> Completion:
         """The whole answer of the task's serving model."""
-        task = checked_name(task, "model")
         with self._lock:
             self._ensure_base()
-            route = self._activate(task)
+            route = self._activate(model)
             inputs = self._inputs(messages)
             output = self._generate(route, inputs, self._generate_kwargs(params))
         new = output[0, inputs["input_ids"].shape[1] :]
@@ -168,15 +233,14 @@ class InProcessBackend:
         ended = stopped or (len(new) < params.max_tokens)
         return Completion(text, int(inputs["input_ids"].shape[1]), len(new), "stop" if ended else "length", route)
 
-    def stream(self, task: str, messages: list[dict[str, str]], params: Params) -> tuple[Route, Iterator[str], Completion]:
+    def stream(self, model: str, messages: list[dict[str, str]], params: Params) -> tuple[Route, Iterator[str], Completion]:
         """The route, an iterator of text pieces as they are generated, and the Completion filled once it is exhausted."""
         from transformers import TextIteratorStreamer
 
-        task = checked_name(task, "model")
         self._lock.acquire()
         try:
             self._ensure_base()
-            route = self._activate(task)
+            route = self._activate(model)
             inputs = self._inputs(messages)
             streamer = TextIteratorStreamer(self._tokenizer, skip_prompt=True, skip_special_tokens=True)
             kwargs = {**self._generate_kwargs(params), "streamer": streamer}
@@ -224,5 +288,121 @@ class InProcessBackend:
             produced = int(output.shape[1] - inputs["input_ids"].shape[1]) if output is not None else 0
             done.text, done.completion_tokens = cut, produced
             done.finish_reason = "stop" if stopped or produced < params.max_tokens else "length"
+
+        return route, pieces(), done
+
+
+class UpstreamBackend(Champions):
+    """Forwards to an OpenAI-compatible server that serves LoRA adapters by name (vLLM with --enable-lora, or another
+    `ft-pipeline serve`), loading each new champion through its runtime endpoint `/v1/load_lora_adapter`.
+
+    The upstream reads the adapter folder by its path, so both see the adapters under the same path (a shared volume).
+    """
+
+    def __init__(self, settings: Settings, url: str, api_key: str = "", base_model: str = "", timeout: float = 300.0):
+        import httpx
+
+        super().__init__(settings)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+        self.base_model = base_model or settings.base_model
+        self._loaded: set[str] = set()
+        self._lock = threading.Lock()
+
+    @property
+    def base_description(self) -> str:
+        return self.base_model
+
+    def _route(self, model: str) -> Route:
+        import httpx
+
+        match = MODEL_NAME.fullmatch(model)
+        if match is None:
+            raise ValueError(f"model {model!r} must be a task name or <task>@<version>")
+        task = match["task"]
+        if match["version"] is not None:  # a name the upstream itself serves
+            return Route(task, int(match["version"]), model)
+        version = self.champion(task)
+        if version is None:
+            return Route(task, None, None, "the task has no champion")
+        name = adapter_name(task, version)
+        with self._lock:
+            if name not in self._loaded:
+                folder = adapter_dir(self.settings.adapters_dir, task, version)
+                try:
+                    answer = self.http.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": str(folder)})
+                except httpx.HTTPError as exc:
+                    raise UpstreamError(f"the upstream server is unreachable: {exc}") from None
+                # vLLM answers 400 for a name it already serves
+                if answer.status_code >= 400 and "already" not in answer.text:
+                    return Route(task, None, None, f"champion v{version} could not be loaded upstream: {answer.text[:300]}")
+                self._loaded.add(name)
+        return Route(task, version, name)
+
+    def _body(self, route: Route, messages: list[dict[str, str]], params: Params, stream: bool) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": route.adapter or self.base_model,
+            "messages": messages,
+            "max_tokens": params.max_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+        }
+        if params.stop:
+            body["stop"] = list(params.stop)
+        if params.seed is not None:
+            body["seed"] = params.seed
+        if stream:
+            body.update(stream=True, stream_options={"include_usage": True})
+        return body
+
+    def complete(self, model: str, messages: list[dict[str, str]], params: Params) -> Completion:
+        """The upstream's whole answer."""
+        import httpx
+
+        route = self._route(model)
+        try:
+            answer = self.http.post("/v1/chat/completions", json=self._body(route, messages, params, False))
+            answer.raise_for_status()
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"the upstream server failed: {exc}") from None
+        data = answer.json()
+        choice, usage = data["choices"][0], data.get("usage") or {}
+        return Completion(
+            choice["message"]["content"] or "",
+            int(usage.get("prompt_tokens", 0)),
+            int(usage.get("completion_tokens", 0)),
+            choice.get("finish_reason") or "stop",
+            route,
+        )
+
+    def stream(self, model: str, messages: list[dict[str, str]], params: Params) -> tuple[Route, Iterator[str], Completion]:
+        """The upstream's answer as it streams, relayed piece by piece."""
+        import httpx
+
+        route = self._route(model)
+        done = Completion("", 0, 0, "stop", route)
+
+        def pieces() -> Iterator[str]:
+            text = []
+            try:
+                with self.http.stream("POST", "/v1/chat/completions", json=self._body(route, messages, params, True)) as answer:
+                    answer.raise_for_status()
+                    for line in answer.iter_lines():
+                        if not line.startswith("data: ") or line == "data: [DONE]":
+                            continue
+                        chunk = json.loads(line.removeprefix("data: "))
+                        if chunk.get("usage"):
+                            done.prompt_tokens = int(chunk["usage"].get("prompt_tokens", 0))
+                            done.completion_tokens = int(chunk["usage"].get("completion_tokens", 0))
+                        for choice in chunk.get("choices") or []:
+                            piece = (choice.get("delta") or {}).get("content")
+                            if piece:
+                                text.append(piece)
+                                yield piece
+                            if choice.get("finish_reason"):
+                                done.finish_reason = choice["finish_reason"]
+            except httpx.HTTPError as exc:
+                raise UpstreamError(f"the upstream server failed: {exc}") from None
+            done.text = "".join(text)
 
         return route, pieces(), done

@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ft_pipeline.client import RecordRejected, encode_record
 from ft_pipeline.core.io import TASK_NAME
-from ft_pipeline.serve.backends import Completion, InProcessBackend, Params, Route
+from ft_pipeline.serve.backends import MODEL_NAME, Completion, InProcessBackend, Params, Route, UpstreamBackend, UpstreamError
 
 ROLES = {"system", "user", "assistant", "tool"}
 LOG_HEADER = "X-FT-Log-Id"
@@ -43,8 +43,8 @@ def parse_request(body: Any, max_tokens_limit: int) -> tuple[str, list[dict[str,
     if not isinstance(body, dict):
         raise BadRequest("body", "the body must be a JSON object")
     task = body.get("model")
-    if not isinstance(task, str) or not TASK_NAME.fullmatch(task):
-        raise BadRequest("model", "model must be a task name (see GET /v1/models)")
+    if not isinstance(task, str) or not MODEL_NAME.fullmatch(task):
+        raise BadRequest("model", "model must be a task name (see GET /v1/models) or a loaded <task>@<version>")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequest("messages", "messages must be a non-empty list")
@@ -71,7 +71,7 @@ def parse_request(body: Any, max_tokens_limit: int) -> tuple[str, list[dict[str,
 
 
 def call_record(
-    task: str, messages: list[dict[str, str]], completion: Completion, latency_ms: float, extra: dict[str, Any], base: str
+    messages: list[dict[str, str]], completion: Completion, latency_ms: float, extra: dict[str, Any], base: str
 ) -> dict[str, Any]:
     """The call the gateway logs for an answer, in the input contract: feedback on it later names its log_id."""
     system = next((m["content"] for m in messages if m["role"] == "system"), None)
@@ -79,14 +79,14 @@ def call_record(
     record: dict[str, Any] = {
         "log_id": uuid.uuid4().hex,
         "timestamp": datetime.now(UTC).isoformat(),
-        "task": task,
+        "task": route.task,
         "prompt": messages[-1]["content"],
         "messages": [m for m in messages[:-1] if m["role"] != "system"],
         "output": completion.text,
         "decision": "pending",
-        "adapter_version": None if route.version is None else str(route.version),
+        "adapter_version": None if route.adapter is None else str(route.version),
         "model": base,
-        "variant": "champion" if route.version is not None else "base",
+        "variant": "champion" if route.adapter is not None else "base",
         "latency_ms": round(latency_ms, 2),
         "prompt_tokens": completion.prompt_tokens,
         "completion_tokens": completion.completion_tokens,
@@ -100,15 +100,15 @@ def call_record(
 
 
 def _served(route: Route, log_id: str | None) -> dict[str, Any]:
-    return {"log_id": log_id, "adapter_version": route.version, "fallback": route.fallback}
+    return {"log_id": log_id, "adapter": route.adapter, "adapter_version": route.version, "fallback": route.fallback}
 
 
 class Gateway:
     """The gateway's routes over a backend, logging through the capture app's spool writer."""
 
-    def __init__(self, capture: Any, backend: InProcessBackend | None = None, max_tokens_limit: int = 2048):
+    def __init__(self, capture: Any, backend: InProcessBackend | UpstreamBackend, max_tokens_limit: int = 2048):
         self.capture = capture
-        self.backend = backend or InProcessBackend(capture.settings)
+        self.backend = backend
         self.max_tokens_limit = max_tokens_limit
 
     def log_call(self, record: dict[str, Any]) -> str | None:
@@ -133,12 +133,17 @@ class Gateway:
         except BadRequest as exc:
             return _error(400, "invalid_request_error", str(exc), exc.param)
         start, created = time.perf_counter(), int(time.time())
-        if stream:
-            return StreamingResponse(self._events(task, messages, params, extra, start, created), media_type="text/event-stream")
-        completion = await run_in_threadpool(self.backend.complete, task, messages, params)
-        record = call_record(
-            task, messages, completion, (time.perf_counter() - start) * 1000, extra, self.backend.base_description
-        )
+        try:
+            if stream:
+                route, pieces, done = await run_in_threadpool(self.backend.stream, task, messages, params)
+                events = self._events(task, route, pieces, done, messages, extra, start, created)
+                return StreamingResponse(events, media_type="text/event-stream")
+            completion = await run_in_threadpool(self.backend.complete, task, messages, params)
+        except LookupError as exc:
+            return _error(404, "model_not_found", str(exc), "model")
+        except UpstreamError as exc:
+            return _error(502, "upstream_error", str(exc), None)
+        record = call_record(messages, completion, (time.perf_counter() - start) * 1000, extra, self.backend.base_description)
         log_id = await run_in_threadpool(self.log_call, record)
         response = {
             "id": f"chatcmpl-{log_id or uuid.uuid4().hex}",
@@ -159,10 +164,17 @@ class Gateway:
         return JSONResponse(response, headers={LOG_HEADER: log_id or ""})
 
     def _events(
-        self, task: str, messages: list[dict[str, str]], params: Params, extra: dict[str, Any], start: float, created: int
+        self,
+        task: str,
+        route: Route,
+        pieces: Iterator[str],
+        done: Completion,
+        messages: list[dict[str, str]],
+        extra: dict[str, Any],
+        start: float,
+        created: int,
     ) -> Iterator[str]:
         """Server-sent events of a streamed answer; the call is logged when it ends, and its log_id rides on the last chunk."""
-        route, pieces, done = self.backend.stream(task, messages, params)
         chunk_id = f"chatcmpl-{uuid.uuid4().hex}"
 
         def event(delta: dict[str, Any], finish: str | None = None, **more: Any) -> str:
@@ -180,7 +192,7 @@ class Gateway:
         yield event({"role": "assistant", "content": ""})
         for piece in pieces:
             yield event({"content": piece})
-        record = call_record(task, messages, done, (time.perf_counter() - start) * 1000, extra, self.backend.base_description)
+        record = call_record(messages, done, (time.perf_counter() - start) * 1000, extra, self.backend.base_description)
         log_id = self.log_call(record)
         yield event({}, done.finish_reason, ft_pipeline=_served(route, log_id))
         if (extra.get("stream_options") or {}).get("include_usage"):
@@ -194,6 +206,30 @@ class Gateway:
             }
             yield f"data: {json.dumps(usage)}\n\n"
         yield "data: [DONE]\n\n"
+
+    async def load_adapter(self, request: Request) -> Response:
+        """vLLM's runtime adapter loading: `{"lora_name": "<task>@<version>", "lora_path": "<folder>"}`."""
+        if not isinstance(self.backend, InProcessBackend):
+            return _error(501, "not_supported", "this gateway forwards to an upstream server; load adapters there", None)
+        try:
+            body = json.loads(await self.capture.body(request))
+            await run_in_threadpool(self.backend.load_adapter, str(body["lora_name"]), str(body["lora_path"]))
+        except (ValueError, KeyError, TypeError, OSError) as exc:
+            return _error(400, "invalid_request_error", " ".join(str(exc).split())[:300], "lora_name")
+        return JSONResponse({"status": "loaded", "lora_name": body["lora_name"]})
+
+    async def unload_adapter(self, request: Request) -> Response:
+        """vLLM's runtime adapter unloading: `{"lora_name": ...}`."""
+        if not isinstance(self.backend, InProcessBackend):
+            return _error(501, "not_supported", "this gateway forwards to an upstream server; unload adapters there", None)
+        try:
+            body = json.loads(await self.capture.body(request))
+            await run_in_threadpool(self.backend.unload_adapter, str(body["lora_name"]))
+        except LookupError as exc:
+            return _error(404, "model_not_found", str(exc), "lora_name")
+        except (ValueError, KeyError, TypeError) as exc:
+            return _error(400, "invalid_request_error", str(exc), "lora_name")
+        return JSONResponse({"status": "unloaded", "lora_name": body["lora_name"]})
 
     async def models(self, request: Request) -> Response:
         settings = self.capture.settings
@@ -218,7 +254,7 @@ class Gateway:
 
 
 def _fingerprint(route: Route) -> str:
-    return f"{route.task}:v{route.version}" if route.version is not None else "base"
+    return f"{route.task}:v{route.version}" if route.adapter is not None else "base"
 
 
 def _usage(completion: Completion) -> dict[str, int]:

@@ -11,6 +11,7 @@ from ft_pipeline_tests.evaluation_fixtures import build_tiny_base, tiny_settings
 from ft_pipeline_tests.serve.server import running_server
 
 GREETING = [{"role": "user", "content": "Greet Alice."}]
+ENV = {"FT_DEVICE": "cpu", "FT_TORCH_THREADS": "1", "FT_SERVE_PUBLISH_SECONDS": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -22,13 +23,12 @@ def served(tmp_path_factory):
     for task in ("greet", "broken"):
         promote(settings, task, train_adapter(settings, task, word="Goodbye"), "for the gateway test")
     (settings.adapters_dir / "broken" / "1" / "adapter_model.safetensors").unlink()
-    env = {"FT_BASE_MODEL": str(base), "FT_DEVICE": "cpu", "FT_TORCH_THREADS": "1", "FT_SERVE_PUBLISH_SECONDS": "1"}
-    with running_server(settings.root, **env) as url:
-        yield settings, OpenAI(base_url=f"{url}/v1", api_key="unused-on-loopback", max_retries=0)
+    with running_server(settings.root, **ENV, FT_BASE_MODEL=str(base)) as url:
+        yield settings, OpenAI(base_url=f"{url}/v1", api_key="unused-on-loopback", max_retries=0), url
 
 
 def test_the_champion_answers_in_the_openai_schema(served):
-    _, client = served
+    _, client, _ = served
     answer = client.chat.completions.create(model="greet", messages=GREETING, temperature=0, max_tokens=8, user="u-1")
     assert answer.object == "chat.completion" and answer.model == "greet"
     assert answer.system_fingerprint == "greet:v1" and answer.choices[0].message.role == "assistant"
@@ -45,7 +45,7 @@ def test_the_champion_answers_in_the_openai_schema(served):
 
 
 def test_streaming_sends_the_same_answer_piece_by_piece_with_usage(served):
-    _, client = served
+    _, client, _ = served
     whole = client.chat.completions.create(model="greet", messages=GREETING, temperature=0, max_tokens=8)
     chunks = list(
         client.chat.completions.create(
@@ -59,7 +59,7 @@ def test_streaming_sends_the_same_answer_piece_by_piece_with_usage(served):
 
 
 def test_no_champion_or_a_broken_one_falls_back_to_the_base_and_says_so(served):
-    _, client = served
+    _, client, _ = served
     for task, reason in (("no-such-task", "no champion"), ("broken", "could not be loaded")):
         answer = client.chat.completions.create(model=task, messages=GREETING, temperature=0, max_tokens=4)
         assert answer.system_fingerprint == "base"
@@ -74,7 +74,7 @@ def test_no_champion_or_a_broken_one_falls_back_to_the_base_and_says_so(served):
 def test_models_lists_tasks_with_their_champions_and_bad_requests_get_openai_errors(served):
     import openai
 
-    _, client = served
+    _, client, _ = served
     listed = {m.id: m.model_extra["champion_version"] for m in client.models.list()}
     assert listed == {"broken": 1, "greet": 1}
     with pytest.raises(openai.BadRequestError, match="model must be a task name"):
@@ -84,7 +84,7 @@ def test_models_lists_tasks_with_their_champions_and_bad_requests_get_openai_err
 
 
 def test_every_answer_reaches_the_inbox_as_a_pending_call(served):
-    settings, client = served
+    settings, client, _ = served
     answer = client.chat.completions.create(model="greet", messages=GREETING, temperature=0, max_tokens=8, user="u-2")
     log_id = answer.model_extra["ft_pipeline"]["log_id"]
     call = None
@@ -98,3 +98,22 @@ def test_every_answer_reaches_the_inbox_as_a_pending_call(served):
     assert call["task"] == "greet" and call["decision"] == "pending" and call["adapter_version"] == "1"
     assert call["prompt"] == "Greet Alice." and call["output"] == answer.choices[0].message.content
     assert call["user_id"] == "u-2" and call["completion_tokens"] == answer.usage.completion_tokens
+
+
+def test_the_upstream_backend_loads_the_champion_into_another_server_and_asks_for_it_by_name(served):
+    settings, direct, upstream = served
+    expected = direct.chat.completions.create(model="greet", messages=GREETING, temperature=0, max_tokens=8)
+    env = {**ENV, "FT_SERVE_BACKEND": "upstream", "FT_UPSTREAM_URL": upstream, "FT_UPSTREAM_BASE_MODEL": "base"}
+    with running_server(settings.root, **env) as url:
+        gateway = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        answer = gateway.chat.completions.create(model="greet", messages=GREETING, temperature=0, max_tokens=8)
+        assert answer.choices[0].message.content == expected.choices[0].message.content
+        assert answer.model_extra["ft_pipeline"]["adapter"] == "greet@1" and answer.system_fingerprint == "greet:v1"
+        streamed = gateway.chat.completions.create(model="greet", messages=GREETING, temperature=0, max_tokens=8, stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == expected.choices[0].message.content
+        base = gateway.chat.completions.create(model="no-champion", messages=GREETING, temperature=0, max_tokens=4)
+        assert base.system_fingerprint == "base" and "no champion" in base.model_extra["ft_pipeline"]["fallback"]
+    # the upstream now serves the champion by the name it was loaded under
+    by_name = direct.chat.completions.create(model="greet@1", messages=GREETING, temperature=0, max_tokens=8)
+    assert by_name.choices[0].message.content == expected.choices[0].message.content
+    assert by_name.model_extra["ft_pipeline"]["adapter"] == "greet@1"
