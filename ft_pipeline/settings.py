@@ -58,7 +58,10 @@ class Settings:
         0, "FT_INBOX_RETENTION_DAYS", "general", "Days inbox/processed/<day>/ folders are kept; 0 or empty keeps them forever."
     )
     raw_retention_days: int | None = knob(
-        0, "FT_RAW_RETENTION_DAYS", "general", "Days of raw_logs partitions kept before today (UTC); 0 or empty keeps them forever."
+        0,
+        "FT_RAW_RETENTION_DAYS",
+        "general",
+        "Days of raw_logs partitions kept before today (UTC); 0 or empty keeps them forever.",
     )
     quarantine_retention_days: int | None = knob(
         0,
@@ -67,7 +70,10 @@ class Settings:
         "Days quarantine files are kept after they were last written; 0 or empty keeps them forever.",
     )
     feedback_retention_days: int | None = knob(
-        0, "FT_FEEDBACK_RETENTION_DAYS", "general", "Days of feedback partitions kept before today (UTC); 0 or empty keeps them forever."
+        0,
+        "FT_FEEDBACK_RETENTION_DAYS",
+        "general",
+        "Days of feedback partitions kept before today (UTC); 0 or empty keeps them forever.",
     )
 
     # settlements: quality filters (each applied only when the record has the field)

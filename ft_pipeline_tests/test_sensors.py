@@ -4,7 +4,6 @@ spools are published first."""
 import json
 
 import pytest
-
 from dagster import DagsterInstance, DefaultSensorStatus, Definitions, RunRequest, build_sensor_context
 
 from ft_pipeline.assets.raw_logs import raw_logs
@@ -83,7 +82,7 @@ def test_the_cursor_holds_only_files_not_yet_ingested(tmp_path, monkeypatch, arc
             for n in range(4):
                 (inbox / f"f{round_no}-{n}.jsonl").write_text(json.dumps({**record, "log_id": f"{round_no}-{n}"}) + "\n")
             (request,), cursor = tick(instance, cursor, tmp_path)
-            assert len(json.loads(cursor)) == 4
+            assert isinstance(request, RunRequest) and len(json.loads(cursor)) == 4
             ingest(settings, last_day="2024-03-31")
             skipped, cursor = tick(instance, cursor, tmp_path)
             assert isinstance(skipped, str) and json.loads(cursor) == {}
