@@ -13,6 +13,7 @@ import uuid
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -742,17 +743,19 @@ def ingest(
     with hold(settings.root, "ingest"):
         debris = _sweep_debris(settings)
         entries = manifest.load(settings.state_dir)
-        listed = inbox_entries(settings.inbox_dir)
+        inbox = settings.inbox_dir
+        listed = {path: path.relative_to(inbox).as_posix() for path in inbox_entries(inbox)}
         files, known, seen = [], [], {}
-        for path in listed:
-            source = _source_name(settings, path)
+        for path, source in listed.items():
             st = os.lstat(path) if file_problem(path) is None else None
             if st is not None and manifest.is_ingested(entries, source, path, st):
                 known.append(source)
             else:
                 files.append(path)
                 seen[len(files) - 1] = st
-        with scratch_dir(settings.root, "ingest") as work:
+        # the manifest's content hashes are taken while DuckDB reads the files: hashlib lets go of the GIL
+        with ThreadPoolExecutor(1) as hasher, scratch_dir(settings.root, "ingest") as work:
+            digests = {i: hasher.submit(_digest, path) for i, path in enumerate(files) if seen[i] is not None}
             con = _connect(settings, str(work / "spill"))
             sources = [_source_name(settings, p) for p in files]
             stager = _Stager(con, work, sources, first_day, last_day, datetime.now(UTC).isoformat(), settings.line_limits)
@@ -761,11 +764,11 @@ def ingest(
             result.odd_blank_lines = stager.odd_blank_lines
             result.bom_lines = stager.bom_lines
             con.close()
-        done = _record(entries, settings, files, whole, seen, run_id)
+            done = _record(entries, settings, files, whole, seen, {i: d.result() for i, d in digests.items()}, run_id)
         result.files_skipped = len(known)
         result.files_kept = len(files) - len(done)
         result.debris_removed = debris
-        present = {_source_name(settings, p) for p in listed}
+        present = set(listed.values())
         for source in [s for s, e in entries.items() if e.archived is None and s not in present]:
             del entries[source]  # gone from the inbox: nothing left to skip
         result.inbox_expired = _expire_processed(settings, entries)
@@ -785,31 +788,44 @@ def _sweep_debris(settings: Settings) -> int:
     return removed
 
 
+def _digest(path: Path) -> str | None:
+    """A file's SHA-256, or None when it cannot be read (it is then quarantined, not recorded)."""
+    try:
+        return manifest.file_sha256(path)
+    except OSError:
+        return None
+
+
 def _record(
     entries: dict[str, manifest.Entry],
     settings: Settings,
     files: list[Path],
     whole: list[int],
     seen: dict[int, os.stat_result | None],
+    digests: dict[int, str | None],
     run_id: str,
 ) -> list[str]:
     """Add the files whose every record was stored (or is a duplicate) to the manifest entries; returns their sources.
 
-    A file that changed while it was read is left out: the next run reads it again.
+    A file that changed while it was read and hashed is left out: the next run reads it again.
     """
     now = datetime.now(UTC)
     done = []
     for file_idx in whole:
-        path, before = files[file_idx], seen[file_idx]
+        path, before, digest = files[file_idx], seen[file_idx], digests.get(file_idx)
         try:
-            digest = manifest.file_sha256(path)
             after = os.lstat(path)
         except OSError:
             continue
-        if before is None or (after.st_size, after.st_mtime_ns, after.st_ino) != (
-            before.st_size,
-            before.st_mtime_ns,
-            before.st_ino,
+        if (
+            before is None
+            or digest is None
+            or (after.st_size, after.st_mtime_ns, after.st_ino)
+            != (
+                before.st_size,
+                before.st_mtime_ns,
+                before.st_ino,
+            )
         ):
             continue
         source = _source_name(settings, path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -64,8 +65,12 @@ def save(entries: dict[str, Entry], state_dir: Path) -> Path:
 
 
 def file_sha256(path: Path) -> str:
-    """The SHA-256 of a file's bytes (as stored: a gzip file's compressed bytes)."""
-    with open(path, "rb") as fh:
+    """The SHA-256 of a file's bytes (as stored: a gzip file's compressed bytes); OSError for anything but a regular file."""
+    # never through a symlink, and never blocking on a FIFO swapped in since the file was listed
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise IsADirectoryError(f"{path} is not a regular file")
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
