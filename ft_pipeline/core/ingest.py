@@ -757,7 +757,7 @@ def ingest(
         with ThreadPoolExecutor(1) as hasher, scratch_dir(settings.root, "ingest") as work:
             digests = {i: hasher.submit(_digest, path) for i, path in enumerate(files) if seen[i] is not None}
             con = _connect(settings, str(work / "spill"))
-            sources = [_source_name(settings, p) for p in files]
+            sources = [listed[p] for p in files]
             stager = _Stager(con, work, sources, first_day, last_day, datetime.now(UTC).isoformat(), settings.line_limits)
             result, whole = _ingest(stager, settings, files, days)
             result.lines_by_line = stager.lines_by_line
