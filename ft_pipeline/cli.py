@@ -22,6 +22,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     """Materialize the selection for every partition with data, then print a summary."""
+    from ft_pipeline.core import manifest
     from ft_pipeline.core.ingest import inbox_entries
     from ft_pipeline.core.spool import recover_spools
     from ft_pipeline.runner import run_pipeline
@@ -29,7 +30,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     recovered = recover_spools(settings.inbox_dir)
     if recovered:
         print(f"recovered {len(recovered)} spool file(s) of dead writers into the inbox")
-    if args.demo_if_empty and not inbox_entries(settings.inbox_dir):  # an inbox of unreadable files is not empty
+    # an inbox of unreadable files is not empty, nor one whose files were all ingested and archived
+    if args.demo_if_empty and not inbox_entries(settings.inbox_dir) and not manifest.load(settings.state_dir):
         print(f"the inbox {settings.inbox_dir} is empty: writing demo logs")
         cmd_demo(argparse.Namespace(records=3000, days=30, seed=0), settings)
     runs = run_pipeline(args.select, settings=settings)

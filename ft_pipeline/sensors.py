@@ -5,6 +5,7 @@ import json
 
 from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
+from ft_pipeline.core import manifest
 from ft_pipeline.core.ingest import inbox_dates, inbox_files
 from ft_pipeline.core.retrain import RetrainState, due_retrains, retrain_run_key, scan_settlements
 from ft_pipeline.core.spool import recover_spools
@@ -17,14 +18,23 @@ from ft_pipeline.resources import PipelineResource
 @sensor(job=ingest_job, minimum_interval_seconds=30, default_status=DefaultSensorStatus.RUNNING)
 def inbox_sensor(context: SensorEvaluationContext, pipeline: PipelineResource):
     """Publishes dead writers' spool files, then requests one ingest run over the days of inbox files new or changed since the last tick."""
-    inbox = pipeline.settings().inbox_dir
+    settings = pipeline.settings()
+    inbox = settings.inbox_dir
     # records of a writer killed before it published would otherwise wait for the next LogWriter on this host
     recovered = recover_spools(inbox)
     if recovered:
         context.log.info(f"recovered {len(recovered)} spool file(s) of dead writers: {', '.join(p.name for p in recovered)}")
     seen = json.loads(context.cursor) if context.cursor else {}
-    files = {p.relative_to(inbox).as_posix(): p for p in inbox_files(inbox)}
-    state = {name: [p.stat().st_size, p.stat().st_mtime_ns] for name, p in files.items()}
+    ingested = manifest.load(settings.state_dir)
+    files, state = {}, {}
+    for path in inbox_files(inbox):
+        try:
+            name, st = path.relative_to(inbox).as_posix(), path.stat()
+        except FileNotFoundError:  # archived by an ingest since it was listed
+            continue
+        # the cursor holds only files not ingested whole yet: the manifest knows the rest, so it never lists every file seen
+        if name not in ingested or not ingested[name].same_stat(st):
+            files[name], state[name] = path, [st.st_size, st.st_mtime_ns]
     changed = {name: state[name] for name in files if seen.get(name) != state[name]}
     context.update_cursor(json.dumps(state, sort_keys=True))
     if not changed:

@@ -48,6 +48,33 @@ class Settings:
     ingest_max_keys: int = knob(
         256, "FT_INGEST_MAX_KEYS", "general", "Most top-level keys of a record; more are quarantined as too_many_keys."
     )
+    archive_inbox: bool = knob(
+        True,
+        "FT_ARCHIVE_INBOX",
+        "general",
+        "Move each fully ingested inbox file to inbox/processed/<day>/; off keeps it in place (the manifest skips it).",
+    )
+    inbox_retention_days: int | None = knob(
+        0, "FT_INBOX_RETENTION_DAYS", "general", "Days inbox/processed/<day>/ folders are kept; 0 or empty keeps them forever."
+    )
+    raw_retention_days: int | None = knob(
+        0,
+        "FT_RAW_RETENTION_DAYS",
+        "general",
+        "Days of raw_logs partitions kept before today (UTC); 0 or empty keeps them forever.",
+    )
+    quarantine_retention_days: int | None = knob(
+        0,
+        "FT_QUARANTINE_RETENTION_DAYS",
+        "general",
+        "Days quarantine files are kept after they were last written; 0 or empty keeps them forever.",
+    )
+    feedback_retention_days: int | None = knob(
+        0,
+        "FT_FEEDBACK_RETENTION_DAYS",
+        "general",
+        "Days of feedback partitions kept before today (UTC); 0 or empty keeps them forever.",
+    )
 
     # settlements: quality filters (each applied only when the record has the field)
     min_quality_score: float | None = knob(
@@ -260,6 +287,11 @@ class Settings:
     @property
     def lake_dir(self) -> Path:
         return self.root / "lake"
+
+    @property
+    def state_dir(self) -> Path:
+        """Small durable files of the pipeline's own bookkeeping (the inbox manifest)."""
+        return self.root / "state"
 
     @property
     def reports_dir(self) -> Path:

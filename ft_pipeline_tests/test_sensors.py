@@ -3,14 +3,17 @@ spools are published first."""
 
 import json
 
+import pytest
 from dagster import DagsterInstance, DefaultSensorStatus, Definitions, RunRequest, build_sensor_context
 
 from ft_pipeline.assets.raw_logs import raw_logs
 from ft_pipeline.assets.settlements import settlements
+from ft_pipeline.core.ingest import inbox_files, ingest
 from ft_pipeline.core.io import partition_dates
 from ft_pipeline.jobs import ingest_job
 from ft_pipeline.resources import PipelineResource
 from ft_pipeline.sensors import inbox_sensor
+from ft_pipeline.settings import Settings
 from ft_pipeline_tests.spool_fixtures import dead_spool
 
 RANGE = ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
@@ -63,3 +66,26 @@ def test_a_tick_publishes_a_dead_writers_spool_and_requests_its_day(tmp_path, ca
     assert json.loads(recovered.read_text()) == record
     # the sensor logs through dagster's own handler, which writes to stderr
     assert "recovered 1 spool file(s) of dead writers" in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("archive", ["true", "false"])
+def test_the_cursor_holds_only_files_not_yet_ingested(tmp_path, monkeypatch, archive):
+    """Over many files, archived or kept in place, the cursor never grows beyond the files waiting for an ingest."""
+    monkeypatch.setenv("FT_ARCHIVE_INBOX", archive)
+    settings = Settings.from_env(data_dir=str(tmp_path))
+    inbox = settings.inbox_dir
+    inbox.mkdir()
+    record = {"log_id": "a", "timestamp": "2024-03-01T12:00:00Z", "task": "game", "prompt": "p", "output": "o"}
+    cursor, sizes = None, []
+    with DagsterInstance.ephemeral() as instance:
+        for round_no in range(12):
+            for n in range(4):
+                (inbox / f"f{round_no}-{n}.jsonl").write_text(json.dumps({**record, "log_id": f"{round_no}-{n}"}) + "\n")
+            (request,), cursor = tick(instance, cursor, tmp_path)
+            assert isinstance(request, RunRequest) and len(json.loads(cursor)) == 4
+            ingest(settings, last_day="2024-03-31")
+            skipped, cursor = tick(instance, cursor, tmp_path)
+            assert isinstance(skipped, str) and json.loads(cursor) == {}
+            sizes.append(len(cursor))
+    assert len(inbox_files(inbox)) == (48 if archive == "false" else 0)
+    assert max(sizes) == min(sizes)

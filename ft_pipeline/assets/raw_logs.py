@@ -4,6 +4,7 @@ from dagster import AssetExecutionContext, BackfillPolicy, MaterializeResult, Me
 
 from ft_pipeline.core.ingest import ingest
 from ft_pipeline.core.redaction import redact
+from ft_pipeline.core.retention import expire
 from ft_pipeline.partitions import daily_partitions
 from ft_pipeline.resources import PipelineResource, stage_config
 
@@ -22,11 +23,25 @@ def raw_logs(context: AssetExecutionContext, config: RawLogsConfig, pipeline: Pi
     """Inbox JSONL -> lake/raw_logs/date=YYYY-MM-DD/part-0.parquet; contract breakers -> quarantine/ with a reason."""
     settings = pipeline.settings(config)
     days = context.partition_keys
-    result = ingest(settings, days=days, last_day=daily_partitions.get_last_partition_key())
+    result = ingest(settings, days=days, last_day=daily_partitions.get_last_partition_key(), run_id=context.run_id)
+    expired = expire(settings)
     context.log.info(
         f"{result.files} inbox files, {result.lines} lines: {result.new} new rows, {result.duplicates} duplicates, "
         f"{result.quarantined_total} quarantined, {result.pending} valid rows of other days left for their partitions"
     )
+    context.log.info(
+        f"{result.files_skipped} inbox files skipped as ingested (the manifest), {result.archived} archived to "
+        f"inbox/processed/, {result.files_kept} kept in the inbox for days not stored yet or as unreadable"
+    )
+    if result.debris_removed:
+        context.log.info(f"removed {result.debris_removed} staging folder(s) of killed ingests")
+    for what, gone in (("raw_logs partitions", expired.raw_logs), ("feedback partitions", expired.feedback)):
+        if gone:
+            context.log.info(f"retention: expired {len(gone)} {what}, {gone[0]} to {gone[-1]}")
+    if expired.quarantine or result.inbox_expired:
+        context.log.info(
+            f"retention: expired {len(expired.quarantine)} quarantine files, {len(result.inbox_expired)} inbox/processed/ days"
+        )
     if result.lines_by_line:
         context.log.info(
             f"{result.lines_by_line} lines were checked one by one: the files or 32 MB pieces that hold a bad line "
@@ -57,6 +72,22 @@ def raw_logs(context: AssetExecutionContext, config: RawLogsConfig, pipeline: Pi
         "lines_read": result.lines,
         "lines_checked_one_by_one": result.lines_by_line,
         "inbox_files": result.files,
+        "inbox_files_skipped": result.files_skipped,
+        "inbox_files_kept": result.files_kept,
+        "inbox_files_archived": result.archived,
+        "debris_removed": result.debris_removed,
+        "expired_raw_partitions": len(expired.raw_logs),
+        "expired_feedback_partitions": len(expired.feedback),
+        "expired_quarantine_files": len(expired.quarantine),
+        "expired_inbox_days": len(result.inbox_expired),
+        "expired": MetadataValue.json(
+            {
+                "raw_logs": expired.raw_logs,
+                "feedback": expired.feedback,
+                "quarantine_files": len(expired.quarantine),
+                "inbox_processed_days": result.inbox_expired,
+            }
+        ),
         "bad_files": len(result.bad_files),
         "bad_file_reasons": MetadataValue.json(bad_files),
         "odd_blank_lines": result.odd_blank_lines,

@@ -25,7 +25,10 @@ def settlements(context: AssetExecutionContext, config: SettlementsConfig, pipel
     for date in context.partition_keys:
         result = build_partition(settings, date)
         if result.source_missing:
-            context.log.warning(f"{date}: no raw_logs file (no records that day); wrote an empty settlements partition")
+            context.log.warning(
+                f"{date}: no raw_logs file (no records that day, or expired by the raw retention); "
+                "kept its settlements partition, or wrote an empty one"
+            )
         context.log.info(
             f"{date}: {result.settled} of {result.rows_in} records settled; excluded {result.excluded}; PII redacted {result.pii}"
         )

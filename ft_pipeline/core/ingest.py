@@ -9,13 +9,14 @@ import os
 import re
 import shutil
 import stat
-import tempfile
+import uuid
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO, cast
 
@@ -23,7 +24,9 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from ft_pipeline.core.io import atomic_path, partition_dates, partition_file, write_jsonl_atomic
+from ft_pipeline.core import manifest
+from ft_pipeline.core.io import atomic_path, partition_file, remove_stale_temps, write_jsonl_atomic
+from ft_pipeline.core.locks import hold
 from ft_pipeline.core.schema import (
     BLANK_CHARS,
     BOM,
@@ -35,6 +38,7 @@ from ft_pipeline.core.schema import (
     field_rules,
     judge_line,
 )
+from ft_pipeline.core.scratch import scratch_dir, sweep
 from ft_pipeline.settings import Settings
 
 TABLE = "raw_logs"
@@ -51,18 +55,27 @@ MAX_UNKNOWN_KEYS = 256
 # lake files: snappy (DuckDB's default) wrote 1M rows 0.7 s (9%) faster than zstd level 1, for files 40% larger (201 MB against 143)
 PARQUET = "FORMAT parquet, COMPRESSION snappy"
 WHITESPACE = " \t\r\n"
+# the inbox folder that ingested files move to, one folder per day of ingest
+PROCESSED_DIR = "processed"
+# lines dated up to this many days after the last partition day keep their file in the inbox: a producer's clock a
+# little ahead of ours (a record stamped just after midnight) is stored once its day has a partition, not lost to quarantine
+FUTURE_GRACE_DAYS = 1
 
 
 def inbox_entries(inbox_dir: Path) -> list[Path]:
-    """Every entry named *.jsonl or *.jsonl.gz under `inbox_dir`, of any kind, sorted; hidden files and folders (spools) are skipped."""
+    """Every entry named *.jsonl or *.jsonl.gz under `inbox_dir`, of any kind, sorted.
+
+    Hidden files and folders (spools) and the archive of ingested files (`processed/`) are skipped, the archive without
+    being walked: listing the inbox costs what it holds, not what it ever held.
+    """
     root = Path(inbox_dir)
     if not root.is_dir():
         return []
-    return sorted(
-        p
-        for p in root.rglob("*.jsonl*")
-        if p.name.endswith((".jsonl", ".jsonl.gz")) and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )
+    found = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and not (d == PROCESSED_DIR and folder == str(root))]
+        found += [Path(folder, n) for n in names + dirs if n.endswith((".jsonl", ".jsonl.gz")) and not n.startswith(".")]
+    return sorted(found)
 
 
 def inbox_files(inbox_dir: Path) -> list[Path]:
@@ -520,7 +533,7 @@ def _non_null_optional(rules: tuple[FieldRule, ...]) -> list[FieldRule]:
 class IngestResult:
     """What one ingest run did: counts for metadata, and where every line went."""
 
-    files: int = 0
+    files: int = 0  # inbox files read: new, changed, or not yet ingested whole
     lines: int = 0  # non-blank lines read
     new: int = 0  # rows added to the lake
     duplicates: int = 0  # valid lines whose record the lake (or an earlier line) already holds
@@ -530,6 +543,11 @@ class IngestResult:
     bad_files: dict[str, str] = field(default_factory=dict)  # source file -> bad_file:<why>, for files quarantined whole
     odd_blank_lines: int = 0  # blank lines of white space other than spaces and tabs (a vertical tab, a lone BOM)
     bom_lines: int = 0  # lines that opened with a byte order mark, which was dropped
+    files_skipped: int = 0  # inbox files the manifest records as ingested, unchanged: not read
+    files_kept: int = 0  # files read but left in the inbox: rows of days not stored yet, unreadable, or changed while read
+    archived: int = 0  # files moved to inbox/processed/<day>/
+    inbox_expired: list[str] = field(default_factory=list)  # processed/<day>/ folders deleted by the inbox retention
+    debris_removed: int = 0  # staging folders of killed ingests removed
     partitions: dict[str, int] = field(default_factory=dict)  # day -> rows stored after the run
     tasks: dict[str, int] = field(default_factory=dict)  # task -> rows stored in those partitions
     preview: list[dict] = field(default_factory=list)  # a few of the new rows
@@ -711,25 +729,158 @@ class _Stager:
             shutil.rmtree(folder)
 
 
-def ingest(settings: Settings, days: Iterable[str] | None = None, last_day: str | None = None) -> IngestResult:
-    """Ingest every inbox file: store the new valid records of `days` (default: all), quarantine the bad lines and files."""
+def ingest(
+    settings: Settings, days: Iterable[str] | None = None, last_day: str | None = None, run_id: str | None = None
+) -> IngestResult:
+    """Ingest the inbox files new or changed since the manifest last recorded them: store the new valid records of `days`
+    (default: all), quarantine the bad lines and files, then record, archive and expire the files ingested whole.
+
+    Runs on one data dir are serialized by the `ingest` lock, so each decides what is new from the lake the last one left.
+    """
     last_day = last_day or datetime.now(UTC).date().isoformat()
     first_day = date.fromisoformat(settings.partitions_start).isoformat()
-    files = inbox_entries(settings.inbox_dir)
-    settings.lake_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".ingest-", dir=settings.lake_dir))  # same filesystem: moves are renames
+    run_id = run_id or uuid.uuid4().hex
+    with hold(settings.root, "ingest"):
+        debris = _sweep_debris(settings)
+        entries = manifest.load(settings.state_dir)
+        inbox = settings.inbox_dir
+        listed = {path: path.relative_to(inbox).as_posix() for path in inbox_entries(inbox)}
+        files, known, seen = [], [], {}
+        for path, source in listed.items():
+            st = os.lstat(path) if file_problem(path) is None else None
+            if st is not None and manifest.is_ingested(entries, source, path, st):
+                known.append(source)
+            else:
+                files.append(path)
+                seen[len(files) - 1] = st
+        # the manifest's content hashes are taken while DuckDB reads the files: hashlib lets go of the GIL
+        with ThreadPoolExecutor(1) as hasher, scratch_dir(settings.root, "ingest") as work:
+            digests = {i: hasher.submit(_digest, path) for i, path in enumerate(files) if seen[i] is not None}
+            con = _connect(settings, str(work / "spill"))
+            sources = [listed[p] for p in files]
+            stager = _Stager(con, work, sources, first_day, last_day, datetime.now(UTC).isoformat(), settings.line_limits)
+            result, whole = _ingest(stager, settings, files, days)
+            result.lines_by_line = stager.lines_by_line
+            result.odd_blank_lines = stager.odd_blank_lines
+            result.bom_lines = stager.bom_lines
+            con.close()
+            done = _record(entries, settings, files, whole, seen, {i: d.result() for i, d in digests.items()}, run_id)
+        result.files_skipped = len(known)
+        result.files_kept = len(files) - len(done)
+        result.debris_removed = debris
+        present = set(listed.values())
+        for source in [s for s, e in entries.items() if e.archived is None and s not in present]:
+            del entries[source]  # gone from the inbox: nothing left to skip
+        result.inbox_expired = _expire_processed(settings, entries)
+        if settings.archive_inbox:
+            result.archived = _archive(settings, entries, known + done)
+        else:
+            manifest.save(entries, settings.state_dir)
+    return result
+
+
+def _sweep_debris(settings: Settings) -> int:
+    """Remove what killed ingests left: their scratch folders, and the staging folders older versions kept in the lake."""
+    removed = len(sweep(settings.root, "ingest"))
+    for legacy in settings.lake_dir.glob(".ingest-*") if settings.lake_dir.is_dir() else []:
+        shutil.rmtree(legacy, ignore_errors=True)
+        removed += 1
+    return removed
+
+
+def _digest(path: Path) -> str | None:
+    """A file's SHA-256, or None when it cannot be read (it is then quarantined, not recorded)."""
     try:
-        con = _connect(settings, str(work / "spill"))
-        sources = [_source_name(settings, p) for p in files]
-        stager = _Stager(con, work, sources, first_day, last_day, datetime.now(UTC).isoformat(), settings.line_limits)
-        result = _ingest(stager, settings, files, days)
-        result.lines_by_line = stager.lines_by_line
-        result.odd_blank_lines = stager.odd_blank_lines
-        result.bom_lines = stager.bom_lines
-        con.close()
-        return result
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        return manifest.file_sha256(path)
+    except OSError:
+        return None
+
+
+def _record(
+    entries: dict[str, manifest.Entry],
+    settings: Settings,
+    files: list[Path],
+    whole: list[int],
+    seen: dict[int, os.stat_result | None],
+    digests: dict[int, str | None],
+    run_id: str,
+) -> list[str]:
+    """Add the files whose every record was stored (or is a duplicate) to the manifest entries; returns their sources.
+
+    A file that changed while it was read and hashed is left out: the next run reads it again.
+    """
+    now = datetime.now(UTC)
+    done = []
+    for file_idx in whole:
+        path, before, digest = files[file_idx], seen[file_idx], digests.get(file_idx)
+        try:
+            after = os.lstat(path)
+        except OSError:
+            continue
+        if (
+            before is None
+            or digest is None
+            or (after.st_size, after.st_mtime_ns, after.st_ino)
+            != (
+                before.st_size,
+                before.st_mtime_ns,
+                before.st_ino,
+            )
+        ):
+            continue
+        source = _source_name(settings, path)
+        entries[source] = manifest.Entry(source, after.st_size, after.st_mtime_ns, digest, now, run_id)
+        done.append(source)
+    return done
+
+
+def _archive(settings: Settings, entries: dict[str, manifest.Entry], sources: list[str]) -> int:
+    """Move ingested files to processed/<day>/, once the manifest names where each goes; returns how many moved.
+
+    The manifest is written first: a run killed between the two finds the files still in the inbox, recorded, and moves them.
+    """
+    day = datetime.now(UTC).date().isoformat()
+    moves = []
+    for source in sources:
+        entry = entries[source]
+        target = Path(PROCESSED_DIR, day, source)
+        if (settings.inbox_dir / target).exists():  # the same name ingested again today: keep both
+            target = target.with_name(f"{entry.sha256[:12]}-{target.name}")
+        entry.archived = target.as_posix()
+        moves.append((settings.inbox_dir / source, settings.inbox_dir / target))
+    manifest.save(entries, settings.state_dir)
+    moved = 0
+    for src, dst in moves:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(src, dst)  # one filesystem: a rename
+            moved += 1
+        except FileNotFoundError:  # removed by hand meanwhile
+            continue
+    return moved
+
+
+def _expire_processed(settings: Settings, entries: dict[str, manifest.Entry]) -> list[str]:
+    """Delete the processed/<day>/ folders older than the inbox retention, and their manifest entries; returns the days."""
+    keep = settings.inbox_retention_days
+    base = settings.inbox_dir / PROCESSED_DIR
+    if not keep or not base.is_dir():
+        return []
+    cutoff = (datetime.now(UTC).date() - timedelta(days=keep)).isoformat()
+    expired = sorted(p.name for p in base.iterdir() if p.is_dir() and _is_day(p.name) and p.name < cutoff)
+    for day in expired:
+        shutil.rmtree(base / day)
+    gone = tuple(f"{PROCESSED_DIR}/{day}/" for day in expired)
+    for source in [s for s, e in entries.items() if e.archived and e.archived.startswith(gone)]:
+        del entries[source]
+    return expired
+
+
+def _is_day(name: str) -> bool:
+    try:
+        return date.fromisoformat(name).isoformat() == name
+    except ValueError:
+        return False
 
 
 def _stage_or_refuse(stager: _Stager, file_idx: int, path: Path, restage_unit: int | None = None) -> str | None:
@@ -748,7 +899,8 @@ def _stage_or_refuse(stager: _Stager, file_idx: int, path: Path, restage_unit: i
     return problem
 
 
-def _ingest(stager: _Stager, settings: Settings, files: list[Path], days) -> IngestResult:
+def _ingest(stager: _Stager, settings: Settings, files: list[Path], days) -> tuple[IngestResult, list[int]]:
+    """Stage the files, decide each row's fate, write quarantine and partitions; with the indices of the files ingested whole."""
     con = stager.con
     result = IngestResult(files=len(files))
     bad: dict[int, str] = {}  # file index -> bad_file:<why>
@@ -758,7 +910,9 @@ def _ingest(stager: _Stager, settings: Settings, files: list[Path], days) -> Ing
             bad[file_idx] = problem
     result.lines = con.execute("SELECT (SELECT count(*) FROM keys) + (SELECT count(*) FROM rejected)").fetchall()[0][0]
 
-    existing = [partition_file(settings.lake_dir, TABLE, d) for d in partition_dates(settings.lake_dir, TABLE)]
+    # only the partitions the staged rows fall in: a record is a duplicate of one stored on its own day
+    staged_days = [d for (d,) in con.execute("SELECT DISTINCT day FROM keys ORDER BY day").fetchall()]
+    existing = [f for f in (partition_file(settings.lake_dir, TABLE, d) for d in staged_days) if f.is_file()]
     _decide_fates(con, existing)
     # a conflict needs true line numbers, to name the line and to know which of a unit's records came first
     redo = con.execute(
@@ -789,7 +943,20 @@ def _ingest(stager: _Stager, settings: Settings, files: list[Path], days) -> Ing
 
     _write_quarantine(stager, settings, files, bad)
     _write_partitions(stager, settings, wanted, result)
-    return result
+    return result, [i for i in range(len(files)) if i not in _unfinished(stager, wanted) | set(bad)]
+
+
+def _unfinished(stager: _Stager, wanted: list[str] | None) -> set[int]:
+    """Files that must be read again: valid new rows of days this run did not store, or lines dated just after the last day."""
+    horizon = (date.fromisoformat(stager.last_day) + timedelta(days=FUTURE_GRACE_DAYS)).isoformat()
+    rows = stager.con.execute(f"""
+        SELECT file_idx FROM fate WHERE fate = 'new' AND NOT {_in_days(wanted)}
+        UNION SELECT file_idx FROM (
+            SELECT file_idx, strftime(try_cast(try(json_extract_string(try(decode(raw)), '$.timestamp')) AS TIMESTAMPTZ), '%Y-%m-%d') AS day
+            FROM rejected WHERE reason = 'out_of_range:timestamp'
+        ) WHERE day > '{stager.last_day}' AND day <= '{horizon}'
+    """).fetchall()
+    return {i for (i,) in rows}
 
 
 def _decide_fates(con, existing: list[Path]) -> None:
@@ -923,6 +1090,7 @@ def _detail(reason: str, raw: bytes, stager: _Stager) -> str:
 
 def _swap_in(staged: Path, target: Path) -> None:
     """Make a staged lake file the partition file `target`, atomically."""
+    remove_stale_temps(target)  # a killed run's, left beside it; the ingest lock keeps every other writer out
     with atomic_path(target) as tmp:
         os.replace(staged, tmp)
 
@@ -966,6 +1134,7 @@ def _write_partitions(stager: _Stager, settings: Settings, wanted: list[str] | N
             if len(files) == 1:
                 _swap_in(files[0], target)
             else:  # a partitioned write may split a large day into several files; the lake holds one per day
+                remove_stale_temps(target)
                 with atomic_path(target) as tmp:
                     con.execute(f"COPY (SELECT * FROM read_parquet({_sql_list(map(str, files))})) TO '{tmp}' ({PARQUET})")
     reported = new_days if wanted is None else wanted

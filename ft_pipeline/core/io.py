@@ -72,6 +72,14 @@ def atomic_path(target: Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def remove_stale_temps(target: Path) -> list[Path]:
+    """Remove the temporary files `atomic_path` left beside `target` in killed runs; only for a caller holding its writers' lock."""
+    stale = sorted(Path(target).parent.glob(f".{Path(target).name}.*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def write_parquet_atomic(table: pa.Table, target: Path) -> Path:
     """Write `table` to `target` as parquet; readers see the old file or the whole new one."""
     with atomic_path(target) as tmp:

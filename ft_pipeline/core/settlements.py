@@ -21,7 +21,6 @@ the records written.
 
 from __future__ import annotations
 
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,9 +32,18 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ft_pipeline.core.edits import edit_metrics
-from ft_pipeline.core.io import atomic_path, checked_date, partition_file, write_jsonl_atomic, write_parquet_atomic
+from ft_pipeline.core.io import (
+    atomic_path,
+    checked_date,
+    partition_file,
+    remove_stale_temps,
+    write_jsonl_atomic,
+    write_parquet_atomic,
+)
+from ft_pipeline.core.locks import hold
 from ft_pipeline.core.redaction import PII_TYPES, redact_column
 from ft_pipeline.core.schema import RAW_LOG_SCHEMA
+from ft_pipeline.core.scratch import scratch_dir, sweep
 from ft_pipeline.settings import Settings
 
 RAW_TABLE = "raw_logs"
@@ -328,13 +336,13 @@ def _settle_file(source: Path, target: Path, settings: Settings) -> SettleResult
     """Settle the raw_logs parquet file `source` into the settlements parquet file `target`, written atomically."""
     result = SettleResult()
     pii: Counter = Counter()
-    # Spill files on the lake's filesystem, not in a /tmp that may be memory.
-    with tempfile.TemporaryDirectory(prefix=".settlements-", dir=settings.lake_dir) as spill, duckdb.connect() as con:
+    # Spill files on the data dir's filesystem, not in a /tmp that may be memory, and outside the lake.
+    with scratch_dir(settings.root, "settlements") as spill, duckdb.connect() as con:
         con.execute("SET TimeZone = 'UTC'")  # timestamps come back in UTC, as raw_logs stores them
         con.execute(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'")
         # Each thread pins its own blocks while sorting wide rows: with two, 512 MB runs out instead of spilling.
         con.execute("SET threads = 1")
-        con.execute("SET temp_directory = ?", [spill])
+        con.execute("SET temp_directory = ?", [str(spill)])
         _select_survivors(con, str(source), settings, result)
         columns = ", ".join(f'r."{name}"' for name in RAW_LOG_SCHEMA.names)
         # Ordered by time then id; the file row only breaks ties of repeated ids, so re-runs write the same bytes.
@@ -344,6 +352,7 @@ def _settle_file(source: Path, target: Path, settings: Settings) -> SettleResult
             "ORDER BY r.timestamp NULLS LAST, r.log_id NULLS LAST, r.file_row_number",
             params=[str(source)],
         ).to_arrow_reader(BATCH_ROWS)
+        remove_stale_temps(target)  # a killed build's; the day's lock keeps every other writer out
         with atomic_path(target) as tmp, pq.ParquetWriter(tmp, SCHEMA, compression="zstd") as writer:
             for batch in reader:
                 table = pa.Table.from_batches([batch])
@@ -371,21 +380,25 @@ def build_partition(settings: Settings, date: str) -> SettleResult:
     """Read the raw_logs partition of `date`, settle it and write the settlements partition atomically.
 
     A day without a raw_logs file (ingest writes none for a day without records) settles to an empty
-    partition, so downstream can tell a processed empty day from one never built.
+    partition, so downstream can tell a processed empty day from one never built; a day whose raw file
+    the retention expired keeps the settlements it has, for the lineage of the datasets built from them.
+    Builds of one day are serialized by its `settlements-<date>` lock.
     """
-    source = partition_file(settings.lake_dir, RAW_TABLE, date)
-    if not source.is_file():
-        write_parquet_atomic(SCHEMA.empty_table(), settlements_path(settings, date))
-        result = SettleResult(source_missing=True)
-    else:
+    with hold(settings.root, f"settlements-{checked_date(date)}"):
+        sweep(settings.root, "settlements")
+        source = partition_file(settings.lake_dir, RAW_TABLE, date)
+        if not source.is_file():
+            if not settlements_path(settings, date).is_file():
+                write_parquet_atomic(SCHEMA.empty_table(), settlements_path(settings, date))
+            return SettleResult(source_missing=True)
         result = _settle_file(source, settlements_path(settings, date), settings)
-    # the stage's own quarantine, one file per day, rewritten by every build: names and reasons, never record text
-    target = quarantine_path(settings, date)
-    if result.quarantined:
-        write_jsonl_atomic(result.quarantined, target)
-    else:
-        target.unlink(missing_ok=True)
-    return result
+        # the stage's own quarantine, one file per day, rewritten by every build: names and reasons, never record text
+        target = quarantine_path(settings, date)
+        if result.quarantined:
+            write_jsonl_atomic(result.quarantined, target)
+        else:
+            target.unlink(missing_ok=True)
+        return result
 
 
 def quarantine_path(settings: Settings, date: str) -> Path:

@@ -42,3 +42,19 @@ def test_materialize_a_partition_range(tmp_path):
         again = materialize([raw_logs], resources=resources, instance=instance, partition_key="2024-03-02")
         meta = again.asset_materializations_for_node("raw_logs")[0].metadata
         assert (meta["new_rows"].value, meta["duplicates"].value, meta["rows_stored"].value) == (0, 6, 3)
+        # the last day stores the file's last rows: it is archived, and the retention runs after the ingest
+        last = materialize(
+            [raw_logs],
+            resources=resources,
+            instance=instance,
+            partition_key="2024-03-03",
+            run_config={"ops": {"raw_logs": {"config": {"raw_retention_days": 1}}}},
+        )
+        meta = last.asset_materializations_for_node("raw_logs")[0].metadata
+        assert (meta["new_rows"].value, meta["inbox_files_kept"].value, meta["inbox_files_archived"].value) == (3, 0, 1)
+        assert meta["expired_raw_partitions"].value == 3 and meta["expired"].value["raw_logs"] == [
+            "2024-03-01",
+            "2024-03-02",
+            "2024-03-03",
+        ]
+        assert partition_dates(tmp_path / "lake", "raw_logs") == [] and not list(inbox.glob("*.jsonl"))

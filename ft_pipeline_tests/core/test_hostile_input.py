@@ -104,6 +104,8 @@ def read_quarantine(settings):
 
 def test_unreadable_files_are_quarantined_whole_and_the_rest_of_the_inbox_goes_on(settings, tmp_path_factory):
     expected = write_hostile_inbox(settings.inbox_dir, tmp_path_factory.mktemp("outside"))
+    # the inbox sensor and the runner look for days in the same inbox: unreadable files hold none, and stop neither
+    assert inbox_dates(inbox_entries(settings.inbox_dir), FIRST, LAST) == {"2026-01-10", "2026-01-11"}
     result = ingest(settings, last_day=LAST)
     entries = read_quarantine(settings)
     assert result.bad_files == expected.bad_files
@@ -119,8 +121,8 @@ def test_unreadable_files_are_quarantined_whole_and_the_rest_of_the_inbox_goes_o
     )
     assert expected.outside_marker.encode() not in everything
     assert result.quarantined_total == len(expected.bad_lines) + len(expected.bad_files)
-    # the inbox sensor and the runner look for days in the same inbox: unreadable files hold none, and stop neither
-    assert inbox_dates(inbox_entries(settings.inbox_dir), FIRST, LAST) == {"2026-01-10", "2026-01-11"}
+    # the readable files were archived; the unreadable ones stay in the inbox, read again by every run
+    assert result.files_kept == len(expected.bad_files) and inbox_dates(inbox_entries(settings.inbox_dir)) == set()
     assert ingest(settings, last_day=LAST).new == 0  # a rerun: the same verdicts, nothing stored twice
     assert read_quarantine(settings) == entries
 

@@ -5,6 +5,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
+from ft_pipeline.core.io import partition_file
 from ft_pipeline.core.schema import RAW_LOG_SCHEMA
 from ft_pipeline.core.settlements import EXCLUSION_REASONS, build_partition, quarantine_path, settlements_path, summary
 from ft_pipeline.settings import Settings
@@ -244,6 +245,27 @@ def test_day_without_raw_file_settles_to_an_empty_partition(settings):
     result = build_partition(settings, DEFAULT_DATE)
     assert result.source_missing and result.rows_in == 0
     assert pq.read_table(settlements_path(settings, DEFAULT_DATE)).num_rows == 0
+
+
+def test_a_day_whose_raw_file_expired_keeps_its_settlements(settings):
+    settle([raw_log("a")], settings)
+    partition_file(settings.lake_dir, "raw_logs", DEFAULT_DATE).unlink()
+    assert build_partition(settings, DEFAULT_DATE).source_missing
+    assert pq.read_table(settlements_path(settings, DEFAULT_DATE))["log_id"].to_pylist() == ["a"]
+
+
+def test_a_build_leaves_no_temporary_file_and_removes_a_killed_builds(settings):
+    target = settlements_path(settings, DEFAULT_DATE)
+    target.parent.mkdir(parents=True)
+    left = target.with_name(f".{target.name}.killed.tmp")  # what a build killed while writing leaves beside the file
+    left.write_bytes(b"PAR1")
+    (settings.root / ".scratch").mkdir()
+    (settings.root / ".scratch" / "settlements-dead").mkdir()  # a dead build's spill folder, its lock file free
+    (settings.root / ".scratch" / "settlements-dead.lock").touch()
+    settle([raw_log("a")], settings)
+    assert sorted(p.name for p in target.parent.iterdir()) == [target.name]
+    assert list((settings.root / ".scratch").iterdir()) == []
+    assert not list(settings.lake_dir.glob(".*"))
 
 
 def test_summary_names_every_reason_and_adds_partitions(settings):
