@@ -12,7 +12,7 @@ from dagster import AssetKey, AssetSelection, DagsterInstance, Definitions, mate
 from ft_pipeline.core.io import partition_dates
 from ft_pipeline.settings import Settings
 
-DAILY_ASSETS = ("raw_logs", "settlements")
+DAILY_ASSETS = ("raw_logs", "settlements", "daily_aggregates")
 GLOBAL_ASSETS = ("pattern_report", "base_model")
 TASK_ASSETS = ("task_dataset", "lora_adapter", "adapter_evaluation", "champion")
 RANGE_START_TAG = "dagster/asset_partition_range_start"

@@ -312,5 +312,3 @@ def _experiments(con: duckdb.DuckDBPyConnection, settings: Settings) -> dict:
         x, n = arm.get(name, (0, 0))
         arm[name] = (x + row["accepted"], n + row["n"])
     return {exp: compare_arms(a, settings.significance) for exp, a in sorted(arms.items())}
-
-

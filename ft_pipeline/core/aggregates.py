@@ -220,7 +220,9 @@ def day_aggregates(lake_dir: Path, date: str) -> pa.Table:
             SELECT log_id, coalesce(agent, task) AS scope, output, final_text, deleted_spans, added_spans
             FROM settled WHERE decision = 'edited' AND coalesce(agent, task) IS NOT NULL""")
         _key_map(con)
-        union = " UNION ALL BY NAME ".join(f"SELECT '{section}' AS section, * FROM ({query})" for section, query in SECTIONS.items())
+        union = " UNION ALL BY NAME ".join(
+            f"SELECT '{section}' AS section, * FROM ({query})" for section, query in SECTIONS.items()
+        )
         select = ", ".join(f'CAST("{col}" AS {kind}) AS "{col}"' for col, kind in COLUMNS.items())
         return con.sql(f"SELECT {select} FROM ({union})").to_arrow_table().cast(SCHEMA)
     finally:
@@ -250,7 +252,9 @@ def write_day(lake_dir: Path, date: str) -> DayAggregates:
     """Aggregate one day and write its partition atomically (an empty but valid file for a day without data)."""
     table = day_aggregates(lake_dir, date)
     path = write_parquet_atomic(table, aggregates_path(lake_dir, date))
-    by_section = {row["section"]: row for row in table.group_by("section").aggregate([("count", "sum"), ("section", "count")]).to_pylist()}
+    by_section = {
+        row["section"]: row for row in table.group_by("section").aggregate([("count", "sum"), ("section", "count")]).to_pylist()
+    }
     rows = {s: by_section.get(s, {}).get("section_count", 0) for s in SECTIONS}
     records, settled = (by_section.get(s, {}).get("count_sum") or 0 for s in ("totals", "settled"))
     return DayAggregates(date, path, records, settled, rows)
