@@ -80,7 +80,12 @@ def test_integer_latencies_with_ties_give_the_exact_percentiles(tmp_path):
     lake = Settings(data_dir=str(tmp_path)).lake_dir
     for day in range(1, 10):
         rows = [
-            raw_log(f"{day}-{i}", timestamp=f"2024-01-{day:02d}T12:00:00+00:00", agent=f"a{i % 3}", latency_ms=float((i * 37) % 11 * 100))
+            raw_log(
+                f"{day}-{i}",
+                timestamp=f"2024-01-{day:02d}T12:00:00+00:00",
+                agent=f"a{i % 3}",
+                latency_ms=float((i * 37) % 11 * 100),
+            )
             for i in range(day * 3)
         ]
         write_raw_logs(lake, f"2024-01-{day:02d}", rows)
@@ -115,8 +120,10 @@ def test_a_day_without_data_writes_a_valid_empty_partition_and_reruns_are_idempo
     write_raw_logs(lake, "2024-02-02", [raw_log(f"r{i}", timestamp="2024-02-02T08:00:00+00:00") for i in range(3)])
     first = pq.read_table(aggregates.write_day(lake, "2024-02-02").path)
     again = aggregates.write_day(lake, "2024-02-02")
-    assert pq.read_table(again.path).sort_by([(c, "ascending") for c in ("section", "dimension", "key", "item")]).equals(
-        first.sort_by([(c, "ascending") for c in ("section", "dimension", "key", "item")])
+    assert (
+        pq.read_table(again.path)
+        .sort_by([(c, "ascending") for c in ("section", "dimension", "key", "item")])
+        .equals(first.sort_by([(c, "ascending") for c in ("section", "dimension", "key", "item")]))
     )
     assert again.records == 3 and partition_dates(lake, "daily_aggregates") == ["2024-02-01", "2024-02-02"]
     assert not list(aggregates.aggregates_path(lake, "2024-02-02").parent.glob(".*"))
