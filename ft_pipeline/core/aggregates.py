@@ -4,16 +4,23 @@ settlements. Each piece adds up across days, so the report combines them instead
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from datetime import date, timedelta
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from ft_pipeline.core.io import checked_date, partition_dates, partition_file, write_parquet_atomic
 from ft_pipeline.core.redaction import redact
 
 TABLE = "daily_aggregates"
+# Report windows in days back from the newest record's day; the rollup keeps day resolution within the longest.
+WINDOWS = {"7d": 7, "30d": 30, "90d": 90}
+HORIZON_DAYS = max(WINDOWS.values())
+ROLLUP_META = b"ft_pipeline_rollup_days"
 DIMENSIONS = ("task", "agent", "topic", "reasoning_mode", "model", "adapter_version", "user_id", "experiment_id", "variant")
 # Columns the aggregates read, with the type they get when a table lacks them (older or hand-made files).
 RAW_COLUMNS = {
@@ -150,6 +157,8 @@ SECTIONS = {
     "experiments": f"""SELECT experiment_id AS key, variant AS item, {_DECISIONS}
                        FROM base WHERE experiment_id IS NOT NULL AND variant IS NOT NULL GROUP BY ALL""",
 }
+# What identifies a row of the aggregates; every other column adds up.
+KEYS = ("section", "day", "dimension", "key", "item", "kind", "attempt", "value")
 SCHEMA = pa.schema(
     [
         (name, {"VARCHAR": pa.string(), "DATE": pa.date32(), "BIGINT": pa.int64(), "DOUBLE": pa.float64()}[kind])
@@ -266,6 +275,58 @@ def refresh(lake_dir: Path) -> tuple[list[str], list[DayAggregates]]:
     return dates, [write_day(lake_dir, d) for d in dates if is_stale(lake_dir, d)]
 
 
-def files(lake_dir: Path, dates: list[str]) -> list[Path]:
-    """The aggregates files of `dates` (the report reads only days that still have lake data)."""
-    return [p for p in (aggregates_path(lake_dir, d) for d in dates) if p.is_file()]
+def rollup_path(lake_dir: Path) -> Path:
+    """The rollup: every aggregated day added up, with the days it holds, so a report reads one file and the new days."""
+    return Path(lake_dir) / TABLE / "rollup" / "part-0.parquet"
+
+
+def _stamp(path: Path) -> list[int]:
+    """What tells one version of a day's aggregates file from another."""
+    stat = path.stat()
+    return [stat.st_mtime_ns, stat.st_size]
+
+
+def _read_rollup(lake_dir: Path) -> tuple[dict[str, list[int]], pa.Table | None]:
+    """The days the rollup holds (with their files' stamps) and its rows; nothing when there is no usable rollup."""
+    path = rollup_path(lake_dir)
+    if not path.is_file():
+        return {}, None
+    table = pq.read_table(path)
+    held = json.loads((table.schema.metadata or {}).get(ROLLUP_META, b"null"))
+    if not isinstance(held, dict) or table.schema.remove_metadata() != SCHEMA:
+        return {}, None
+    return held, table.replace_schema_metadata(None)
+
+
+def combined(lake_dir: Path, dates: list[str]) -> pa.Table:
+    """The aggregates of `dates` added up, from the rollup plus the days new or changed since it was written; the
+    result becomes the new rollup. Days older than the longest window before the newest record's day are merged
+    into one day (they only count in the whole history), so the rollup grows with groups and values, not with days."""
+    stamps = {d: _stamp(p) for d in dates if (p := aggregates_path(lake_dir, d)).is_file()}
+    held, table = _read_rollup(lake_dir)
+    if table is None or any(stamps.get(d) != stamp for d, stamp in held.items()):
+        # a day the rollup holds was rewritten or removed: add everything up again
+        held, table = {}, SCHEMA.empty_table()
+    fresh = sorted(d for d in stamps if d not in held)
+    if not fresh:
+        return table
+    con = duckdb.connect()
+    try:
+        con.register("held", table)
+        table_view(con, "fresh", [aggregates_path(lake_dir, d) for d in fresh], COLUMNS)
+        con.execute("CREATE TEMP TABLE pieces AS SELECT * FROM held UNION ALL SELECT * FROM fresh")
+        newest = con.execute("SELECT max(day) FROM pieces WHERE section = 'totals'").fetchall()[0][0]
+        horizon = (newest or date.min + timedelta(days=HORIZON_DAYS)) - timedelta(days=HORIZON_DAYS)
+        keys = ", ".join(
+            f"CASE WHEN day <= DATE '{horizon.isoformat()}' THEN DATE '{horizon.isoformat()}' ELSE day END AS day"
+            if k == "day"
+            else f'"{k}"'
+            for k in KEYS
+        )
+        sums = ", ".join(f'CAST(sum("{c}") AS {kind}) AS "{c}"' for c, kind in COLUMNS.items() if c not in KEYS)
+        merged = con.sql(f"SELECT {keys}, {sums} FROM pieces GROUP BY ALL").to_arrow_table().select(list(COLUMNS)).cast(SCHEMA)
+    finally:
+        con.close()
+    held.update({d: stamps[d] for d in fresh})
+    write_parquet_atomic(merged.replace_schema_metadata({ROLLUP_META: json.dumps(held)}), rollup_path(lake_dir))
+    return merged

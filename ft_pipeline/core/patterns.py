@@ -9,12 +9,11 @@ from typing import Any
 import duckdb
 
 from ft_pipeline.core import aggregates
-from ft_pipeline.core.aggregates import TONE_MARKERS
+from ft_pipeline.core.aggregates import TONE_MARKERS, WINDOWS
 from ft_pipeline.core.redaction import redact
 from ft_pipeline.core.stats import compare_arms, rate, two_proportion_test
 from ft_pipeline.settings import Settings
 
-WINDOWS = {"7d": 7, "30d": 30, "90d": 90}
 # Suffix of each set of group aggregates: the whole history, each window (days back from the newest record's
 # day), and the days before the last 7, which regressions and alerts compare with the 7-day window.
 SPANS = {"": "true", **{f"_{w}": f"days_back < {d}" for w, d in WINDOWS.items()}, "_before": "days_back >= 7"}
@@ -89,9 +88,7 @@ def build_report(settings: Settings) -> dict[str, Any]:
     dates, _ = aggregates.refresh(settings.lake_dir)
     con = duckdb.connect()
     try:
-        aggregates.table_view(con, "days", aggregates.files(settings.lake_dir, dates), aggregates.COLUMNS)
-        # read once: every section below scans the days' aggregates; n-grams, the bulk, are read once where used
-        con.execute("CREATE TEMP TABLE agg AS SELECT * FROM days WHERE section <> 'ngrams'")
+        con.register("agg", aggregates.combined(settings.lake_dir, dates))
         return _report(con, settings)
     finally:
         con.close()
@@ -275,7 +272,7 @@ def _edit_patterns(con: duckdb.DuckDBPyConnection, settings: Settings) -> dict:
         con,
         """
         SELECT key AS scope, kind, item AS phrase, sum(count) AS count
-        FROM days WHERE section = 'ngrams' GROUP BY ALL HAVING sum(count) >= ?""",
+        FROM agg WHERE section = 'ngrams' GROUP BY ALL HAVING sum(count) >= ?""",
         [settings.min_phrase_support],
     )
     candidates: dict[tuple[str, str], dict[str, int]] = {}

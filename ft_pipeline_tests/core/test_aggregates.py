@@ -4,7 +4,7 @@ import gzip
 import json
 import math
 import os
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import pyarrow.parquet as pq
 import pytest
@@ -76,21 +76,43 @@ def test_gsm8k_report_equals_the_full_recomputation(tmp_path):
     assert report["edit_patterns"] and report["groups"]["agent"]["6b_finetuning"]["n"] == 1319
 
 
-def test_integer_latencies_with_ties_give_the_exact_percentiles(tmp_path):
-    lake = Settings(data_dir=str(tmp_path)).lake_dir
-    for day in range(1, 10):
+def write_days(lake, first: date, days: int) -> None:
+    """Raw logs of `days` days from `first`: a few agents, integer latencies with many ties, some retries."""
+    for offset in range(days):
+        day = first + timedelta(days=offset)
         rows = [
             raw_log(
-                f"{day}-{i}",
-                timestamp=f"2024-01-{day:02d}T12:00:00+00:00",
+                f"{day.isoformat()}-{i}",
+                timestamp=f"{day.isoformat()}T12:00:00+00:00",
                 agent=f"a{i % 3}",
-                latency_ms=float((i * 37) % 11 * 100),
+                decision=("accepted", "edited", "rejected")[(i + offset) % 3],
+                attempt=1 + i % 2,
+                quality_score=float((i * 7) % 10),
+                latency_ms=float((i * 37 + offset) % 11 * 100),
             )
-            for i in range(day * 3)
+            for i in range(3 + offset % 5)
         ]
-        write_raw_logs(lake, f"2024-01-{day:02d}", rows)
+        write_raw_logs(lake, day.isoformat(), rows)
+
+
+def test_integer_latencies_with_ties_give_the_exact_percentiles(tmp_path):
+    write_days(Settings(data_dir=str(tmp_path)).lake_dir, date(2024, 1, 1), 9)
     report = assert_equals_full_recomputation(Settings(data_dir=str(tmp_path)))
     assert report["groups"]["agent"]["a1"]["windows"]["7d"]["latency_ms_p95"] is not None
+
+
+def test_the_rollup_takes_new_days_one_by_one_past_the_longest_window(tmp_path):
+    settings = Settings(data_dir=str(tmp_path))
+    write_days(settings.lake_dir, date(2024, 1, 1), 100)
+    assert_equals_full_recomputation(settings)
+    held = json.loads(pq.read_schema(aggregates.rollup_path(settings.lake_dir)).metadata[aggregates.ROLLUP_META])
+    assert len(held) == 100
+    for offset in range(100, 103):
+        write_days(settings.lake_dir, date(2024, 1, 1) + timedelta(days=offset), 1)
+        assert_equals_full_recomputation(settings)
+    # older days are merged into one: the rollup keeps day resolution only within the longest window
+    days = {d for d in pq.read_table(aggregates.rollup_path(settings.lake_dir)).column("day").to_pylist() if d}
+    assert len(days) == aggregates.HORIZON_DAYS + 1
 
 
 def test_a_new_day_aggregates_that_day_only_and_a_rewritten_day_again(tmp_path):
@@ -100,6 +122,8 @@ def test_a_new_day_aggregates_that_day_only_and_a_rewritten_day_again(tmp_path):
     assert [d.date for d in written] == dates
     assert aggregates.refresh(settings.lake_dir)[1] == []
 
+    assert_equals_full_recomputation(settings)
+
     write_raw_logs(settings.lake_dir, "2024-07-01", [raw_log("new-1", timestamp="2024-07-01T09:00:00+00:00", agent="steady")])
     assert [d.date for d in aggregates.refresh(settings.lake_dir)[1]] == ["2024-07-01"]
     # a day whose lake file changed after its aggregates were built is aggregated again
@@ -107,6 +131,7 @@ def test_a_new_day_aggregates_that_day_only_and_a_rewritten_day_again(tmp_path):
     built = aggregates.aggregates_path(settings.lake_dir, "2024-06-15").stat().st_mtime_ns
     os.utime(raw, ns=(built + 10**9, built + 10**9))
     assert [d.date for d in aggregates.refresh(settings.lake_dir)[1]] == ["2024-06-15"]
+    # the rollup held the day's old aggregates: it is added up again
     report = assert_equals_full_recomputation(settings)
     assert report["as_of"] == "2024-07-01"
 
