@@ -137,7 +137,9 @@ def _batch(rng: random.Random, np_rng: np.random.Generator, pools: tuple[pa.Arra
     def sprinkle(column: pa.Array, share: float) -> pa.Array:
         mask = np_rng.random(rows) < share
         texts = column.filter(pa.array(mask)).to_pylist()
-        return pc.replace_with_mask(column, pa.array(mask), pa.array([f"{t} Also {rng.choice(PII_SNIPPETS)}." for t in texts]))
+        return pc.replace_with_mask(
+            column, pa.array(mask), pa.array([f"{t} Also {rng.choice(PII_SNIPPETS)}." for t in texts], pa.string())
+        )
 
     prompt, output = sprinkle(prompt, 0.01), sprinkle(output, 0.005)
 

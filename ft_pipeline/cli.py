@@ -74,12 +74,12 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    """Print per-task data, retrain and champion status."""
-    from ft_pipeline.training.status import task_status
+    """Print per-task data, retrain and champion status, and the pattern report's failing alert checks."""
+    from ft_pipeline.training.status import report_alerts, task_status
 
-    rows = task_status(settings)
+    rows, alerts = task_status(settings), report_alerts(settings)
     if args.json:
-        print(json.dumps(rows, indent=2, default=str))
+        print(json.dumps({"tasks": rows, "alerts": alerts}, indent=2, default=str))
         return 0
     from ft_pipeline.training.base_model import describe_identity
 
@@ -91,6 +91,14 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             f"{row['task']:<20} {row['settled']:>8} {row['new_examples']:>6} {row['until_retrain']:>10} "
             f"{row.get('champion_version') or '-':>9}  {row.get('last_trained') or '-':<32}  {base}"
         )
+    if alerts["report"] is None:
+        print("\nalerts: no pattern report yet")
+        return 0
+    print(f"\nalerts (pattern report as of {alerts['as_of']}, built {alerts['generated_at']}): ", end="")
+    print(f"{len(alerts['failing'])} failing" if alerts["failing"] else "all checks pass")
+    for name, findings in alerts["failing"].items():
+        for finding in findings:
+            print(f"  FAILED {name}: {finding}")
     return 0
 
 

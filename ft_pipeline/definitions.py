@@ -5,6 +5,7 @@ from dagster import Definitions
 from ft_pipeline.assets.adapter_evaluation import adapter_evaluation
 from ft_pipeline.assets.base_model import base_model
 from ft_pipeline.assets.champion import champion
+from ft_pipeline.assets.daily_aggregates import daily_aggregates
 from ft_pipeline.assets.lora_adapter import lora_adapter
 from ft_pipeline.assets.pattern_report import pattern_report
 from ft_pipeline.assets.raw_logs import raw_logs
@@ -17,7 +18,17 @@ from ft_pipeline.schedules import daily_ingest_schedule, nightly_retrain_schedul
 from ft_pipeline.sensors import inbox_sensor, retrain_sensor
 
 defs = Definitions(
-    assets=[raw_logs, settlements, pattern_report, base_model, task_dataset, lora_adapter, adapter_evaluation, champion],
+    assets=[
+        raw_logs,
+        settlements,
+        daily_aggregates,
+        pattern_report,
+        base_model,
+        task_dataset,
+        lora_adapter,
+        adapter_evaluation,
+        champion,
+    ],
     asset_checks=asset_checks,
     jobs=[ingest_job, retrain_job],
     schedules=[daily_ingest_schedule, nightly_retrain_schedule],

@@ -1,14 +1,17 @@
-"""Asset jobs: the daily ingest of a day's logs, and the retrain of one task from dataset to evaluation."""
+"""Asset jobs: the daily ingest of a day's logs with the report refresh, and the retrain of one task from dataset to evaluation."""
 
 from dagster import AssetSelection, define_asset_job
 
 from ft_pipeline.partitions import daily_partitions, task_partitions
 
+# The unpartitioned pattern_report runs once after the day's partitions, with its alert checks: the inbox sensor
+# and the daily schedule, which launch this job, refresh the report and its alerts after every ingest.
 ingest_job = define_asset_job(
     "ingest_job",
-    selection=["raw_logs", "settlements"],
+    selection=AssetSelection.assets("raw_logs", "settlements", "daily_aggregates", "pattern_report"),
     partitions_def=daily_partitions,
-    description="Ingest one day's inbox records into raw_logs and settle them.",
+    description="Ingest one day's inbox records into raw_logs, settle them, aggregate the day and refresh the "
+    "pattern report with its alert checks.",
 )
 
 # selecting the assets by key selects their asset checks too, so a retrain also validates what it built

@@ -16,7 +16,7 @@ from ft_pipeline.core.locks import LOCK_NAME, hold, is_free, lock_path
 from ft_pipeline.inflight import IN_PROGRESS
 from ft_pipeline.settings import Settings
 
-DAILY_ASSETS = ("raw_logs", "settlements")
+DAILY_ASSETS = ("raw_logs", "settlements", "daily_aggregates")
 GLOBAL_ASSETS = ("pattern_report", "base_model")
 TASK_ASSETS = ("task_dataset", "lora_adapter", "adapter_evaluation", "champion")
 RANGE_START_TAG = "dagster/asset_partition_range_start"

@@ -11,7 +11,26 @@ def test_demo_writes_the_inbox_of_the_data_dir(tmp_path, capsys):
 
 def test_status_of_an_empty_data_dir(tmp_path, capsys):
     assert main(["--data-dir", str(tmp_path), "status", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == []
+    status = json.loads(capsys.readouterr().out)
+    assert status["tasks"] == [] and status["alerts"]["report"] is None and status["alerts"]["failing"] == {}
+    assert main(["--data-dir", str(tmp_path), "status"]) == 0
+    assert "no pattern report yet" in capsys.readouterr().out
+
+
+def test_status_shows_the_failing_alert_checks_of_the_report(tmp_path, capsys):
+    from ft_pipeline.core.io import write_json_atomic
+    from ft_pipeline.core.patterns import build_report
+    from ft_pipeline_tests.assets.test_pattern_report import _prepare_lake
+
+    settings = _prepare_lake(tmp_path, with_bad_agent=True)
+    write_json_atomic(build_report(settings), settings.reports_dir / "pattern_report.json")
+    assert main(["--data-dir", str(tmp_path), "status", "--json"]) == 0
+    failing = json.loads(capsys.readouterr().out)["alerts"]["failing"]
+    assert {"rejection_rate_alert", "latency_p95_alert"} <= set(failing)
+    assert any("agent bad" in finding for finding in failing["rejection_rate_alert"])
+    assert main(["--data-dir", str(tmp_path), "status"]) == 0
+    out = capsys.readouterr().out
+    assert "FAILED rejection_rate_alert: agent bad" in out and "FAILED latency_p95_alert" in out
 
 
 def test_errors_are_one_clear_line_and_exit_code_2(tmp_path, capsys):

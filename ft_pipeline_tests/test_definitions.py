@@ -12,6 +12,7 @@ def test_definitions_load_with_every_stage():
     assert {key.to_user_string() for key in graph.get_all_asset_keys()} == {
         "raw_logs",
         "settlements",
+        "daily_aggregates",
         "pattern_report",
         "base_model",
         "task_dataset",

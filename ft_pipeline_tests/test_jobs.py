@@ -1,5 +1,6 @@
 """Tests of the ingest and retrain jobs as the code location resolves them."""
 
+import json
 from datetime import UTC, datetime
 
 import dagster as dg
@@ -27,8 +28,13 @@ def test_retrain_job_runs_dataset_training_evaluation_and_promotion_with_their_c
     assert defs.resolve_job_def("retrain_job").partitions_def == task_partitions
 
 
-def test_ingest_job_runs_one_day(tmp_path, monkeypatch):
-    assert selection("ingest_job")[0] == {"raw_logs", "settlements"}
+def test_ingest_job_runs_one_day_and_refreshes_the_report_with_its_alert_checks(tmp_path, monkeypatch):
+    assets, checks = selection("ingest_job")
+    assert assets == {"raw_logs", "settlements", "daily_aggregates", "pattern_report"}
+    report_checks = {
+        key for key in defs.resolve_asset_graph().asset_check_keys if key.asset_key.to_user_string() == "pattern_report"
+    }
+    assert report_checks and report_checks <= checks
     assert defs.resolve_job_def("ingest_job").partitions_def == daily_partitions
     monkeypatch.setenv("FT_DATA_DIR", str(tmp_path))
     settings = Settings.from_env()
@@ -40,3 +46,10 @@ def test_ingest_job_runs_one_day(tmp_path, monkeypatch):
     assert result.success
     assert partition_dates(settings.lake_dir, "raw_logs") == ["2024-03-02"]
     assert partition_dates(settings.lake_dir, "settlements") == ["2024-03-02"]
+    assert partition_dates(settings.lake_dir, "daily_aggregates") == ["2024-03-02"]
+    materialized = {event.asset_key.to_user_string() for event in result.get_asset_materialization_events()}
+    assert materialized == assets
+    evaluated = {(e.asset_key.to_user_string(), e.check_name) for e in result.get_asset_check_evaluations()}
+    assert evaluated == {(key.asset_key.to_user_string(), key.name) for key in report_checks}
+    report = json.loads((settings.reports_dir / "pattern_report.json").read_text())
+    assert report["as_of"] == "2024-03-02" and report["totals"]["records"] > 0

@@ -32,8 +32,8 @@ def test_selection_syntax_resolves_to_asset_names():
     from ft_pipeline.definitions import defs
 
     assert selected_keys(defs, "raw_logs,settlements") == {"raw_logs", "settlements"}
-    assert selected_keys(defs, "settlements+") == {"settlements", "pattern_report", "task_dataset", "base_model"}
-    assert len(selected_keys(defs, "*")) == 8
+    assert selected_keys(defs, "settlements+") == {"settlements", "daily_aggregates", "task_dataset", "base_model"}
+    assert len(selected_keys(defs, "*")) == 9
 
 
 def test_the_main_job_ends_with_a_champion_and_a_rerun_changes_nothing(small_pipeline, tmp_path):

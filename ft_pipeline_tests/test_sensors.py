@@ -6,6 +6,8 @@ import json
 import pytest
 from dagster import DagsterInstance, DefaultSensorStatus, Definitions, RunRequest, build_sensor_context
 
+from ft_pipeline.assets.daily_aggregates import daily_aggregates
+from ft_pipeline.assets.pattern_report import pattern_report
 from ft_pipeline.assets.raw_logs import raw_logs
 from ft_pipeline.assets.settlements import settlements
 from ft_pipeline.core.ingest import inbox_files, ingest
@@ -46,12 +48,18 @@ def test_new_and_changed_files_request_one_run_over_their_days(tmp_path):
         (inbox / ".spool" / "c.jsonl").write_text(json.dumps({**record, "timestamp": "2024-04-01T00:00:00Z"}) + "\n")
         (again,), _ = tick(instance, cursor, tmp_path)
         assert tuple(again.tags[t] for t in RANGE) == ("2024-03-02", "2024-03-05") and again.run_key != request.run_key
-        # the request launches as is: one run of ingest_job over the range, which stores both days
+        # the request launches as is: one run of ingest_job over the range, which stores both days and refreshes the report
         defs = Definitions(
-            assets=[raw_logs, settlements], jobs=[ingest_job], resources={"pipeline": PipelineResource(data_dir=str(tmp_path))}
+            assets=[raw_logs, settlements, daily_aggregates, pattern_report],
+            jobs=[ingest_job],
+            resources={"pipeline": PipelineResource(data_dir=str(tmp_path))},
         )
         run = defs.resolve_job_def("ingest_job").execute_in_process(instance=instance, tags=again.tags)
         assert run.success and partition_dates(tmp_path / "lake", "raw_logs") == ["2024-03-02", "2024-03-05"]
+        # every day of the range is aggregated, the days between with empty partitions
+        assert partition_dates(tmp_path / "lake", "daily_aggregates") == ["2024-03-02", "2024-03-03", "2024-03-04", "2024-03-05"]
+        report = json.loads((tmp_path / "reports" / "pattern_report.json").read_text())
+        assert report["totals"]["records"] == 2 and {c.check_name for c in run.get_asset_check_evaluations()}
 
 
 def test_a_tick_publishes_a_dead_writers_spool_and_requests_its_day(tmp_path, capfd):

@@ -27,10 +27,7 @@ CHECKS = {
 
 
 @asset(
-    deps=[
-        AssetDep("settlements", partition_mapping=AllPartitionMapping()),
-        AssetDep("raw_logs", partition_mapping=AllPartitionMapping()),
-    ],
+    deps=[AssetDep("daily_aggregates", partition_mapping=AllPartitionMapping())],
     check_specs=[AssetCheckSpec(name, asset="pattern_report", description=text) for name, text in CHECKS.items()],
     group_name="curation",
     kinds={"duckdb", "json"},
@@ -38,7 +35,7 @@ CHECKS = {
     "regressions, phrases editors delete and add, tone shifts, retries, failure reasons, A/B tests, recommendations.",
 )
 def pattern_report(context: AssetExecutionContext, config: ReportConfig, pipeline: PipelineResource) -> MaterializeResult:
-    """Build the report over every partition of raw_logs and settlements, write it, and run its checks."""
+    """Combine the daily aggregates of every day into the report, write it, and run its checks."""
     settings = pipeline.settings(config)
     report = build_report(settings)
     markdown = render_markdown(report)

@@ -1,51 +1,22 @@
 """The pattern report: rates by dimension over time, regressions, edit patterns, tone shifts, retries,
-failure reasons, A/B experiments, alerts and recommendations, computed with DuckDB over the lake."""
+failure reasons, A/B experiments, alerts and recommendations, combined with DuckDB from the daily aggregates."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import duckdb
-import pyarrow as pa
 
-from ft_pipeline.core.io import partition_dates, table_glob
+from ft_pipeline.core import aggregates
+from ft_pipeline.core.aggregates import TONE_MARKERS, WINDOWS
 from ft_pipeline.core.redaction import redact
 from ft_pipeline.core.stats import compare_arms, rate, two_proportion_test
 from ft_pipeline.settings import Settings
 
-DIMENSIONS = ("task", "agent", "topic", "reasoning_mode", "model", "adapter_version", "user_id", "experiment_id", "variant")
-WINDOWS = {"7d": 7, "30d": 30, "90d": 90}
 # Suffix of each set of group aggregates: the whole history, each window (days back from the newest record's
 # day), and the days before the last 7, which regressions and alerts compare with the 7-day window.
 SPANS = {"": "true", **{f"_{w}": f"days_back < {d}" for w, d in WINDOWS.items()}, "_before": "days_back >= 7"}
-# Columns the report reads, with the type they get when a table lacks them (older or hand-made files).
-RAW_COLUMNS = {
-    "log_id": "VARCHAR",
-    "timestamp": "TIMESTAMPTZ",
-    "decision": "VARCHAR",
-    "quality_score": "DOUBLE",
-    "confidence": "DOUBLE",
-    "attempt": "BIGINT",
-    "failure_reasons": "VARCHAR[]",
-    "latency_ms": "DOUBLE",
-    "cost_usd": "DOUBLE",
-    **{d: "VARCHAR" for d in DIMENSIONS},
-}
-SETTLED_COLUMNS = {
-    "log_id": "VARCHAR",
-    "decision": "VARCHAR",
-    "task": "VARCHAR",
-    "agent": "VARCHAR",
-    "output": "VARCHAR",
-    "final_text": "VARCHAR",
-    "retained": "DOUBLE",
-    "deleted_spans": "VARCHAR[]",
-    "added_spans": "VARCHAR[]",
-}
-# Longest phrase (in words) looked for in edit spans; longer boilerplate still shows as its 8-word pieces.
-MAX_PHRASE_WORDS = 8
 # A phrase is folded into a longer one that contains it when the longer one has this share of its support.
 MERGE_SHARE = 0.8
 # A phrase counts as deleted (added) only when more than this many times as many edits delete (add) it as add
@@ -104,24 +75,6 @@ STOPWORDS = frozenset(
     ]
 )
 # A word of an edit span (lower-cased); redaction placeholders such as [email] stay one word.
-WORD = r"\[[a-z_]+\]|[\pL\pN']+"
-# Tone markers counted in the model output and in the approved text (lower-cased), with how a person names
-# them; why: they show the style editors impose.
-TONE_MARKERS = {
-    "words": (r"\S+", "words"),
-    "exclamations": (r"!", "exclamation marks"),
-    "questions": (r"\?", "question marks"),
-    "hedging": (
-        r"\b(?:might|maybe|perhaps|possibly|probably|likely|seems?|somewhat|arguably|i think|i believe|it appears)\b",
-        "hedging words",
-    ),
-    "formal": (
-        r"\b(?:furthermore|moreover|therefore|thus|hence|consequently|additionally|regarding|utilize|kindly|sincerely|shall|herein)\b",
-        "formal words",
-    ),
-    "contractions": (r"\b[\pL]+'(?:s|re|ve|ll|d|t|m)\b", "contractions"),
-}
-# Thresholds at which an edit pattern becomes a recommendation: share of edits carrying a phrase, relative
 # and absolute change of answer length, mean change per answer of a tone marker.
 RECOMMEND_PHRASE_RATE = 0.3
 RECOMMEND_LENGTH_SHARE = 0.2
@@ -130,33 +83,15 @@ RECOMMEND_MARKER_DELTA = 0.5
 
 
 def build_report(settings: Settings) -> dict[str, Any]:
-    """The whole pattern report over every partition of raw_logs and settlements under the settings' lake."""
+    """The whole pattern report, combined from the daily aggregates of every day with lake data; days whose
+    aggregates are missing or older than their lake files are aggregated first."""
+    dates, _ = aggregates.refresh(settings.lake_dir)
     con = duckdb.connect()
     try:
-        con.execute("SET TimeZone = 'UTC'")
-        _table_view(con, "raw", settings.lake_dir, "raw_logs", RAW_COLUMNS)
-        _table_view(con, "settled", settings.lake_dir, "settlements", SETTLED_COLUMNS)
+        con.register("agg", aggregates.combined(settings.lake_dir, dates))
         return _report(con, settings)
     finally:
         con.close()
-
-
-def _table_view(con: duckdb.DuckDBPyConnection, name: str, lake_dir: Path, table: str, columns: dict) -> None:
-    """A view over every partition of a lake table with exactly `columns` (NULL where a file lacks one)."""
-    if partition_dates(lake_dir, table):
-        source = "read_parquet('{}', union_by_name = true, hive_partitioning = false)".format(
-            table_glob(lake_dir, table).replace("'", "''")
-        )
-        present = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
-    else:
-        source, present = "(SELECT 1) WHERE false", set()
-    select = ", ".join(f'"{col}"' if col in present else f'NULL::{kind} AS "{col}"' for col, kind in columns.items())
-    con.execute(f"CREATE TEMP VIEW {name} AS SELECT {select} FROM {source}")
-
-
-def _literal(text: str) -> str:
-    """`text` as a SQL string literal."""
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> list[dict]:
@@ -167,35 +102,30 @@ def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) 
 
 
 def _report(con: duckdb.DuckDBPyConnection, settings: Settings) -> dict[str, Any]:
-    """Assemble every section of the report from the `raw` and `settled` views."""
+    """Assemble every section of the report from the `agg` view of daily aggregates."""
     totals = _rows(
         con,
         """
-        SELECT count(*) AS records,
-               count(*) FILTER (WHERE decision IN ('accepted', 'edited', 'rejected')) AS reviewed,
-               (SELECT count(*) FROM settled) AS settled,
-               count(*) FILTER (WHERE decision = 'accepted') AS accepted,
-               count(*) FILTER (WHERE decision = 'edited') AS edited,
-               count(*) FILTER (WHERE decision = 'rejected') AS rejected,
-               count(*) FILTER (WHERE decision = 'pending') AS pending,
-               CAST(max(timestamp) AS DATE) AS as_of
-        FROM raw""",
+        SELECT coalesce(sum(count) FILTER (WHERE section = 'totals'), 0) AS records,
+               coalesce(sum(n) FILTER (WHERE section = 'totals'), 0) AS reviewed,
+               coalesce(sum(count) FILTER (WHERE section = 'settled'), 0) AS settled,
+               coalesce(sum(accepted) FILTER (WHERE section = 'totals'), 0) AS accepted,
+               coalesce(sum(edited) FILTER (WHERE section = 'totals'), 0) AS edited,
+               coalesce(sum(rejected) FILTER (WHERE section = 'totals'), 0) AS rejected,
+               coalesce(sum(pending) FILTER (WHERE section = 'totals'), 0) AS pending,
+               max(day) FILTER (WHERE section = 'totals') AS as_of
+        FROM agg""",
     )[0]
     as_of = totals.pop("as_of")
     report: dict[str, Any] = {
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "as_of": as_of.isoformat() if as_of else None,
-        "totals": totals,
+        "totals": {k: int(v) for k, v in totals.items()},
     }
     con.execute("""
-        CREATE TEMP VIEW base AS
-        SELECT r.*, s.retained,
-               r.decision IN ('accepted', 'edited', 'rejected') AS reviewed,
-               (SELECT CAST(max(timestamp) AS DATE) FROM raw) - CAST(r.timestamp AS DATE) AS days_back
-        FROM raw r LEFT JOIN settled s USING (log_id)""")
-    dims = [d for d in DIMENSIONS if con.execute(f'SELECT count("{d}") FROM raw').fetchall()[0][0]]
-    _key_map(con, dims)
-    group_rows = _group_rows(con, dims)
+        CREATE TEMP VIEW dated AS
+        SELECT *, (SELECT max(day) FROM agg WHERE section = 'totals') - day AS days_back FROM agg""")
+    group_rows = _group_rows(con)
     report["groups"] = _groups(group_rows)
     report["regressions"] = _regressions(group_rows, settings)
     report["alerts"] = _alerts(group_rows, settings)
@@ -207,50 +137,60 @@ def _report(con: duckdb.DuckDBPyConnection, settings: Settings) -> dict[str, Any
     return report
 
 
-def _key_map(con: duckdb.DuckDBPyConnection, dims: list[str]) -> None:
-    """Table `keymap(dimension, value, key)`: every group value with its redacted report key, so no PII
-    (a user_id that is an email, say) becomes a report key; values that redact alike are grouped together."""
-    rows = []
-    for dim in dims:
-        for (value,) in con.execute(f'SELECT DISTINCT CAST("{dim}" AS VARCHAR) FROM raw WHERE "{dim}" IS NOT NULL').fetchall():
-            rows.append({"dimension": dim, "value": value, "key": redact(value)[0]})
-    keymap = pa.Table.from_pylist(
-        rows, schema=pa.schema([("dimension", pa.string()), ("value", pa.string()), ("key", pa.string())])
-    )
-    con.register("keymap_arrow", keymap)
-    con.execute("CREATE TEMP TABLE keymap AS SELECT * FROM keymap_arrow")
-    con.unregister("keymap_arrow")
-    union = (
-        " UNION ALL ".join(
-            f'SELECT \'{d}\' AS dimension, CAST("{d}" AS VARCHAR) AS value, * FROM base WHERE "{d}" IS NOT NULL' for d in dims
-        )
-        or "SELECT NULL AS dimension, NULL AS value, * FROM base WHERE false"
-    )
-    con.execute(f"""
-        CREATE TEMP VIEW long AS
-        SELECT k.key, l.* FROM ({union}) l JOIN keymap k USING (dimension, value)""")
+def _ratio(total: str, count: str, cond: str) -> str:
+    """SQL mean from summed totals and counts over the rows that satisfy `cond` (NULL without values)."""
+    return f"sum({total}) FILTER (WHERE {cond}) / nullif(sum({count}) FILTER (WHERE {cond}), 0)"
 
 
 def _metrics(cond: str, suffix: str) -> str:
-    """SQL aggregates of one group over the records that satisfy `cond`, named with `suffix`."""
-    f = f"FILTER (WHERE {cond})"
-    return f"""
-        count(*) FILTER (WHERE reviewed AND {cond}) AS n{suffix},
-        count(*) FILTER (WHERE decision = 'accepted' AND {cond}) AS accepted{suffix},
-        count(*) FILTER (WHERE decision = 'edited' AND {cond}) AS edited{suffix},
-        count(*) FILTER (WHERE decision = 'rejected' AND {cond}) AS rejected{suffix},
-        avg(retained) {f} AS mean_retained{suffix},
-        avg(quality_score) {f} AS mean_quality{suffix},
-        avg(confidence) {f} AS mean_confidence{suffix},
-        quantile_cont(latency_ms, 0.5) {f} AS latency_ms_p50{suffix},
-        quantile_cont(latency_ms, 0.95) {f} AS latency_ms_p95{suffix},
-        sum(cost_usd) {f} AS cost_usd{suffix}"""
+    """SQL aggregates of one group over the days that satisfy `cond`, named with `suffix`."""
+    counts = ",".join(
+        f"CAST(coalesce(sum({c}) FILTER (WHERE {cond}), 0) AS BIGINT) AS {c}{suffix}"
+        for c in ("n", "accepted", "edited", "rejected")
+    )
+    return f"""{counts},
+        {_ratio("retained_sum", "retained_n", cond)} AS mean_retained{suffix},
+        {_ratio("quality_sum", "quality_n", cond)} AS mean_quality{suffix},
+        {_ratio("confidence_sum", "confidence_n", cond)} AS mean_confidence{suffix},
+        sum(cost_sum) FILTER (WHERE {cond}) AS cost_usd{suffix}"""
 
 
-def _group_rows(con: duckdb.DuckDBPyConnection, dims: list[str]) -> list[dict]:
-    """One row per (dimension, key) with the aggregates of every span, in a single query."""
+def _quantile(q: float) -> str:
+    """SQL for quantile_cont(latency_ms, q) of the value counts in `ranked`: the same interpolation between the
+    values at positions floor and ceil of (n - 1) * q."""
+    pos = f"((CAST(total AS DOUBLE) - 1) * {q})"
+    lo, hi = (f"min(value) FILTER (WHERE upto > {f}({pos}))" for f in ("floor", "ceil"))
+    return f"CASE WHEN floor(any_value({pos})) = ceil(any_value({pos})) THEN {lo} ELSE {lo} + (any_value({pos}) - floor(any_value({pos}))) * ({hi} - {lo}) END"
+
+
+def _group_rows(con: duckdb.DuckDBPyConnection) -> list[dict]:
+    """One row per (dimension, key) with the aggregates of every span."""
     metrics = ",".join(_metrics(cond, suffix) for suffix, cond in SPANS.items())
-    return _rows(con, f"SELECT dimension, key, {metrics} FROM long GROUP BY dimension, key ORDER BY dimension, key")
+    rows = _rows(
+        con,
+        f"SELECT dimension, key, {metrics} FROM dated WHERE section = 'groups' GROUP BY dimension, key ORDER BY dimension, key",
+    )
+    spans = " UNION ALL ".join(
+        f"SELECT '{suffix}' AS suffix, dimension, key, value, sum(count) AS c FROM dated "
+        f"WHERE section = 'latency' AND {cond} GROUP BY ALL"
+        for suffix, cond in SPANS.items()
+    )
+    latency = _rows(
+        con,
+        f"""
+        WITH ranked AS (
+            SELECT *, sum(c) OVER (PARTITION BY suffix, dimension, key ORDER BY value ROWS UNBOUNDED PRECEDING) AS upto,
+                   sum(c) OVER (PARTITION BY suffix, dimension, key) AS total
+            FROM ({spans}))
+        SELECT suffix, dimension, key, {_quantile(0.5)} AS p50, {_quantile(0.95)} AS p95 FROM ranked GROUP BY ALL""",
+    )
+    found = {(r["dimension"], r["key"], r["suffix"]): r for r in latency}
+    for row in rows:
+        for suffix in SPANS:
+            quantiles = found.get((row["dimension"], row["key"], suffix), {})
+            row[f"latency_ms_p50{suffix}"] = quantiles.get("p50")
+            row[f"latency_ms_p95{suffix}"] = quantiles.get("p95")
+    return rows
 
 
 def _summary(row: dict, suffix: str) -> dict:
@@ -327,38 +267,22 @@ def _alerts(group_rows: list[dict], settings: Settings) -> dict[str, list[dict]]
 
 def _edit_patterns(con: duckdb.DuckDBPyConnection, settings: Settings) -> dict:
     """Per agent (task when a record has no agent): phrases editors delete and add, and tone shifts."""
-    con.execute("""
-        CREATE TEMP VIEW edits AS
-        SELECT log_id, coalesce(agent, task) AS scope, output, final_text, deleted_spans, added_spans
-        FROM settled WHERE decision = 'edited' AND coalesce(agent, task) IS NOT NULL""")
-    edited = dict(con.execute("SELECT scope, count(*) FROM edits GROUP BY scope").fetchall())
-    # Each edit counts a phrase once, however often it occurs in its spans.
+    edited = dict(con.execute("SELECT key, sum(count) FROM agg WHERE section = 'edited' GROUP BY key").fetchall())
     counts = _rows(
         con,
-        f"""
-        WITH spans AS (
-            SELECT scope, log_id, 'deleted' AS kind, unnest(deleted_spans) AS span FROM edits
-            UNION ALL
-            SELECT scope, log_id, 'added' AS kind, unnest(added_spans) AS span FROM edits),
-        words AS (
-            SELECT scope, log_id, kind, regexp_extract_all(lower(span), {_literal(WORD)}) AS w FROM spans),
-        starts AS (
-            SELECT scope, log_id, kind, w, unnest(range(1, len(w) + 1)) AS i FROM words WHERE len(w) > 0),
-        grams AS (
-            SELECT scope, log_id, kind, array_to_string(w[i:i + n - 1], ' ') AS phrase
-            FROM starts, range(1, {MAX_PHRASE_WORDS + 1}) t(n) WHERE i + n - 1 <= len(w))
-        SELECT scope, kind, phrase, count(DISTINCT log_id) AS count
-        FROM grams GROUP BY ALL HAVING count(DISTINCT log_id) >= ?""",
+        """
+        SELECT key AS scope, kind, item AS phrase, sum(count) AS count
+        FROM agg WHERE section = 'ngrams' GROUP BY ALL HAVING sum(count) >= ?""",
         [settings.min_phrase_support],
     )
     candidates: dict[tuple[str, str], dict[str, int]] = {}
     for row in counts:
-        candidates.setdefault((row["scope"], row["kind"]), {})[row["phrase"]] = row["count"]
+        candidates.setdefault((row["scope"], row["kind"]), {})[row["phrase"]] = int(row["count"])
     tone = _tone_shifts(con)
     patterns = {}
     for scope, n_edited in sorted(edited.items()):
         key = redact(scope)[0]
-        patterns[key] = {"edited": n_edited, "tone_shifts": tone.get(scope, [])}
+        patterns[key] = {"edited": int(n_edited), "tone_shifts": tone.get(scope, [])}
         for kind, opposite in (("deleted", "added"), ("added", "deleted")):
             against = candidates.get((scope, opposite), {})
             # Words editors delete and add alike (numbers, reworded terms) are churn, not a habit of the model.
@@ -420,25 +344,38 @@ def _sub_phrases(phrase: str) -> list[str]:
 
 def _tone_shifts(con: duckdb.DuckDBPyConnection) -> dict[str, list[dict]]:
     """Per scope, the mean count of each tone marker in the output and in the approved text, and the delta."""
-    counts = ", ".join(
-        f'avg(len(regexp_extract_all(lower(output), {_literal(rx)}))) AS "{m}_output", '
-        f'avg(len(regexp_extract_all(lower(final_text), {_literal(rx)}))) AS "{m}_final"'
-        for m, (rx, _) in TONE_MARKERS.items()
-    )
-    shifts = {}
-    for row in _rows(
-        con, f"SELECT scope, {counts} FROM edits WHERE output IS NOT NULL AND final_text IS NOT NULL GROUP BY scope"
-    ):
-        shifts[row["scope"]] = [
+    means = {
+        (row["scope"], row["marker"]): row
+        for row in _rows(
+            con,
+            """
+            SELECT key AS scope, item AS marker, sum(output_sum) / sum(count) AS mean_output,
+                   sum(final_sum) / sum(count) AS mean_final
+            FROM agg WHERE section = 'tone' GROUP BY ALL""",
+        )
+    }
+    return {
+        scope: [
             {
                 "marker": m,
-                "mean_output": row[f"{m}_output"],
-                "mean_final": row[f"{m}_final"],
-                "mean_delta": row[f"{m}_final"] - row[f"{m}_output"],
+                "mean_output": means[scope, m]["mean_output"],
+                "mean_final": means[scope, m]["mean_final"],
+                "mean_delta": means[scope, m]["mean_final"] - means[scope, m]["mean_output"],
             }
             for m in TONE_MARKERS
         ]
-    return shifts
+        for scope in sorted({scope for scope, _ in means})
+    }
+
+
+def _slope(count: str, y_sum: str) -> str:
+    """SQL regression slope of y on the attempt number (regr_slope) from per-attempt counts and sums of y."""
+    n, sx, sy = f"sum({count})", f"sum(attempt * {count})", f"sum({y_sum})"
+    sxy, sxx = f"sum(attempt * {y_sum})", f"sum(attempt * attempt * {count})"
+    spread = f"({n} * {sxx} - {sx} * {sx})"
+    # as regr_slope: NULL without values, NaN when every attempt number is the same
+    return f"""CASE WHEN coalesce({n}, 0) = 0 THEN NULL WHEN {spread} = 0 THEN 'NaN'::DOUBLE
+                    ELSE CAST({n} * {sxy} - {sx} * {sy} AS DOUBLE) / CAST({spread} AS DOUBLE) END"""
 
 
 def _retries(con: duckdb.DuckDBPyConnection, settings: Settings) -> dict:
@@ -446,25 +383,22 @@ def _retries(con: duckdb.DuckDBPyConnection, settings: Settings) -> dict:
     by_attempt = _rows(
         con,
         """
-        SELECT CASE WHEN GROUPING(task) = 1 THEN NULL ELSE task END AS task, coalesce(attempt, 1) AS attempt,
-               count(*) FILTER (WHERE reviewed) AS n,
-               count(*) FILTER (WHERE decision = 'accepted') AS accepted,
-               avg(quality_score) AS mean_quality
-        FROM base GROUP BY GROUPING SETS ((coalesce(attempt, 1)), (task, coalesce(attempt, 1)))
+        SELECT CASE WHEN GROUPING(key) = 1 THEN NULL ELSE key END AS task, attempt,
+               CAST(sum(n) AS BIGINT) AS n, CAST(sum(accepted) AS BIGINT) AS accepted,
+               sum(quality_sum) / nullif(sum(quality_n), 0) AS mean_quality
+        FROM agg WHERE section = 'attempts' GROUP BY GROUPING SETS ((attempt), (key, attempt))
         ORDER BY task NULLS FIRST, attempt""",
     )
-    trends = _rows(
-        con,
-        """
-        SELECT CASE WHEN GROUPING(task) = 1 THEN NULL ELSE task END AS task,
-               count(*) FILTER (WHERE reviewed AND coalesce(attempt, 1) = 1) AS n_first,
-               count(*) FILTER (WHERE decision = 'accepted' AND coalesce(attempt, 1) = 1) AS accepted_first,
-               count(*) FILTER (WHERE reviewed AND attempt > 1) AS n_retried,
-               count(*) FILTER (WHERE decision = 'accepted' AND attempt > 1) AS accepted_retried,
-               regr_slope(CAST(decision = 'accepted' AS DOUBLE), coalesce(attempt, 1)) FILTER (WHERE reviewed)
-                   AS acceptance_slope,
-               regr_slope(quality_score, coalesce(attempt, 1)) AS quality_slope
-        FROM base GROUP BY GROUPING SETS ((), (task)) ORDER BY task NULLS FIRST""",
+    trend = f"""
+        CAST(coalesce(sum(n) FILTER (WHERE attempt = 1), 0) AS BIGINT) AS n_first,
+        CAST(coalesce(sum(accepted) FILTER (WHERE attempt = 1), 0) AS BIGINT) AS accepted_first,
+        CAST(coalesce(sum(n) FILTER (WHERE attempt > 1), 0) AS BIGINT) AS n_retried,
+        CAST(coalesce(sum(accepted) FILTER (WHERE attempt > 1), 0) AS BIGINT) AS accepted_retried,
+        {_slope("n", "accepted")} AS acceptance_slope,
+        {_slope("quality_n", "quality_sum")} AS quality_slope"""
+    # the overall trend exists even without records, as an aggregate over no rows does
+    trends = _rows(con, f"SELECT NULL AS task, {trend} FROM agg WHERE section = 'attempts'") + _rows(
+        con, f"SELECT key AS task, {trend} FROM agg WHERE section = 'attempts' GROUP BY key ORDER BY key"
     )
     sections: dict[str | None, dict] = {}
     for row in by_attempt:
@@ -505,13 +439,14 @@ def _failure_reasons(con: duckdb.DuckDBPyConnection) -> dict:
     rows = _rows(
         con,
         """
-        WITH reasons AS (SELECT DISTINCT log_id, unnest(failure_reasons) AS reason FROM raw),
-        sized AS (SELECT dimension, key, count(*) OVER (PARTITION BY dimension, key) AS records, log_id
-                  FROM long WHERE dimension IN ('agent', 'topic')
-                  UNION ALL SELECT 'overall', NULL, count(*) OVER (), log_id FROM raw)
-        SELECT s.dimension, s.key, r.reason, any_value(s.records) AS records, count(*) AS count
-        FROM sized s JOIN reasons r USING (log_id) WHERE r.reason IS NOT NULL
-        GROUP BY ALL ORDER BY s.dimension, s.key, count DESC, r.reason""",
+        WITH sized AS (
+            SELECT dimension, key, sum(count) AS records FROM agg
+            WHERE section = 'groups' AND dimension IN ('agent', 'topic') GROUP BY ALL
+            UNION ALL SELECT 'overall', NULL, sum(count) FROM agg WHERE section = 'totals'),
+        counted AS (SELECT dimension, key, item AS reason, sum(count) AS count FROM agg WHERE section = 'reasons' GROUP BY ALL)
+        SELECT c.dimension, c.key, c.reason, CAST(s.records AS BIGINT) AS records, CAST(c.count AS BIGINT) AS count
+        FROM counted c JOIN sized s ON c.dimension = s.dimension AND c.key IS NOT DISTINCT FROM s.key
+        ORDER BY c.dimension, c.key, count DESC, c.reason""",
     )
     section: dict[str, Any] = {"overall": [], "agent": {}, "topic": {}}
     for row in rows:
@@ -529,9 +464,8 @@ def _experiments(con: duckdb.DuckDBPyConnection, settings: Settings) -> dict:
     for row in _rows(
         con,
         """
-            SELECT experiment_id, variant, count(*) FILTER (WHERE decision = 'accepted') AS accepted,
-                   count(*) FILTER (WHERE reviewed) AS n
-            FROM base WHERE experiment_id IS NOT NULL AND variant IS NOT NULL GROUP BY ALL""",
+        SELECT key AS experiment_id, item AS variant, CAST(sum(accepted) AS BIGINT) AS accepted, CAST(sum(n) AS BIGINT) AS n
+        FROM agg WHERE section = 'experiments' GROUP BY ALL ORDER BY ALL""",
     ):
         arm = arms.setdefault(redact(row["experiment_id"])[0], {})
         name = redact(row["variant"])[0]

@@ -1,12 +1,15 @@
-"""Per-task status for `ft-pipeline status`: settled data, new data since the last adapter, the champion."""
+"""Status for `ft-pipeline status`: per task settled data, new data since the last adapter, the champion; and the
+pattern report's failing alert checks."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from ft_pipeline.core.freshness import new_examples_count
 from ft_pipeline.core.io import TASK_NAME, checked_name, partition_dates, table_glob
 from ft_pipeline.core.lineage import adapter_versions, latest_adapter, read_adapter_config
+from ft_pipeline.core.patterns import check_findings
 from ft_pipeline.core.retrain import SETTLEMENTS
 from ft_pipeline.settings import Settings
 
@@ -72,6 +75,17 @@ def task_status(settings: Settings) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def report_alerts(settings: Settings) -> dict[str, Any]:
+    """The pattern report's checks (regressions and alerts) as the last report build left them: its path, its day,
+    when it was built, and the findings of each failing check (none failing: an empty dict)."""
+    path = settings.reports_dir / "pattern_report.json"
+    if not path.is_file():
+        return {"report": None, "as_of": None, "generated_at": None, "failing": {}}
+    report = json.loads(path.read_text(encoding="utf-8"))
+    failing = {name: findings for name, findings in check_findings(report).items() if findings}
+    return {"report": str(path), "as_of": report.get("as_of"), "generated_at": report.get("generated_at"), "failing": failing}
 
 
 def _adapter_config(settings: Settings, task: str, version: int | None) -> dict[str, Any] | None:

@@ -1,0 +1,332 @@
+"""Per-day pieces of the pattern report: counts, sums and exact latency value counts per group and day, edit
+n-gram counts, tone marker sums, attempts, failure reasons and experiment arms of one day of raw_logs and
+settlements. Each piece adds up across days, so the report combines them instead of re-reading the lake."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ft_pipeline.core.io import checked_date, partition_dates, partition_file, write_parquet_atomic
+from ft_pipeline.core.redaction import redact
+
+TABLE = "daily_aggregates"
+# Report windows in days back from the newest record's day; the rollup keeps day resolution within the longest.
+WINDOWS = {"7d": 7, "30d": 30, "90d": 90}
+HORIZON_DAYS = max(WINDOWS.values())
+ROLLUP_META = b"ft_pipeline_rollup_days"
+DIMENSIONS = ("task", "agent", "topic", "reasoning_mode", "model", "adapter_version", "user_id", "experiment_id", "variant")
+# Columns the aggregates read, with the type they get when a table lacks them (older or hand-made files).
+RAW_COLUMNS = {
+    "log_id": "VARCHAR",
+    "timestamp": "TIMESTAMPTZ",
+    "decision": "VARCHAR",
+    "quality_score": "DOUBLE",
+    "confidence": "DOUBLE",
+    "attempt": "BIGINT",
+    "failure_reasons": "VARCHAR[]",
+    "latency_ms": "DOUBLE",
+    "cost_usd": "DOUBLE",
+    **{d: "VARCHAR" for d in DIMENSIONS},
+}
+SETTLED_COLUMNS = {
+    "log_id": "VARCHAR",
+    "decision": "VARCHAR",
+    "task": "VARCHAR",
+    "agent": "VARCHAR",
+    "output": "VARCHAR",
+    "final_text": "VARCHAR",
+    "retained": "DOUBLE",
+    "deleted_spans": "VARCHAR[]",
+    "added_spans": "VARCHAR[]",
+}
+# Longest phrase (in words) looked for in edit spans; longer boilerplate still shows as its 8-word pieces.
+MAX_PHRASE_WORDS = 8
+# A word of an edit span (lower-cased); redaction placeholders such as [email] stay one word.
+WORD = r"\[[a-z_]+\]|[\pL\pN']+"
+# Tone markers counted in the model output and in the approved text (lower-cased), with how a person names
+# them; why: they show the style editors impose.
+TONE_MARKERS = {
+    "words": (r"\S+", "words"),
+    "exclamations": (r"!", "exclamation marks"),
+    "questions": (r"\?", "question marks"),
+    "hedging": (
+        r"\b(?:might|maybe|perhaps|possibly|probably|likely|seems?|somewhat|arguably|i think|i believe|it appears)\b",
+        "hedging words",
+    ),
+    "formal": (
+        r"\b(?:furthermore|moreover|therefore|thus|hence|consequently|additionally|regarding|utilize|kindly|sincerely|shall|herein)\b",
+        "formal words",
+    ),
+    "contractions": (r"\b[\pL]+'(?:s|re|ve|ll|d|t|m)\b", "contractions"),
+}
+# One long table per day; each section fills the columns it needs. Group keys are redacted here (values that
+# redact alike are one group); edit scopes, tasks, reasons and experiment names stay as stored, because the
+# report orders and merges them by their stored value before it redacts them.
+COLUMNS = {
+    "section": "VARCHAR",
+    "day": "DATE",
+    "dimension": "VARCHAR",
+    "key": "VARCHAR",
+    "item": "VARCHAR",
+    "kind": "VARCHAR",
+    "attempt": "BIGINT",
+    "value": "DOUBLE",
+    "count": "BIGINT",
+    "n": "BIGINT",
+    "accepted": "BIGINT",
+    "edited": "BIGINT",
+    "rejected": "BIGINT",
+    "pending": "BIGINT",
+    "retained_sum": "DOUBLE",
+    "retained_n": "BIGINT",
+    "quality_sum": "DOUBLE",
+    "quality_n": "BIGINT",
+    "confidence_sum": "DOUBLE",
+    "confidence_n": "BIGINT",
+    "cost_sum": "DOUBLE",
+    "output_sum": "BIGINT",
+    "final_sum": "BIGINT",
+}
+
+
+def literal(text: str) -> str:
+    """`text` as a SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+_DECISIONS = """
+    count(*) FILTER (WHERE decision IN ('accepted', 'edited', 'rejected')) AS n,
+    count(*) FILTER (WHERE decision = 'accepted') AS accepted,
+    count(*) FILTER (WHERE decision = 'edited') AS edited,
+    count(*) FILTER (WHERE decision = 'rejected') AS rejected"""
+# section -> query over the day's views; each yields a subset of COLUMNS.
+SECTIONS = {
+    # records and decisions per day of record timestamps (the report's as_of is the newest of these days)
+    "totals": f"""SELECT CAST(timestamp AS DATE) AS day, count(*) AS count, {_DECISIONS},
+                         count(*) FILTER (WHERE decision = 'pending') AS pending
+                  FROM raw GROUP BY ALL""",
+    "settled": "SELECT count(*) AS count FROM settled",
+    # count: every record of the group (failure reasons' denominator); n: the reviewed ones
+    "groups": f"""SELECT day, dimension, key, count(*) AS count, {_DECISIONS},
+                         sum(retained) AS retained_sum, count(retained) AS retained_n,
+                         sum(quality_score) AS quality_sum, count(quality_score) AS quality_n,
+                         sum(confidence) AS confidence_sum, count(confidence) AS confidence_n,
+                         sum(cost_usd) AS cost_sum
+                  FROM long GROUP BY ALL""",
+    # exact latency distribution: each distinct value with its count, bounded by the distinct values
+    "latency": """SELECT day, dimension, key, latency_ms AS value, count(*) AS count
+                  FROM long WHERE latency_ms IS NOT NULL GROUP BY ALL""",
+    "reasons": """WITH reasons AS (SELECT DISTINCT log_id, unnest(failure_reasons) AS reason FROM raw)
+                  SELECT dimension, key, reason AS item, count(*) AS count FROM (
+                      SELECT dimension, key, log_id FROM long WHERE dimension IN ('agent', 'topic')
+                      UNION ALL SELECT 'overall', NULL, log_id FROM raw) s
+                  JOIN reasons r USING (log_id) WHERE reason IS NOT NULL GROUP BY ALL""",
+    "edited": "SELECT scope AS key, count(*) AS count FROM edits GROUP BY ALL",
+    # every phrase of up to MAX_PHRASE_WORDS words with the edits that carry it (an edit counts a phrase once)
+    "ngrams": f"""
+        WITH spans AS (
+            SELECT scope, log_id, 'deleted' AS kind, unnest(deleted_spans) AS span FROM edits
+            UNION ALL
+            SELECT scope, log_id, 'added' AS kind, unnest(added_spans) AS span FROM edits),
+        words AS (
+            SELECT scope, log_id, kind, regexp_extract_all(lower(span), {literal(WORD)}) AS w FROM spans),
+        starts AS (
+            SELECT scope, log_id, kind, w, unnest(range(1, len(w) + 1)) AS i FROM words WHERE len(w) > 0),
+        grams AS (
+            SELECT scope, log_id, kind, array_to_string(w[i:i + n - 1], ' ') AS phrase
+            FROM starts, range(1, {MAX_PHRASE_WORDS + 1}) t(n) WHERE i + n - 1 <= len(w))
+        SELECT scope AS key, kind, phrase AS item, count(DISTINCT log_id) AS count FROM grams GROUP BY ALL""",
+    "tone": " UNION ALL ".join(
+        f"""SELECT scope AS key, '{marker}' AS item, count(*) AS count,
+                   sum(len(regexp_extract_all(lower(output), {literal(rx)}))) AS output_sum,
+                   sum(len(regexp_extract_all(lower(final_text), {literal(rx)}))) AS final_sum
+            FROM edits WHERE output IS NOT NULL AND final_text IS NOT NULL GROUP BY ALL"""
+        for marker, (rx, _) in TONE_MARKERS.items()
+    ),
+    # per task and attempt: the counts and sums that give by-attempt rates and the regression slopes
+    "attempts": f"""SELECT task AS key, coalesce(attempt, 1) AS attempt, {_DECISIONS},
+                           sum(quality_score) AS quality_sum, count(quality_score) AS quality_n
+                    FROM base GROUP BY ALL""",
+    "experiments": f"""SELECT experiment_id AS key, variant AS item, {_DECISIONS}
+                       FROM base WHERE experiment_id IS NOT NULL AND variant IS NOT NULL GROUP BY ALL""",
+}
+# What identifies a row of the aggregates; every other column adds up.
+KEYS = ("section", "day", "dimension", "key", "item", "kind", "attempt", "value")
+SCHEMA = pa.schema(
+    [
+        (name, {"VARCHAR": pa.string(), "DATE": pa.date32(), "BIGINT": pa.int64(), "DOUBLE": pa.float64()}[kind])
+        for name, kind in COLUMNS.items()
+    ]
+)
+
+
+@dataclass
+class DayAggregates:
+    """What aggregating one day wrote."""
+
+    date: str
+    path: Path
+    records: int
+    settled: int
+    rows: dict[str, int]
+
+
+def aggregates_path(lake_dir: Path, date: str) -> Path:
+    """The parquet file of one day's aggregates."""
+    return partition_file(lake_dir, TABLE, date)
+
+
+def source_dates(lake_dir: Path) -> list[str]:
+    """Days that have a raw_logs or a settlements partition, sorted."""
+    return sorted(set(partition_dates(lake_dir, "raw_logs")) | set(partition_dates(lake_dir, "settlements")))
+
+
+def is_stale(lake_dir: Path, date: str) -> bool:
+    """Whether a day's aggregates are missing or older than a lake file they were computed from."""
+    target = aggregates_path(lake_dir, date)
+    if not target.is_file():
+        return True
+    built = target.stat().st_mtime_ns
+    sources = [partition_file(lake_dir, table, date) for table in ("raw_logs", "settlements")]
+    return any(s.is_file() and s.stat().st_mtime_ns > built for s in sources)
+
+
+def table_view(con: duckdb.DuckDBPyConnection, name: str, files: list[Path], columns: dict[str, str]) -> None:
+    """A view over parquet `files` with exactly `columns` (NULL where a file lacks one; no rows without files)."""
+    if files:
+        paths = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
+        source = f"read_parquet([{paths}], union_by_name = true, hive_partitioning = false)"
+        present = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+    else:
+        source, present = "(SELECT 1) WHERE false", set()
+    select = ", ".join(f'"{col}"' if col in present else f'NULL::{kind} AS "{col}"' for col, kind in columns.items())
+    con.execute(f"CREATE TEMP VIEW {name} AS SELECT {select} FROM {source}")
+
+
+def day_aggregates(lake_dir: Path, date: str) -> pa.Table:
+    """Every section of one day's aggregates as one table of SCHEMA (no rows for a day without data)."""
+    checked_date(date)
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        for view, table, columns in (("raw", "raw_logs", RAW_COLUMNS), ("settled", "settlements", SETTLED_COLUMNS)):
+            source = partition_file(lake_dir, table, date)
+            table_view(con, view, [source] if source.is_file() else [], columns)
+        con.execute("""
+            CREATE TEMP VIEW base AS
+            SELECT r.*, s.retained, r.decision IN ('accepted', 'edited', 'rejected') AS reviewed,
+                   CAST(r.timestamp AS DATE) AS day
+            FROM raw r LEFT JOIN settled s USING (log_id)""")
+        con.execute("""
+            CREATE TEMP VIEW edits AS
+            SELECT log_id, coalesce(agent, task) AS scope, output, final_text, deleted_spans, added_spans
+            FROM settled WHERE decision = 'edited' AND coalesce(agent, task) IS NOT NULL""")
+        _key_map(con)
+        union = " UNION ALL BY NAME ".join(
+            f"SELECT '{section}' AS section, * FROM ({query})" for section, query in SECTIONS.items()
+        )
+        select = ", ".join(f'CAST("{col}" AS {kind}) AS "{col}"' for col, kind in COLUMNS.items())
+        return con.sql(f"SELECT {select} FROM ({union})").to_arrow_table().cast(SCHEMA)
+    finally:
+        con.close()
+
+
+def _key_map(con: duckdb.DuckDBPyConnection) -> None:
+    """View `long`: one row per record and dimension it has a value in, with the value's redacted report key, so
+    no PII (a user_id that is an email, say) becomes a report key."""
+    rows = []
+    for dim in DIMENSIONS:
+        for (value,) in con.execute(f'SELECT DISTINCT CAST("{dim}" AS VARCHAR) FROM raw WHERE "{dim}" IS NOT NULL').fetchall():
+            rows.append({"dimension": dim, "value": value, "key": redact(value)[0]})
+    keymap = pa.Table.from_pylist(
+        rows, schema=pa.schema([("dimension", pa.string()), ("value", pa.string()), ("key", pa.string())])
+    )
+    con.register("keymap_arrow", keymap)
+    con.execute("CREATE TEMP TABLE keymap AS SELECT * FROM keymap_arrow")
+    con.unregister("keymap_arrow")
+    union = " UNION ALL ".join(
+        f'SELECT \'{d}\' AS dimension, CAST("{d}" AS VARCHAR) AS value, * FROM base WHERE "{d}" IS NOT NULL' for d in DIMENSIONS
+    )
+    con.execute(f"CREATE TEMP VIEW long AS SELECT k.key, l.* FROM ({union}) l JOIN keymap k USING (dimension, value)")
+
+
+def write_day(lake_dir: Path, date: str) -> DayAggregates:
+    """Aggregate one day and write its partition atomically (an empty but valid file for a day without data)."""
+    table = day_aggregates(lake_dir, date)
+    path = write_parquet_atomic(table, aggregates_path(lake_dir, date))
+    by_section = {
+        row["section"]: row for row in table.group_by("section").aggregate([("count", "sum"), ("section", "count")]).to_pylist()
+    }
+    rows = {s: by_section.get(s, {}).get("section_count", 0) for s in SECTIONS}
+    records, settled = (by_section.get(s, {}).get("count_sum") or 0 for s in ("totals", "settled"))
+    return DayAggregates(date, path, records, settled, rows)
+
+
+def refresh(lake_dir: Path) -> tuple[list[str], list[DayAggregates]]:
+    """Every day with lake data, and the aggregates written for the days whose aggregates were missing or stale."""
+    dates = source_dates(lake_dir)
+    return dates, [write_day(lake_dir, d) for d in dates if is_stale(lake_dir, d)]
+
+
+def rollup_path(lake_dir: Path) -> Path:
+    """The rollup: every aggregated day added up, with the days it holds, so a report reads one file and the new days."""
+    return Path(lake_dir) / TABLE / "rollup" / "part-0.parquet"
+
+
+def _stamp(path: Path) -> list[int]:
+    """What tells one version of a day's aggregates file from another."""
+    stat = path.stat()
+    return [stat.st_mtime_ns, stat.st_size]
+
+
+def _read_rollup(lake_dir: Path) -> tuple[dict[str, list[int]], pa.Table | None]:
+    """The days the rollup holds (with their files' stamps) and its rows; nothing when there is no usable rollup."""
+    path = rollup_path(lake_dir)
+    if not path.is_file():
+        return {}, None
+    table = pq.read_table(path)
+    held = json.loads((table.schema.metadata or {}).get(ROLLUP_META, b"null"))
+    if not isinstance(held, dict) or table.schema.remove_metadata() != SCHEMA:
+        return {}, None
+    return held, table.replace_schema_metadata(None)
+
+
+def combined(lake_dir: Path, dates: list[str]) -> pa.Table:
+    """The aggregates of `dates` added up, from the rollup plus the days new or changed since it was written; the
+    result becomes the new rollup. Days older than the longest window before the newest record's day are merged
+    into one day (they only count in the whole history), so the rollup grows with groups and values, not with days."""
+    stamps = {d: _stamp(p) for d in dates if (p := aggregates_path(lake_dir, d)).is_file()}
+    held, table = _read_rollup(lake_dir)
+    if table is None or any(stamps.get(d) != stamp for d, stamp in held.items()):
+        # a day the rollup holds was rewritten or removed: add everything up again
+        held, table = {}, SCHEMA.empty_table()
+    fresh = sorted(d for d in stamps if d not in held)
+    if not fresh:
+        return table
+    con = duckdb.connect()
+    try:
+        con.register("held", table)
+        table_view(con, "fresh", [aggregates_path(lake_dir, d) for d in fresh], COLUMNS)
+        con.execute("CREATE TEMP TABLE pieces AS SELECT * FROM held UNION ALL SELECT * FROM fresh")
+        newest = con.execute("SELECT max(day) FROM pieces WHERE section = 'totals'").fetchall()[0][0]
+        horizon = (newest or date.min + timedelta(days=HORIZON_DAYS)) - timedelta(days=HORIZON_DAYS)
+        keys = ", ".join(
+            f"CASE WHEN day <= DATE '{horizon.isoformat()}' THEN DATE '{horizon.isoformat()}' ELSE day END AS day"
+            if k == "day"
+            else f'"{k}"'
+            for k in KEYS
+        )
+        sums = ", ".join(f'CAST(sum("{c}") AS {kind}) AS "{c}"' for c, kind in COLUMNS.items() if c not in KEYS)
+        merged = con.sql(f"SELECT {keys}, {sums} FROM pieces GROUP BY ALL").to_arrow_table().select(list(COLUMNS)).cast(SCHEMA)
+    finally:
+        con.close()
+    held.update({d: stamps[d] for d in fresh})
+    write_parquet_atomic(merged.replace_schema_metadata({ROLLUP_META: json.dumps(held)}), rollup_path(lake_dir))
+    return merged

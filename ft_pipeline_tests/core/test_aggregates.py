@@ -1,0 +1,159 @@
+"""Tests of the incremental pattern report: per-day aggregates combined give the full recomputation's report."""
+
+import gzip
+import json
+import math
+import os
+from datetime import UTC, date, datetime, timedelta
+
+import pyarrow.parquet as pq
+import pytest
+
+from ft_pipeline.core import aggregates
+from ft_pipeline.core.demo import write_demo_inbox
+from ft_pipeline.core.ingest import ingest
+from ft_pipeline.core.io import partition_dates, partition_file
+from ft_pipeline.core.patterns import build_report
+from ft_pipeline.core.settlements import build_partition
+from ft_pipeline.settings import Settings
+from ft_pipeline_tests.core.test_patterns import write_planted_lake
+from ft_pipeline_tests.gsm8k import gsm8k_records
+from ft_pipeline_tests.lake_fixtures import raw_log, write_raw_logs
+from ft_pipeline_tests.pattern_oracle import full_report
+
+
+def differences(full, incremental, path: str = "") -> list[str]:
+    """Where two reports differ: structure and exact values, floats to 1e-9 (NaN equals NaN)."""
+    if isinstance(full, dict) and isinstance(incremental, dict):
+        if full.keys() != incremental.keys():
+            return [f"{path}: keys {sorted(set(full) ^ set(incremental))}"]
+        return [d for key in full for d in differences(full[key], incremental[key], f"{path}.{key}")]
+    if isinstance(full, list) and isinstance(incremental, list):
+        if len(full) != len(incremental):
+            return [f"{path}: {len(full)} items != {len(incremental)}"]
+        return [d for i, (a, b) in enumerate(zip(full, incremental)) for d in differences(a, b, f"{path}[{i}]")]
+    if isinstance(full, float) and isinstance(incremental, float):
+        same = (math.isnan(full) and math.isnan(incremental)) or math.isclose(full, incremental, rel_tol=1e-9, abs_tol=1e-12)
+        return [] if same else [f"{path}: {full!r} != {incremental!r}"]
+    return [] if (type(full), full) == (type(incremental), incremental) else [f"{path}: {full!r} != {incremental!r}"]
+
+
+def assert_equals_full_recomputation(settings: Settings) -> dict:
+    """The incremental report, checked against the full recomputation over the lake."""
+    full, incremental = full_report(settings), build_report(settings)
+    full.pop("generated_at"), incremental.pop("generated_at")
+    assert differences(full, incremental) == []
+    return incremental
+
+
+def ingested(settings: Settings) -> Settings:
+    """`settings` after ingesting its inbox and settling every day, as the pipeline does."""
+    ingest(settings, last_day="2024-03-31")
+    for day in partition_dates(settings.lake_dir, "raw_logs"):
+        build_partition(settings, day)
+    return settings
+
+
+def test_planted_patterns_report_equals_the_full_recomputation(tmp_path):
+    write_planted_lake(tmp_path)
+    report = assert_equals_full_recomputation(Settings.from_env(data_dir=str(tmp_path)))
+    assert report["regressions"] and report["edit_patterns"] and report["experiments"]
+
+
+def test_demo_report_equals_the_full_recomputation(tmp_path):
+    settings = Settings(data_dir=str(tmp_path))
+    write_demo_inbox(settings.inbox_dir, records=1500, days=30, end=datetime(2024, 3, 31, tzinfo=UTC))
+    report = assert_equals_full_recomputation(ingested(settings))
+    assert report["totals"]["records"] == 1500 and report["failure_reasons"]["overall"]
+
+
+def test_gsm8k_report_equals_the_full_recomputation(tmp_path):
+    settings = Settings(data_dir=str(tmp_path))
+    settings.inbox_dir.mkdir(parents=True)
+    with gzip.open(settings.inbox_dir / "gsm8k.jsonl.gz", "wt", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in gsm8k_records())
+    report = assert_equals_full_recomputation(ingested(settings))
+    assert report["edit_patterns"] and report["groups"]["agent"]["6b_finetuning"]["n"] == 1319
+
+
+def write_days(lake, first: date, days: int) -> None:
+    """Raw logs of `days` days from `first`: a few agents, integer latencies with many ties, some retries."""
+    for offset in range(days):
+        day = first + timedelta(days=offset)
+        rows = [
+            raw_log(
+                f"{day.isoformat()}-{i}",
+                timestamp=f"{day.isoformat()}T12:00:00+00:00",
+                agent=f"a{i % 3}",
+                decision=("accepted", "edited", "rejected")[(i + offset) % 3],
+                attempt=1 + i % 2,
+                quality_score=float((i * 7) % 10),
+                latency_ms=float((i * 37 + offset) % 11 * 100),
+            )
+            for i in range(3 + offset % 5)
+        ]
+        write_raw_logs(lake, day.isoformat(), rows)
+
+
+def test_integer_latencies_with_ties_give_the_exact_percentiles(tmp_path):
+    write_days(Settings(data_dir=str(tmp_path)).lake_dir, date(2024, 1, 1), 9)
+    report = assert_equals_full_recomputation(Settings(data_dir=str(tmp_path)))
+    assert report["groups"]["agent"]["a1"]["windows"]["7d"]["latency_ms_p95"] is not None
+
+
+def test_the_rollup_takes_new_days_one_by_one_past_the_longest_window(tmp_path):
+    settings = Settings(data_dir=str(tmp_path))
+    write_days(settings.lake_dir, date(2024, 1, 1), 100)
+    assert_equals_full_recomputation(settings)
+    held = json.loads(pq.read_schema(aggregates.rollup_path(settings.lake_dir)).metadata[aggregates.ROLLUP_META])
+    assert len(held) == 100
+    for offset in range(100, 103):
+        write_days(settings.lake_dir, date(2024, 1, 1) + timedelta(days=offset), 1)
+        assert_equals_full_recomputation(settings)
+    # older days are merged into one: the rollup keeps day resolution only within the longest window
+    days = {d for d in pq.read_table(aggregates.rollup_path(settings.lake_dir)).column("day").to_pylist() if d}
+    assert len(days) == aggregates.HORIZON_DAYS + 1
+
+
+def test_a_new_day_aggregates_that_day_only_and_a_rewritten_day_again(tmp_path):
+    settings = Settings(data_dir=str(tmp_path))
+    write_planted_lake(tmp_path)
+    dates, written = aggregates.refresh(settings.lake_dir)
+    assert [d.date for d in written] == dates
+    assert aggregates.refresh(settings.lake_dir)[1] == []
+
+    assert_equals_full_recomputation(settings)
+
+    write_raw_logs(settings.lake_dir, "2024-07-01", [raw_log("new-1", timestamp="2024-07-01T09:00:00+00:00", agent="steady")])
+    assert [d.date for d in aggregates.refresh(settings.lake_dir)[1]] == ["2024-07-01"]
+    # a day whose lake file changed after its aggregates were built is aggregated again
+    raw = partition_file(settings.lake_dir, "raw_logs", "2024-06-15")
+    built = aggregates.aggregates_path(settings.lake_dir, "2024-06-15").stat().st_mtime_ns
+    os.utime(raw, ns=(built + 10**9, built + 10**9))
+    assert [d.date for d in aggregates.refresh(settings.lake_dir)[1]] == ["2024-06-15"]
+    # the rollup held the day's old aggregates: it is added up again
+    report = assert_equals_full_recomputation(settings)
+    assert report["as_of"] == "2024-07-01"
+
+
+def test_a_day_without_data_writes_a_valid_empty_partition_and_reruns_are_idempotent(tmp_path):
+    lake = Settings(data_dir=str(tmp_path)).lake_dir
+    empty = aggregates.write_day(lake, "2024-02-01")
+    assert (empty.records, empty.settled) == (0, 0)
+    table = pq.read_table(empty.path)
+    assert table.schema == aggregates.SCHEMA and table.num_rows == sum(empty.rows.values()) == 1  # the settled count, 0
+    write_raw_logs(lake, "2024-02-02", [raw_log(f"r{i}", timestamp="2024-02-02T08:00:00+00:00") for i in range(3)])
+    first = pq.read_table(aggregates.write_day(lake, "2024-02-02").path)
+    again = aggregates.write_day(lake, "2024-02-02")
+    assert (
+        pq.read_table(again.path)
+        .sort_by([(c, "ascending") for c in ("section", "dimension", "key", "item")])
+        .equals(first.sort_by([(c, "ascending") for c in ("section", "dimension", "key", "item")]))
+    )
+    assert again.records == 3 and partition_dates(lake, "daily_aggregates") == ["2024-02-01", "2024-02-02"]
+    assert not list(aggregates.aggregates_path(lake, "2024-02-02").parent.glob(".*"))
+
+
+def test_a_bad_partition_date_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="YYYY-MM-DD"):
+        aggregates.write_day(tmp_path, "../2024-01-01")
