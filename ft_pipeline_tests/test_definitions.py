@@ -35,6 +35,19 @@ def test_definitions_load_with_every_stage():
     assert {s.name for s in defs.schedules} == {"daily_ingest_schedule", "nightly_retrain_schedule"}
 
 
+def test_writers_of_shared_state_take_a_pool_slot():
+    pools = {spec.key.to_user_string(): node.node_def.pool for node in defs.assets for spec in node.specs}
+    assert {
+        name: pools[name] for name in ("raw_logs", "settlements", "pattern_report", "lora_adapter", "adapter_evaluation")
+    } == {
+        "raw_logs": "ingest",
+        "settlements": "settlements",
+        "pattern_report": "report",
+        "lora_adapter": "train",
+        "adapter_evaluation": "train",
+    }
+
+
 def test_loading_the_code_location_imports_no_training_stack():
     # Every code-location load (webserver, daemon, each run) pays the import time of what definitions imports.
     code = "import sys, ft_pipeline.definitions; print(sorted(m for m in ('torch', 'transformers', 'peft', 'mlflow', 'scipy') if m in sys.modules))"

@@ -30,6 +30,7 @@ CHECKS = {
     deps=[AssetDep("daily_aggregates", partition_mapping=AllPartitionMapping())],
     check_specs=[AssetCheckSpec(name, asset="pattern_report", description=text) for name, text in CHECKS.items()],
     group_name="curation",
+    pool="report",
     kinds={"duckdb", "json"},
     description="Acceptance, edit and rejection rates by task, agent, topic, version and user over 7/30/90 days, "
     "regressions, phrases editors delete and add, tone shifts, retries, failure reasons, A/B tests, recommendations.",

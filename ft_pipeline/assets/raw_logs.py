@@ -15,6 +15,7 @@ RawLogsConfig = stage_config("general", "RawLogsConfig")
     partitions_def=daily_partitions,
     backfill_policy=BackfillPolicy.single_run(),
     group_name="ingest",
+    pool="ingest",
     kinds={"parquet", "duckdb"},
     description="Every valid inbox record, checked against the input contract and deduplicated on log_id, one parquet "
     "file per UTC day; lines that break the contract go to quarantine/ with a reason.",

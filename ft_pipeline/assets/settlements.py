@@ -14,6 +14,7 @@ SettlementsConfig = stage_config("settlements", "SettlementsConfig")
     backfill_policy=BackfillPolicy.single_run(),
     deps=[AssetDep("raw_logs")],
     group_name="curation",
+    pool="settlements",
     kinds={"parquet", "duckdb"},
     description="Settled records (accepted or edited) passing the quality filters, PII-redacted, near-duplicates "
     "removed within the day, with retained similarity, word-level edit spans and a training weight.",
