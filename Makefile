@@ -35,6 +35,7 @@ ui: install
 bench: install
 	$(BIN)/python bench/ingest.py --lines 200000
 	$(BIN)/python bench/settlements.py --rows 200000
+	$(BIN)/python bench/patterns.py --rows-per-day 300
 	$(BIN)/python bench/train.py
 
 clean:

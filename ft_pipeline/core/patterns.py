@@ -309,24 +309,45 @@ def longest_phrases(counts: dict[str, int]) -> list[tuple[str, int]]:
 
 def _stitch_windows(phrases: dict[str, int]) -> dict[str, int]:
     """Join phrases that overlap in all but one word with about the same support: a phrase longer than
-    MAX_PHRASE_WORDS is only counted as its overlapping windows, and people should see it whole."""
+    MAX_PHRASE_WORDS is only counted as its overlapping windows, and people should see it whole. Each step joins
+    the first such pair (a, b) in the phrases' order, the joined phrase taking the place of a new one."""
     phrases = dict(phrases)
+    # why an index: over a long history the candidates number thousands, and trying every pair is quadratic
+    starts: dict[tuple[str, ...], list[str]] = {}
+
+    def index(phrase: str) -> None:
+        words = tuple(phrase.split())
+        for k in range(2, len(words)):
+            starts.setdefault(words[:k], []).append(phrase)
+
+    for phrase in phrases:
+        index(phrase)
     while True:
-        pair = next(
-            (
-                (a, b)
-                for a in phrases
-                for b in phrases
-                if a != b and _window_overlap(a, b) and min(phrases[a], phrases[b]) >= MERGE_SHARE * max(phrases[a], phrases[b])
-            ),
-            None,
-        )
+        order = {p: i for i, p in enumerate(phrases)}
+        pair = next(((a, b) for a in phrases if (b := _first_partner(a, phrases, starts, order))), None)
         if pair is None:
             return phrases
         a, b = pair
         count = min(phrases.pop(a), phrases.pop(b))
         joined = a + " " + " ".join(b.split()[_window_overlap(a, b) :])
+        if joined not in phrases:
+            index(joined)
         phrases[joined] = count
+
+
+def _first_partner(
+    a: str, phrases: dict[str, int], starts: dict[tuple[str, ...], list[str]], order: dict[str, int]
+) -> str | None:
+    """The first phrase (in `order`) that `a` overlaps as _window_overlap says, with about the same support."""
+    words = a.split()
+    # a longer (or as long) b starts with all but the first word of a; a shorter b of n words with a's last n - 1
+    found = [b for b in starts.get(tuple(words[1:]), []) if len(b.split()) >= len(words)] if len(words) >= 3 else []
+    for size in range(3, len(words)):
+        found += [b for b in starts.get(tuple(words[-(size - 1) :]), []) if len(b.split()) == size]
+    found = [
+        b for b in found if b != a and b in phrases and min(phrases[a], phrases[b]) >= MERGE_SHARE * max(phrases[a], phrases[b])
+    ]
+    return min(found, key=order.__getitem__) if found else None
 
 
 def _window_overlap(a: str, b: str) -> int:

@@ -9,7 +9,15 @@ import pyarrow as pa
 import pytest
 
 from ft_pipeline.core.io import partition_file, write_parquet_atomic
-from ft_pipeline.core.patterns import _regressions, build_report, longest_phrases, render_markdown
+from ft_pipeline.core.patterns import (
+    MERGE_SHARE,
+    _regressions,
+    _stitch_windows,
+    _window_overlap,
+    build_report,
+    longest_phrases,
+    render_markdown,
+)
 from ft_pipeline.core.schema import RAW_LOG_SCHEMA
 from ft_pipeline.settings import Settings
 from ft_pipeline_tests.gsm8k import gsm8k_records
@@ -315,3 +323,36 @@ def test_a_phrase_longer_than_the_counted_ngrams_comes_back_whole():
     counts = {" ".join(words[i : i + n]): 30 for n in range(1, 9) for i in range(len(words) - n + 1)}
     counts["what do you do next"] = 12
     assert longest_phrases(counts) == [(" ".join(words), 30), ("what do you do next", 12)]
+
+
+def _stitch_by_every_pair(phrases: dict[str, int]) -> dict[str, int]:
+    """The definition of window stitching, trying every pair: what the indexed search must match."""
+    phrases = dict(phrases)
+    while True:
+        pair = next(
+            (
+                (a, b)
+                for a in phrases
+                for b in phrases
+                if a != b and _window_overlap(a, b) and min(phrases[a], phrases[b]) >= MERGE_SHARE * max(phrases[a], phrases[b])
+            ),
+            None,
+        )
+        if pair is None:
+            return phrases
+        a, b = pair
+        count = min(phrases.pop(a), phrases.pop(b))
+        phrases[a + " " + " ".join(b.split()[_window_overlap(a, b) :])] = count
+
+
+def test_window_stitching_joins_the_same_pairs_as_trying_every_pair():
+    rng = random.Random(3)
+    for _ in range(300):
+        words = [rng.choice("abcde") for _ in range(rng.randint(4, 14))]
+        phrases = {}
+        for _ in range(rng.randint(1, 25)):
+            size = rng.randint(1, 8)
+            start = rng.randrange(max(1, len(words) - size + 1))
+            phrases[" ".join(words[start : start + size])] = rng.choice([5, 9, 10, 10, 11, 20])
+        assert _stitch_windows(phrases) == _stitch_by_every_pair(phrases)
+        assert list(_stitch_windows(phrases)) == list(_stitch_by_every_pair(phrases))
