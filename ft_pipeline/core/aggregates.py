@@ -11,6 +11,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ft_pipeline.core.io import checked_date, partition_dates, partition_file, write_parquet_atomic
@@ -66,9 +67,8 @@ TONE_MARKERS = {
     ),
     "contractions": (r"\b[\pL]+'(?:s|re|ve|ll|d|t|m)\b", "contractions"),
 }
-# One long table per day; each section fills the columns it needs. Group keys are redacted here (values that
-# redact alike are one group); edit scopes, tasks, reasons and experiment names stay as stored, because the
-# report orders and merges them by their stored value before it redacts them.
+# One long table per day; each section fills the columns it needs. Group keys are redacted before grouping (values
+# that redact alike are one group); every other key and item is redacted when the day is written.
 COLUMNS = {
     "section": "VARCHAR",
     "day": "DATE",
@@ -259,7 +259,7 @@ def _key_map(con: duckdb.DuckDBPyConnection) -> None:
 
 def write_day(lake_dir: Path, date: str) -> DayAggregates:
     """Aggregate one day and write its partition atomically (an empty but valid file for a day without data)."""
-    table = day_aggregates(lake_dir, date)
+    table = _redacted(day_aggregates(lake_dir, date), ("key", "item"))
     path = write_parquet_atomic(table, aggregates_path(lake_dir, date))
     by_section = {
         row["section"]: row for row in table.group_by("section").aggregate([("count", "sum"), ("section", "count")]).to_pylist()
@@ -267,6 +267,22 @@ def write_day(lake_dir: Path, date: str) -> DayAggregates:
     rows = {s: by_section.get(s, {}).get("section_count", 0) for s in SECTIONS}
     records, settled = (by_section.get(s, {}).get("count_sum") or 0 for s in ("totals", "settled"))
     return DayAggregates(date, path, records, settled, rows)
+
+
+def _redacted(table: pa.Table, columns: tuple[str, ...]) -> pa.Table:
+    """`table` with PII redacted in its text columns: the lake holds no raw reason, scope or experiment name.
+
+    Redaction is idempotent, so keys redacted before (groups) stay as they are; it runs once per distinct value.
+    """
+    for name in columns:
+        column = table[name]
+        distinct = pc.unique(column).drop_null()
+        cleaned = pa.array([redact(value)[0] for value in distinct.to_pylist()], pa.string())
+        if cleaned.equals(distinct.cast(pa.string())):
+            continue
+        mapped = pc.take(cleaned, pc.index_in(column, value_set=distinct))
+        table = table.set_column(table.schema.get_field_index(name), name, mapped)
+    return table
 
 
 def refresh(lake_dir: Path) -> tuple[list[str], list[DayAggregates]]:
