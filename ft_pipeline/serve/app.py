@@ -90,7 +90,7 @@ class CaptureApp:
         """The key of a request allowed `scope`; None on loopback without a token or without any key; HttpError otherwise."""
         header = request.headers.get("authorization", "")
         # on loopback with no key created, auth is off: OpenAI clients always send some key, which then means nothing
-        if not self.require_keys and (not header or not any(key.active for key in self.keys.all())):
+        if not self.require_keys and (not header or not self.keys.has_active()):
             return None
         if not header:
             raise HttpError(401, "missing_token", "send an API key as 'Authorization: Bearer <token>'")
@@ -287,6 +287,6 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000) -> None
     import uvicorn
 
     require_keys = not is_loopback(host)
-    if require_keys and not any(key.active for key in KeyStore(settings.root).all()):
+    if require_keys and not KeyStore(settings.root).has_active():
         raise ValueError(f"binding to {host} needs API keys: create one with `ft-pipeline keys create NAME --scope log` first")
     uvicorn.run(create_app(settings, require_keys), host=host, port=port, access_log=False, log_level="info")

@@ -60,6 +60,10 @@ class KeyStore:
             self._seen = (stat.st_mtime_ns, stat.st_ino)
         return list(self._keys.values())
 
+    def has_active(self) -> bool:
+        """Whether any key is not revoked."""
+        return any(key.active for key in self.all())
+
     def create(self, name: str, scopes: list[str]) -> tuple[ApiKey, str]:
         """A new key and its token; the token is shown this once and never stored."""
         unknown = sorted(set(scopes) - set(SCOPES))
