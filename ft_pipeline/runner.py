@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 from pathlib import Path
 
 from dagster import AssetKey, AssetSelection, DagsterInstance, Definitions, RunsFilter, materialize
@@ -58,15 +59,38 @@ def selected_keys(defs: Definitions, select: str) -> set[str]:
 
 
 def data_dates(settings: Settings) -> list[str]:
-    """Days that have data: in the inbox files or already in the lake."""
+    """Days the daily assets have work on: those of inbox files not ingested whole yet, and lake days whose
+    settlements or aggregates are missing or older than their sources. A day already processed costs nothing."""
+    from ft_pipeline.core import aggregates, manifest, settlements
     from ft_pipeline.core.ingest import inbox_dates, inbox_files
     from ft_pipeline.partitions import daily_partitions
 
     # only days of the partitions: a record from before FT_PARTITIONS_START, from year 1 or 9999 is quarantined by the
     # ingest, and must not stretch the run's range beyond the partitions (Dagster refuses it, or walks ten thousand years)
     first, last = settings.partitions_start, daily_partitions.get_last_partition_key() or settings.partitions_start
-    dates = inbox_dates(inbox_files(settings.inbox_dir), first, last) | set(partition_dates(settings.lake_dir, "raw_logs"))
+    pending = manifest.pending_files(settings.inbox_dir, manifest.load(settings.state_dir), inbox_files(settings.inbox_dir))
+    dates = inbox_dates((path for path, _ in pending.values()), first, last)
+    if pending and not dates:
+        # files with no record of a partition day (all invalid, say) still need an ingest, to quarantine them
+        dates.add(last)
+    dates |= {
+        day
+        for day in partition_dates(settings.lake_dir, "raw_logs")
+        if settlements.is_stale(settings, day) or aggregates.is_stale(settings.lake_dir, day)
+    }
     return sorted(dates)
+
+
+def day_blocks(dates: list[str]) -> list[list[str]]:
+    """`dates` (sorted) cut into runs of consecutive days: one Dagster run covers a range, and days between two
+    blocks have nothing to do."""
+    blocks: list[list[str]] = []
+    for day in dates:
+        if blocks and date.fromisoformat(day) - date.fromisoformat(blocks[-1][-1]) == timedelta(days=1):
+            blocks[-1].append(day)
+        else:
+            blocks.append([day])
+    return blocks
 
 
 def settled_tasks(settings: Settings) -> list[str]:
@@ -158,11 +182,11 @@ def _run_stages(
 
     daily = [name for name in DAILY_ASSETS if name in wanted]
     if daily:
-        dates = data_dates(settings)
-        if dates:
-            launch(daily, f"{dates[0]}...{dates[-1]}", tags={RANGE_START_TAG: dates[0], RANGE_END_TAG: dates[-1]})
-        else:
-            log(f"no data in {settings.inbox_dir} or the lake: nothing to ingest")
+        blocks = day_blocks(data_dates(settings))
+        for days in blocks:
+            launch(daily, f"{days[0]}...{days[-1]}", tags={RANGE_START_TAG: days[0], RANGE_END_TAG: days[-1]})
+        if not blocks:
+            log(f"no new files in {settings.inbox_dir} and every day of the lake is up to date: nothing to ingest")
 
     global_assets = [name for name in GLOBAL_ASSETS if name in wanted]
     if global_assets:

@@ -26,15 +26,10 @@ def inbox_sensor(context: SensorEvaluationContext, pipeline: PipelineResource):
         context.log.info(f"recovered {len(recovered)} spool file(s) of dead writers: {', '.join(p.name for p in recovered)}")
     seen = json.loads(context.cursor) if context.cursor else {}
     ingested = manifest.load(settings.state_dir)
-    files, state = {}, {}
-    for path in inbox_files(inbox):
-        try:
-            name, st = path.relative_to(inbox).as_posix(), path.stat()
-        except FileNotFoundError:  # archived by an ingest since it was listed
-            continue
-        # the cursor holds only files not ingested whole yet: the manifest knows the rest, so it never lists every file seen
-        if name not in ingested or not ingested[name].same_stat(st):
-            files[name], state[name] = path, [st.st_size, st.st_mtime_ns]
+    # the cursor holds only files not ingested whole yet: the manifest knows the rest, so it never lists every file seen
+    pending = manifest.pending_files(inbox, ingested, inbox_files(inbox))
+    files = {name: path for name, (path, _) in pending.items()}
+    state = {name: [st.st_size, st.st_mtime_ns] for name, (_, st) in pending.items()}
     changed = {name: state[name] for name in files if seen.get(name) != state[name]}
     context.update_cursor(json.dumps(state, sort_keys=True))
     if not changed:

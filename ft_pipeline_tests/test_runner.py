@@ -5,8 +5,11 @@ import pytest
 from dagster import DagsterRunStatus, RunsFilter, instance_for_test
 
 from ft_pipeline.cli import main
+from ft_pipeline.core import aggregates
+from ft_pipeline.core.ingest import ingest
 from ft_pipeline.core.io import table_glob
-from ft_pipeline.runner import run_pipeline, selected_keys
+from ft_pipeline.core.settlements import build_partition
+from ft_pipeline.runner import data_dates, day_blocks, run_pipeline, selected_keys
 from ft_pipeline.settings import Settings
 
 
@@ -36,6 +39,40 @@ def test_selection_syntax_resolves_to_asset_names():
     assert len(selected_keys(defs, "*")) == 9
 
 
+def inbox_record(log_id: str, timestamp: str) -> str:
+    """One inbox line of the call contract."""
+    return json.dumps({"log_id": log_id, "timestamp": timestamp, "task": "chat", "prompt": "Hi?", "output": "Hello."}) + "\n"
+
+
+def test_the_daily_stage_covers_only_days_with_new_files_or_stale_partitions(tmp_path):
+    settings = Settings.from_env(data_dir=str(tmp_path / "data"))
+    settings.inbox_dir.mkdir(parents=True)
+    days = ["2026-01-01", "2026-01-02", "2026-01-05"]
+    (settings.inbox_dir / "a.jsonl").write_text("".join(inbox_record(f"id-{d}", f"{d}T10:00:00Z") for d in days))
+    assert data_dates(settings) == days
+    assert day_blocks(days) == [["2026-01-01", "2026-01-02"], ["2026-01-05"]]
+
+    ingest(settings)
+    assert data_dates(settings) == days  # ingested, not settled yet
+    for day in days:
+        build_partition(settings, day)
+        aggregates.write_day(settings.lake_dir, day)
+    assert data_dates(settings) == []  # the file is in the manifest and every day is built
+
+    (settings.inbox_dir / "b.jsonl").write_text(inbox_record("id-late", "2026-01-02T11:00:00Z"))
+    assert data_dates(settings) == ["2026-01-02"]
+    ingest(settings)
+    assert data_dates(settings) == ["2026-01-02"]  # its raw_logs partition is newer than its settlements now
+    build_partition(settings, "2026-01-02")
+    assert data_dates(settings) == ["2026-01-02"]  # and its aggregates older than its settlements
+    aggregates.write_day(settings.lake_dir, "2026-01-02")
+    assert data_dates(settings) == []
+
+    # a file with no record of a partition day still gets an ingest, which quarantines it
+    (settings.inbox_dir / "bad.jsonl").write_text("not json\n")
+    assert len(data_dates(settings)) == 1
+
+
 def test_the_main_job_ends_with_a_champion_and_a_rerun_changes_nothing(small_pipeline, tmp_path):
     settings = small_pipeline
     assert main(["demo", "--records", "1500", "--days", "10"]) == 0
@@ -52,6 +89,7 @@ def test_the_main_job_ends_with_a_champion_and_a_rerun_changes_nothing(small_pip
     with instance_for_test() as instance:
         again = run_pipeline("*", settings=settings, instance=instance, log=lambda line: None)
         assert all(run.success for run in again)
+    assert not any("raw_logs" in run.assets for run in again), "a rerun with nothing new ingested or settled again"
     assert pipeline_state(settings) == before, "a second run over the same data changed the lake or trained again"
 
 

@@ -88,3 +88,20 @@ def is_ingested(entries: dict[str, Entry], source: str, path: Path, st: os.stat_
         return False
     entry.mtime_ns = st.st_mtime_ns
     return True
+
+
+def pending_files(inbox_dir: Path, entries: dict[str, Entry], files: list[Path]) -> dict[str, tuple[Path, os.stat_result]]:
+    """Inbox `files` not ingested whole yet (new, or changed in size or time since), by name, with their stat.
+
+    Judged by size and time only, never by reading: a file touched with the same bytes is re-read by the ingest, which
+    finds it unchanged by its hash.
+    """
+    pending = {}
+    for path in files:
+        try:
+            name, st = path.relative_to(inbox_dir).as_posix(), path.stat()
+        except FileNotFoundError:  # archived by an ingest since it was listed
+            continue
+        if name not in entries or not entries[name].same_stat(st):
+            pending[name] = (path, st)
+    return pending

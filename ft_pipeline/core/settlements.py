@@ -376,6 +376,14 @@ def settlements_path(settings: Settings, date: str) -> Path:
     return partition_file(settings.lake_dir, TABLE, date)
 
 
+def is_stale(settings: Settings, date: str) -> bool:
+    """Whether a day's settlements are missing or older than its raw_logs partition (written since they were built)."""
+    target, source = settlements_path(settings, date), partition_file(settings.lake_dir, RAW_TABLE, date)
+    if not target.is_file():
+        return True
+    return source.is_file() and source.stat().st_mtime_ns > target.stat().st_mtime_ns
+
+
 def build_partition(settings: Settings, date: str) -> SettleResult:
     """Read the raw_logs partition of `date`, settle it and write the settlements partition atomically.
 
