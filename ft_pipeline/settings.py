@@ -108,6 +108,13 @@ class Settings:
     alert_confidence_drop: float = knob(
         0.1, "FT_ALERT_CONFIDENCE_DROP", "report", "Fall of mean confidence in the last 7 days above which the alert check fails."
     )
+    report_min_group_n: int = knob(
+        5,
+        "FT_REPORT_MIN_GROUP_N",
+        "report",
+        "Reviewed records a group (a task, agent, user...) needs in the whole history to be listed in the report; "
+        "the others are counted in groups_omitted.",
+    )
     report_top_phrases: int = knob(10, "FT_REPORT_TOP_PHRASES", "report", "Phrases listed per agent for deletions and additions.")
     min_phrase_support: int = knob(3, "FT_MIN_PHRASE_SUPPORT", "report", "Edits a phrase must appear in before it is reported.")
 

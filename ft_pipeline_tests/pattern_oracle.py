@@ -91,8 +91,9 @@ def _report(con: duckdb.DuckDBPyConnection, settings: Settings) -> dict[str, Any
         FROM raw r LEFT JOIN settled s USING (log_id)""")
     dims = [d for d in DIMENSIONS if con.execute(f'SELECT count("{d}") FROM raw').fetchall()[0][0]]
     _key_map(con, dims)
-    group_rows = _group_rows(con, dims)
+    group_rows = _group_rows(con, settings.report_min_group_n)
     report["groups"] = _groups(group_rows)
+    report["groups_omitted"] = _omitted(con, settings.report_min_group_n)
     report["regressions"] = _regressions(group_rows, settings)
     report["alerts"] = _alerts(group_rows, settings)
     report["edit_patterns"] = _edit_patterns(con, settings)
@@ -143,10 +144,22 @@ def _metrics(cond: str, suffix: str) -> str:
         sum(cost_usd) {f} AS cost_usd{suffix}"""
 
 
-def _group_rows(con: duckdb.DuckDBPyConnection, dims: list[str]) -> list[dict]:
-    """One row per (dimension, key) with the aggregates of every span, in a single query."""
+def _group_rows(con: duckdb.DuckDBPyConnection, min_n: int) -> list[dict]:
+    """One row per (dimension, key) with at least `min_n` reviewed records, with the aggregates of every span."""
     metrics = ",".join(_metrics(cond, suffix) for suffix, cond in SPANS.items())
-    return _rows(con, f"SELECT dimension, key, {metrics} FROM long GROUP BY dimension, key ORDER BY dimension, key")
+    return _rows(
+        con,
+        f"SELECT dimension, key, {metrics} FROM long GROUP BY dimension, key "
+        "HAVING count(*) FILTER (WHERE reviewed) >= ? ORDER BY dimension, key",
+        [min_n],
+    )
+
+
+def _omitted(con: duckdb.DuckDBPyConnection, min_n: int) -> dict[str, int]:
+    """Per dimension, the groups with fewer than `min_n` reviewed records."""
+    sql = """SELECT dimension, count(*) FROM (SELECT dimension, key FROM long GROUP BY ALL
+             HAVING count(*) FILTER (WHERE reviewed) < ?) GROUP BY ALL ORDER BY dimension"""
+    return dict(con.execute(sql, [min_n]).fetchall())
 
 
 def _edit_patterns(con: duckdb.DuckDBPyConnection, settings: Settings) -> dict:

@@ -125,8 +125,9 @@ def _report(con: duckdb.DuckDBPyConnection, settings: Settings) -> dict[str, Any
     con.execute("""
         CREATE TEMP VIEW dated AS
         SELECT *, (SELECT max(day) FROM agg WHERE section = 'totals') - day AS days_back FROM agg""")
-    group_rows = _group_rows(con)
+    group_rows = _group_rows(con, settings.report_min_group_n)
     report["groups"] = _groups(group_rows)
+    report["groups_omitted"] = _omitted(con)
     report["regressions"] = _regressions(group_rows, settings)
     report["alerts"] = _alerts(group_rows, settings)
     report["edit_patterns"] = _edit_patterns(con, settings)
@@ -163,15 +164,22 @@ def _quantile(q: float) -> str:
     return f"CASE WHEN floor(any_value({pos})) = ceil(any_value({pos})) THEN {lo} ELSE {lo} + (any_value({pos}) - floor(any_value({pos}))) * ({hi} - {lo}) END"
 
 
-def _group_rows(con: duckdb.DuckDBPyConnection) -> list[dict]:
-    """One row per (dimension, key) with the aggregates of every span."""
+def _group_rows(con: duckdb.DuckDBPyConnection, min_n: int) -> list[dict]:
+    """One row per (dimension, key) with at least `min_n` reviewed records, with the aggregates of every span."""
+    # the groups listed, first: the latency distributions are ranked for those only, so a long tail of groups with a
+    # record or two (most users) costs a count, not a sort of its values
+    con.execute(
+        "CREATE TEMP TABLE listed AS SELECT dimension, key FROM agg WHERE section = 'groups' "
+        f"GROUP BY ALL HAVING coalesce(sum(n), 0) >= {int(min_n)}"
+    )
     metrics = ",".join(_metrics(cond, suffix) for suffix, cond in SPANS.items())
     rows = _rows(
         con,
-        f"SELECT dimension, key, {metrics} FROM dated WHERE section = 'groups' GROUP BY dimension, key ORDER BY dimension, key",
+        f"SELECT dimension, key, {metrics} FROM dated SEMI JOIN listed USING (dimension, key) "
+        "WHERE section = 'groups' GROUP BY dimension, key ORDER BY dimension, key",
     )
     spans = " UNION ALL ".join(
-        f"SELECT '{suffix}' AS suffix, dimension, key, value, sum(count) AS c FROM dated "
+        f"SELECT '{suffix}' AS suffix, dimension, key, value, sum(count) AS c FROM dated SEMI JOIN listed USING (dimension, key) "
         f"WHERE section = 'latency' AND {cond} GROUP BY ALL"
         for suffix, cond in SPANS.items()
     )
@@ -191,6 +199,16 @@ def _group_rows(con: duckdb.DuckDBPyConnection) -> list[dict]:
             row[f"latency_ms_p50{suffix}"] = quantiles.get("p50")
             row[f"latency_ms_p95{suffix}"] = quantiles.get("p95")
     return rows
+
+
+def _omitted(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """Per dimension, the groups left out of `groups` for too few reviewed records."""
+    return dict(
+        con.execute(
+            "SELECT dimension, count(DISTINCT key) FROM agg WHERE section = 'groups' "
+            "AND (dimension, key) NOT IN (SELECT (dimension, key) FROM listed) GROUP BY ALL ORDER BY dimension"
+        ).fetchall()
+    )
 
 
 def _summary(row: dict, suffix: str) -> dict:

@@ -356,3 +356,15 @@ def test_window_stitching_joins_the_same_pairs_as_trying_every_pair():
             phrases[" ".join(words[start : start + size])] = rng.choice([5, 9, 10, 10, 11, 20])
         assert _stitch_windows(phrases) == _stitch_by_every_pair(phrases)
         assert list(_stitch_windows(phrases)) == list(_stitch_by_every_pair(phrases))
+
+
+def test_groups_with_too_few_reviewed_records_are_counted_not_listed(tmp_path):
+    rows = [raw_log(f"a{i}", user_id="regular", decision="accepted") for i in range(5)]
+    rows += [raw_log(f"b{i}", user_id=f"passer-by-{i}", decision="rejected") for i in range(3)]
+    rows += [raw_log(f"c{i}", user_id="lurker", decision=None) for i in range(9)]  # pending: nothing reviewed
+    write_raw_logs(tmp_path / "lake", "2024-01-15", rows)
+    report = build_report(Settings.from_env(data_dir=str(tmp_path), report_min_group_n=5))
+    assert list(report["groups"]["user_id"]) == ["regular"]
+    assert report["groups_omitted"] == {"user_id": 4}
+    assert report["groups"]["task"]["chat"]["n"] == 8  # the omitted users' records still count in their task
+    assert report["totals"]["reviewed"] == 8
