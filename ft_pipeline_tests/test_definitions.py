@@ -43,8 +43,8 @@ def test_writers_of_shared_state_take_a_pool_slot():
         "raw_logs": "ingest",
         "settlements": "settlements",
         "pattern_report": "report",
-        "lora_adapter": "train",
-        "adapter_evaluation": "train",
+        "lora_adapter": "gpu",
+        "adapter_evaluation": "gpu",
     }
 
 

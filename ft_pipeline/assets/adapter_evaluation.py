@@ -24,7 +24,7 @@ def scores_table(result: dict) -> str:
     partitions_def=task_partitions,
     deps=[AssetDep("lora_adapter")],
     group_name="training",
-    pool="train",
+    pool="gpu",
     kinds={"pytorch", "mlflow"},
     description="The task's newest adapter against the base model and the champion on the test split; records scores, "
     "paired tests and the decision. The `champion` step downstream moves the alias once the blocking checks pass.",

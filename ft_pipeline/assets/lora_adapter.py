@@ -18,7 +18,7 @@ def _float(value: float | None) -> MetadataValue:
     partitions_def=task_partitions,
     deps=[AssetDep("task_dataset"), AssetDep("base_model")],
     group_name="training",
-    pool="train",
+    pool="gpu",
     kinds={"pytorch", "mlflow"},
     description="peft LoRA adapter of one task on the base model: loss on assistant tokens, example weights, "
     "early stopping on the dev split's loss, resumable checkpoints; an MLflow run and a registered model version.",

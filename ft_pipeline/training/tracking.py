@@ -1,4 +1,5 @@
-"""MLflow helpers: one experiment per task with its own artifact location, one run per training, one registered version per adapter."""
+"""MLflow helpers: one experiment per task (its artifacts under the data dir, or on the tracking server), one run per
+training, one registered version per adapter."""
 
 from __future__ import annotations
 
@@ -43,13 +44,23 @@ def client(settings: Settings) -> Any:
 _ready: set[str] = set()  # sqlite stores this process has seen set up
 
 
+def is_server(tracking_uri: str) -> bool:
+    """Whether the tracking URI names an MLflow tracking server rather than a store on this machine."""
+    return tracking_uri.split(":", 1)[0] in ("http", "https", "databricks")
+
+
 def ensure_experiment(settings: Settings, task: str) -> str:
-    """Id of the task's experiment, created with an artifact location under settings.artifact_root."""
+    """Id of the task's experiment: with a local store, created with an artifact location under
+    settings.artifact_root; with a tracking server, with the server's own artifact root."""
     mlflow_client = client(settings)
     with hold(settings.root, "mlflow-store"):  # two first trainings of a task would both create its experiment
         existing = mlflow_client.get_experiment_by_name(experiment_name(task))
         if existing is not None:
             return existing.experiment_id
+        if is_server(settings.tracking_uri):
+            # the server's root (proxied `mlflow-artifacts:` with --serve-artifacts): a file:// location would keep
+            # the artifacts on whichever machine trained, out of reach of every other
+            return mlflow_client.create_experiment(experiment_name(task))
         # Explicit, or artifacts would land in ./mlruns of whatever the current directory is.
         location = (settings.artifact_root / checked_name(task)).as_uri()
         return mlflow_client.create_experiment(experiment_name(task), artifact_location=location)
