@@ -1,22 +1,10 @@
 """MLflow helpers: experiments with their own artifact location, buffered metrics, resumed runs, registered versions."""
 
-import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
-
-import httpx
 from mlflow.tracking import MlflowClient
 
 from ft_pipeline.settings import Settings
 from ft_pipeline.training.tracking import Tracker, ensure_experiment, registered_model_name, run_path
+from ft_pipeline_tests.mlflow_server import assert_adapter_travels_through_the_server, mlflow_server
 
 
 def _client(settings):
@@ -78,62 +66,5 @@ def test_each_registration_is_a_new_version_pointing_at_the_run_artifacts(tmp_pa
 
 
 def test_with_a_tracking_server_artifacts_go_to_the_server_and_load_from_anywhere(tmp_path):
-    """A real `mlflow server` with proxied artifacts: the experiment takes the server's root, and a registered
-    adapter downloads through the server in a process with another data dir, after the trainer's files are gone."""
-    server_dir, trainer_dir = tmp_path / "server", tmp_path / "trainer"
-    with mlflow_server(server_dir) as url:
-        settings = Settings(data_dir=str(trainer_dir), mlflow_tracking_uri=url)
-        experiment = _client(settings).get_experiment(ensure_experiment(settings, "support"))
-        assert experiment.artifact_location.startswith("mlflow-artifacts:")
-        adapter = trainer_dir / "adapter"
-        adapter.mkdir(parents=True)
-        (adapter / "adapter_config.json").write_text('{"r": 8}')
-        tracker = Tracker.start(settings, "support", {})
-        tracker.log_artifacts(adapter, "adapter")
-        version = tracker.register("support", "adapter", {})
-        tracker.finish()
-        shutil.rmtree(trainer_dir)
-
-        elsewhere = tmp_path / "elsewhere"
-        elsewhere.mkdir()
-        script = (
-            "import sys, mlflow; "
-            f"mlflow.set_tracking_uri({url!r}); "
-            f"print(mlflow.artifacts.download_artifacts('models:/{registered_model_name('support')}/{version}', dst_path='.'))"
-        )
-        out = subprocess.run([sys.executable, "-c", script], cwd=elsewhere, capture_output=True, text=True, check=True)
-        downloaded = Path(out.stdout.strip().splitlines()[-1])
-        assert json.loads((downloaded / "adapter_config.json").read_text()) == {"r": 8}
-        assert any((server_dir / "artifacts").rglob("adapter_config.json")), "the artifact is kept by the server"
-
-
-@contextmanager
-def mlflow_server(root: Path) -> Iterator[str]:
-    """`mlflow server` on a sqlite store with proxied artifact storage under `root`, on a free loopback port."""
-    root.mkdir(parents=True)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    command = [
-        sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-        "--serve-artifacts", "--artifacts-destination", str(root / "artifacts"),
-    ]  # fmt: skip
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            if proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        else:
-            raise RuntimeError("mlflow server did not answer /health")
-        yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
+    with mlflow_server(tmp_path / "server") as url:
+        assert_adapter_travels_through_the_server(url, tmp_path / "server", tmp_path)

@@ -1,0 +1,87 @@
+"""A real `mlflow server` process for tests that talk to a tracking server."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+
+@contextmanager
+def mlflow_server(root: Path, backend_store_uri: str | None = None) -> Iterator[str]:
+    """`mlflow server` on `backend_store_uri` (default: a sqlite store) with proxied artifact storage under `root`, on a
+    free loopback port."""
+    root.mkdir(parents=True)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [
+        sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        "--backend-store-uri", backend_store_uri or f"sqlite:///{root / 'mlflow.db'}",
+        "--serve-artifacts", "--artifacts-destination", str(root / "artifacts"),
+    ]  # fmt: skip
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    log = root / "server.log"
+    with log.open("wb") as out:  # a file, not a pipe: a pipe nobody reads stops a chatty server once it is full
+        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            if proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited: {log.read_text(errors='replace')[-2000:]}")
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        else:
+            raise RuntimeError("mlflow server did not answer /health")
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+
+
+def assert_adapter_travels_through_the_server(url: str, server_dir: Path, work: Path) -> None:
+    """A task's experiment takes the server's artifact root, and an adapter registered from one data dir downloads
+    through the server in a process with another working folder, after the trainer's files are gone."""
+    from mlflow.tracking import MlflowClient
+
+    from ft_pipeline.settings import Settings
+    from ft_pipeline.training.tracking import Tracker, ensure_experiment, registered_model_name
+
+    trainer_dir = work / "trainer"
+    settings = Settings(data_dir=str(trainer_dir), mlflow_tracking_uri=url)
+    experiment = MlflowClient(tracking_uri=url).get_experiment(ensure_experiment(settings, "support"))
+    assert experiment.artifact_location.startswith("mlflow-artifacts:")
+    adapter = trainer_dir / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text('{"r": 8}')
+    tracker = Tracker.start(settings, "support", {})
+    tracker.log_artifacts(adapter, "adapter")
+    version = tracker.register("support", "adapter", {})
+    tracker.finish()
+    shutil.rmtree(trainer_dir)
+
+    elsewhere = work / "elsewhere"
+    elsewhere.mkdir()
+    script = (
+        "import mlflow; "
+        f"mlflow.set_tracking_uri({url!r}); "
+        f"print(mlflow.artifacts.download_artifacts('models:/{registered_model_name('support')}/{version}', dst_path='.'))"
+    )
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    out = subprocess.run([sys.executable, "-c", script], cwd=elsewhere, env=env, capture_output=True, text=True, check=True)
+    downloaded = Path(out.stdout.strip().splitlines()[-1])
+    assert json.loads((downloaded / "adapter_config.json").read_text()) == {"r": 8}
+    assert any((server_dir / "artifacts").rglob("adapter_config.json")), "the artifact is kept by the server"
