@@ -1,6 +1,7 @@
 """Staged rollout: tiers, arm assignment, decisions, and whole rollouts on simulated traffic written into a lake."""
 
 import hashlib
+import json
 import random
 from datetime import UTC, datetime
 
@@ -283,3 +284,27 @@ def test_evidence_reads_only_the_rollouts_calls(settings, task):
     found = rollout_evidence(settings, task, state)
     assert (found[CANDIDATE].calls, found[CANDIDATE].accepted, found[CANDIDATE].latency_p95_ms) == (1, 1, 10.0)
     assert (found[CHAMPION].reviewed, found[CHAMPION].rejected) == (1, 1)
+
+
+def test_the_cli_shows_a_rollout_and_acts_on_it_by_hand(settings, task, capsys):
+    from ft_pipeline.cli import main
+
+    args = ["--data-dir", str(settings.root), "rollout", task]
+    assert main(args) == 0 and "no rollout yet" in capsys.readouterr().out
+    start(settings, task, 2, "beats v1 offline")
+    Traffic(settings, task, {CANDIDATE: 0.8, CHAMPION: 0.8}).send(40)
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "v2 against champion v1: active at 10%" in out and "next automatic step: hold: waiting for evidence" in out
+    assert "rollout-start" in out
+    assert main([*args, "--hold", "--reason", "launch week"]) == 0
+    assert "held by hand" in capsys.readouterr().out
+    assert main([*args, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["rollout"]["paused"] is True and shown["steps"][-1]["reason"] == "launch week"
+    assert main([*args, "--abort"]) == 0 and main([*args, "--advance"]) == 2
+    assert "no active rollout" in capsys.readouterr().err
+    assert main(["--data-dir", str(settings.root), "status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["rollouts"][task]["status"] == "aborted"
+    assert main(["--data-dir", str(settings.root), "status"]) == 0
+    assert f"{task}: v2 against champion v1: aborted at 0%" in capsys.readouterr().out
