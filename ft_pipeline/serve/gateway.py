@@ -192,8 +192,8 @@ class Gateway:
                 completion = self.backend.complete(route.task, messages, params, unit, CANDIDATE)
             except (LookupError, UpstreamError):
                 return  # a shadow answer is best effort: the client already has its answer
-            if completion.route.adapter is None:
-                return
+            if completion.route.adapter is None or completion.route.variant != CANDIDATE:
+                return  # the candidate did not load, or the rollout ended since the request was answered
             record = call_record(messages, completion, (time.perf_counter() - start) * 1000, extra, self.backend.base_description)
             record["variant"] = SHADOW
             record["metadata"]["shadow"] = True

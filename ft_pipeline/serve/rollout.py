@@ -14,7 +14,7 @@ from pathlib import Path
 from statistics import NormalDist
 from typing import Any
 
-from ft_pipeline.core.io import checked_name, partition_dates, partition_dir, partition_file, write_json_atomic
+from ft_pipeline.core.io import TASK_NAME, checked_name, partition_dates, partition_dir, partition_file, write_json_atomic
 from ft_pipeline.core.stats import rate, two_proportion_test
 from ft_pipeline.settings import Settings
 from ft_pipeline.training.champion import alias_lock, append_history, current_champion, record_move
@@ -127,7 +127,8 @@ def read_rollout(settings: Settings, task: str) -> Rollout | None:
 def active_rollouts(settings: Settings) -> list[Rollout]:
     """Every task's active rollout."""
     folder = settings.state_dir / "rollouts"
-    found = (read_rollout(settings, p.stem) for p in sorted(folder.glob("*.json"))) if folder.is_dir() else ()
+    paths = sorted(p for p in folder.glob("*.json") if TASK_NAME.fullmatch(p.stem)) if folder.is_dir() else []
+    found = (read_rollout(settings, p.stem) for p in paths)
     return [r for r in found if r is not None and r.active]
 
 
@@ -339,12 +340,12 @@ def evaluate(settings: Settings, task: str) -> dict[str, Any]:
         if action == "advance" and state.paused:
             action, decision.reason = "hold", f"held by hand; the evidence would advance: {decision.reason}"
         if action == "rollback":
-            _step(settings, state, "rollback", decision.reason, "sensor", decision.evidence)
+            _step(settings, state, "rollback", decision.reason, "auto", decision.evidence)
             _end(settings, state, "rolled_back", decision.reason)
         elif action == "advance":
-            action = _advance(settings, state, decision.reason, "sensor", decision.evidence)
+            action = _advance(settings, state, decision.reason, "auto", decision.evidence)
         else:
-            _step(settings, state, "hold", decision.reason, "sensor", decision.evidence)
+            _step(settings, state, "hold", decision.reason, "auto", decision.evidence)
         return {
             "task": task,
             "action": action,

@@ -220,7 +220,7 @@ def test_a_truly_worse_candidate_is_rolled_back_within_the_configured_evidence(s
     ]
     last = history[-1]
     assert last["evidence"]["candidate"]["reviewed"] == final["reviewed"] and last["stage"] == 10
-    assert last["evidence"]["p_value"] == steps[-1]["p_value"] and last["by"] == "sensor"
+    assert last["evidence"]["p_value"] == steps[-1]["p_value"] and last["by"] == "auto"
     # pending calls and shadow answers were not counted as reviewed
     assert final["calls"] == final["reviewed"] + len(steps)
     assert evaluate(settings, task)["action"] == "none"
