@@ -1,16 +1,21 @@
-"""rollout_sensor and the rollout asset: a run per active rollout whenever its evidence changed, stepping it in Dagster."""
+"""The promotion step starts a rollout when a champion exists; rollout_sensor requests a run per active rollout
+whenever its evidence changed, and the rollout asset steps it in Dagster."""
 
 from datetime import UTC, datetime
 
 import dagster as dg
 
+from ft_pipeline.assets.champion import champion
 from ft_pipeline.assets.rollout import rollout
+from ft_pipeline.core.io import write_json_atomic
+from ft_pipeline.core.lineage import ADAPTER_CONFIG
 from ft_pipeline.jobs import rollout_job
 from ft_pipeline.resources import PipelineResource
 from ft_pipeline.sensors import rollout_sensor
-from ft_pipeline.serve.rollout import read_rollout, start
+from ft_pipeline.serve.rollout import read_rollout
 from ft_pipeline.settings import Settings
 from ft_pipeline.training.champion import champion_history, promote
+from ft_pipeline.training.evaluation import evaluation_path
 from ft_pipeline.training.tracking import client, registered_model_name
 from ft_pipeline_tests.lake_fixtures import raw_log, write_raw_logs
 
@@ -39,10 +44,20 @@ def test_the_sensor_steps_active_rollouts_once_per_change_of_evidence(tmp_path, 
     for version in (1, 2):
         (settings.adapters_dir / TASK / str(version)).mkdir(parents=True)
         mlflow.create_model_version(registered_model_name(TASK), source=(settings.adapters_dir / TASK / str(version)).as_uri())
+    resources = {"pipeline": PipelineResource(data_dir=str(tmp_path))}
     with dg.DagsterInstance.ephemeral() as instance:
         assert isinstance(tick(instance, settings), dg.SkipReason)
         promote(settings, TASK, 1, "the first adapter")
-        start(settings, TASK, 2, "beats v1")
+        # the promotion step of an evaluated v2 starts its rollout instead of moving the champion
+        for version in (1, 2):
+            write_json_atomic({}, settings.adapters_dir / TASK / str(version) / ADAPTER_CONFIG)
+        evaluation = {"version": 2, "decision": "promote", "champion_before": 1, "reasons": ["beats v1"]}
+        write_json_atomic(evaluation, evaluation_path(settings, TASK, 2))
+        instance.add_dynamic_partitions("tasks", [TASK])
+        promoted = dg.materialize([champion], partition_key=TASK, instance=instance, resources=resources)
+        metadata = promoted.asset_materializations_for_node("champion")[0].metadata
+        assert metadata["promoted"].value is False and metadata["champion"].value == 1
+        assert metadata["rollout_stage_percent"].value == 10.0 and read_rollout(settings, TASK).candidate == 2
         first = tick(instance, settings).run_requests
         assert [(r.partition_key, r.tags["ft_pipeline/rollout_stage"]) for r in first] == [(TASK, "10")]
         # nothing new: the same run key, which Dagster launches once
@@ -56,9 +71,7 @@ def test_the_sensor_steps_active_rollouts_once_per_change_of_evidence(tmp_path, 
         write_raw_logs(settings.lake_dir, now.date().isoformat(), rows)
         (request,) = tick(instance, settings).run_requests
         assert request.run_key != first[0].run_key
-        defs = dg.Definitions(
-            assets=[rollout], jobs=[rollout_job], resources={"pipeline": PipelineResource(data_dir=str(tmp_path))}
-        )
+        defs = dg.Definitions(assets=[rollout], jobs=[rollout_job], resources=resources)
         run = defs.resolve_job_def("rollout_job").execute_in_process(instance=instance, partition_key=request.partition_key)
         assert run.success
         (materialization,) = run.asset_materializations_for_node("rollout")
