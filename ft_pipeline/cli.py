@@ -78,8 +78,9 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     from ft_pipeline.training.status import report_alerts, task_status
 
     rows, alerts = task_status(settings), report_alerts(settings)
+    rollouts = rollout_states(settings, [row["task"] for row in rows])
     if args.json:
-        print(json.dumps({"tasks": rows, "alerts": alerts}, indent=2, default=str))
+        print(json.dumps({"tasks": rows, "alerts": alerts, "rollouts": rollouts}, indent=2, default=str))
         return 0
     from ft_pipeline.training.base_model import describe_identity
 
@@ -91,6 +92,10 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             f"{row['task']:<20} {row['settled']:>8} {row['new_examples']:>6} {row['until_retrain']:>10} "
             f"{row.get('champion_version') or '-':>9}  {row.get('last_trained') or '-':<32}  {base}"
         )
+    if rollouts:
+        print("\nrollouts:")
+    for task, state in rollouts.items():
+        print(f"  {task}: {rollout_line(state)}")
     if alerts["report"] is None:
         print("\nalerts: no pattern report yet")
         return 0
@@ -99,6 +104,57 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     for name, findings in alerts["failing"].items():
         for finding in findings:
             print(f"  FAILED {name}: {finding}")
+    return 0
+
+
+def rollout_states(settings: Settings, tasks: list[str]) -> dict[str, dict]:
+    """The latest rollout of each task that had one."""
+    from ft_pipeline.serve.rollout import read_rollout
+
+    states = {task: read_rollout(settings, task) for task in tasks}
+    return {task: state.to_dict() for task, state in states.items() if state is not None}
+
+
+def rollout_line(state: dict) -> str:
+    """A rollout in one line: candidate against champion, stage, status."""
+    stages = ",".join(f"{s:g}" for s in state["stages"])
+    held = ", held by hand" if state["paused"] and state["status"] == "active" else ""
+    return (
+        f"v{state['candidate']} against champion v{state['champion']}: {state['status']}{held} at {state['percent']:g}% "
+        f"(stages {stages}), since {state['started_at']}"
+    )
+
+
+def cmd_rollout(args: argparse.Namespace, settings: Settings) -> int:
+    """Show a task's rollout, or advance, hold or abort it by hand."""
+    from ft_pipeline.serve.rollout import act_by_hand, describe
+
+    action = next((name for name in ("advance", "hold", "abort") if getattr(args, name)), None)
+    if action is not None:
+        done = act_by_hand(settings, args.task, action, args.reason)
+        print(f"{args.task}: {done['action']}: {rollout_line(done['rollout'])}")
+        return 0
+    shown = describe(settings, args.task)
+    if args.json:
+        print(json.dumps(shown, indent=2, default=str))
+        return 0
+    if shown["rollout"] is None:
+        print(f"{args.task}: no rollout yet")
+        return 0
+    print(f"{args.task}: {rollout_line(shown['rollout'])}")
+    if shown["next"]:
+        evidence = shown["next"]["evidence"]
+        for arm in ("candidate", "champion"):
+            e = evidence[arm]
+            acceptance = "-" if e["acceptance_rate"] is None else f"{e['acceptance_rate']:.1%}"
+            p95 = "-" if e["latency_p95_ms"] is None else f"{e['latency_p95_ms']:.0f} ms"
+            print(
+                f"  {arm:<9} calls {e['calls']:>6}  reviewed {e['reviewed']:>5} ({e['stage_reviewed']} this stage)  "
+                f"acceptance {acceptance:>6}  rejected {e['rejected']:>5}  latency p95 {p95}"
+            )
+        print(f"  next automatic step: {shown['next']['action']}: {shown['next']['reason']}")
+    for step in shown["steps"]:
+        print(f"  {step['at']}  {step['action']:<17} {step.get('stage', '-'):>5}%  by {step.get('by', '-')}: {step['reason']}")
     return 0
 
 
@@ -214,6 +270,16 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--to", type=int, help="version to restore (default: the previous champion)")
     rollback.add_argument("--reason", default="manual rollback from the CLI")
     rollback.set_defaults(func=cmd_rollback)
+
+    rollout = sub.add_parser("rollout", help="a task's staged rollout: show it, or advance, hold or abort it by hand")
+    rollout.add_argument("task")
+    by_hand = rollout.add_mutually_exclusive_group()
+    by_hand.add_argument("--advance", action="store_true", help="move to the next stage (after the last: complete)")
+    by_hand.add_argument("--hold", action="store_true", help="stop automatic advances (automatic rollback stays on)")
+    by_hand.add_argument("--abort", action="store_true", help="end the rollout; the champion stays")
+    rollout.add_argument("--reason", default="", help="why, for the alias history")
+    rollout.add_argument("--json", action="store_true", help="print the state, evidence and steps as JSON")
+    rollout.set_defaults(func=cmd_rollout)
 
     generate = sub.add_parser("generate", help="answer a prompt with the task's champion adapter")
     generate.add_argument("task")

@@ -22,3 +22,10 @@ retrain_job = define_asset_job(
     description="Rebuild one task's dataset, train its LoRA adapter, evaluate it against base and champion, "
     "and promote it when the blocking checks pass.",
 )
+
+rollout_job = define_asset_job(
+    "rollout_job",
+    selection=AssetSelection.assets("rollout"),
+    partitions_def=task_partitions,
+    description="One step of a task's staged rollout: advance, hold, complete or roll back on the live evidence.",
+)

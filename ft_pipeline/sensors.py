@@ -1,4 +1,5 @@
-"""Sensors: new inbox files start the ingest of the days they hold; new settled examples start retrains."""
+"""Sensors: new inbox files start the ingest of the days they hold; new settled examples start retrains; new live
+evidence steps active rollouts."""
 
 import hashlib
 import json
@@ -10,7 +11,7 @@ from ft_pipeline.core.ingest import inbox_dates, inbox_files
 from ft_pipeline.core.retrain import RetrainState, due_retrains, retrain_run_key, scan_settlements
 from ft_pipeline.core.spool import recover_spools
 from ft_pipeline.inflight import tasks_in_progress
-from ft_pipeline.jobs import ingest_job, retrain_job
+from ft_pipeline.jobs import ingest_job, retrain_job, rollout_job
 from ft_pipeline.partitions import daily_partitions, task_partitions
 from ft_pipeline.resources import PipelineResource
 
@@ -74,4 +75,33 @@ def retrain_sensor(context: SensorEvaluationContext, pipeline: PipelineResource)
         ],
         dynamic_partitions_requests=[task_partitions.build_add_request(new_tasks)] if new_tasks else [],
         cursor=state.to_json(),
+    )
+
+
+@sensor(
+    job=rollout_job,
+    minimum_interval_seconds=60,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Steps each task's active rollout whenever its evidence (the raw_logs it reads) or its state changed.",
+)
+def rollout_sensor(context: SensorEvaluationContext, pipeline: PipelineResource) -> SensorResult | SkipReason:
+    """One rollout run per task with an active rollout, keyed by the candidate, the stage and the evidence files."""
+    from ft_pipeline.serve.rollout import active_rollouts, lake_stamp
+
+    settings = pipeline.settings()
+    active = active_rollouts(settings)
+    if not active:
+        return SkipReason("no active rollout")
+    known = set(context.instance.get_dynamic_partitions(task_partitions.name))
+    new_tasks = sorted({r.task for r in active} - known)
+    return SensorResult(
+        run_requests=[
+            RunRequest(
+                run_key=f"rollout:{r.task}:v{r.candidate}:stage{r.stage}:{lake_stamp(settings, r)}",
+                partition_key=r.task,
+                tags={"ft_pipeline/rollout_stage": f"{r.percent:g}"},
+            )
+            for r in active
+        ],
+        dynamic_partitions_requests=[task_partitions.build_add_request(new_tasks)] if new_tasks else [],
     )

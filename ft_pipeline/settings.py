@@ -255,6 +255,38 @@ class Settings:
     )
     log_token: str = knob("", "FT_LOG_TOKEN", "serve", "Bearer API key log_interaction sends with FT_LOG_URL.")
 
+    # staged rollout of a promoted adapter (ft_pipeline/serve/rollout.py)
+    rollout_tiers: str = knob(
+        "low=100;medium=10,50,100;high=5,25,50,100",
+        "FT_ROLLOUT_TIERS",
+        "promotion",
+        "Risk tiers and their stages: name=percent,...,100 separated by ';'. A tier of only 100 promotes at once.",
+    )
+    rollout_task_tiers: str = knob(
+        "*=medium",
+        "FT_ROLLOUT_TASK_TIERS",
+        "promotion",
+        "Task name patterns (fnmatch) and their tier: pattern=tier separated by ';'; the first match wins, none: at once.",
+    )
+    rollout_min_reviewed: int = knob(
+        100,
+        "FT_ROLLOUT_MIN_REVIEWED",
+        "promotion",
+        "Reviewed candidate calls a rollout needs before it rolls back, and in each stage before it advances.",
+    )
+    rollout_alpha: float = knob(
+        0.05,
+        "FT_ROLLOUT_ALPHA",
+        "promotion",
+        "One-sided p-value under which the candidate's live acceptance counts as worse than the champion's: rollback.",
+    )
+    serve_shadow_rate: float = knob(
+        0.0,
+        "FT_SERVE_SHADOW_RATE",
+        "serve",
+        "Share (0-1) of champion-arm requests of an active rollout the candidate also answers, logged, never shown.",
+    )
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Settings from environment variables (or `env`), then explicit overrides."""

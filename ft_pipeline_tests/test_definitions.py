@@ -19,6 +19,7 @@ def test_definitions_load_with_every_stage():
         "lora_adapter",
         "adapter_evaluation",
         "champion",
+        "rollout",
     }
     checks = {key.name for key in graph.asset_check_keys}
     assert {
@@ -30,8 +31,9 @@ def test_definitions_load_with_every_stage():
     } <= checks
     # the promotion step sits downstream of the evaluation its blocking checks guard
     assert graph.get(dg.AssetKey("champion")).parent_keys == {dg.AssetKey("adapter_evaluation")}
-    assert {job.name for job in defs.jobs} == {"ingest_job", "retrain_job"}
-    assert {s.name for s in defs.sensors} == {"inbox_sensor", "retrain_sensor"}
+    assert graph.get(dg.AssetKey("rollout")).parent_keys == {dg.AssetKey("champion")}
+    assert {job.name for job in defs.jobs} == {"ingest_job", "retrain_job", "rollout_job"}
+    assert {s.name for s in defs.sensors} == {"inbox_sensor", "retrain_sensor", "rollout_sensor"}
     assert {s.name for s in defs.schedules} == {"daily_ingest_schedule", "nightly_retrain_schedule"}
 
 

@@ -13,16 +13,18 @@ PromotionConfig = stage_config("promotion", "PromotionConfig")
     deps=[AssetDep("adapter_evaluation")],
     group_name="training",
     kinds={"mlflow"},
-    description="The task's `champion` alias: moved to the newest adapter when its evaluation decided so. It runs only "
+    description="The task's `champion` alias: moved to the newest adapter when its evaluation decided so, at once for "
+    "a task's first adapter or a one-stage tier, else through a staged rollout (see the rollout asset). It runs only "
     "after the blocking checks adapter_beats_base and adapter_beats_champion passed; a dry run records without moving.",
 )
 def champion(context: AssetExecutionContext, config: PromotionConfig, pipeline: PipelineResource) -> MaterializeResult:
     """Promote the partition's newest adapter when its evaluation says so, and record what happened."""
+    from ft_pipeline.serve.rollout import start
     from ft_pipeline.training.champion import history_path, promote_evaluated
 
     settings = pipeline.settings(config)
-    outcome = promote_evaluated(settings, context.partition_key, log=context.log.info)
-    after = outcome["champion_after"]
+    outcome = promote_evaluated(settings, context.partition_key, log=context.log.info, move=start)
+    after, rollout = outcome["champion_after"], outcome["rollout"]
     return MaterializeResult(
         metadata={
             "promoted": outcome["promoted"],
@@ -34,6 +36,7 @@ def champion(context: AssetExecutionContext, config: PromotionConfig, pipeline: 
             else MetadataValue.null(),
             "champion": MetadataValue.int(after) if after is not None else MetadataValue.null(),
             "reason": MetadataValue.md(outcome["reason"]),
+            "rollout_stage_percent": MetadataValue.float(rollout["percent"]) if rollout else MetadataValue.null(),
             "history": MetadataValue.path(str(history_path(settings, context.partition_key))),
         }
     )

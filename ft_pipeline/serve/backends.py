@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import threading
@@ -10,10 +11,13 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ft_pipeline.core.lineage import adapter_dir, read_adapter_config
 from ft_pipeline.settings import Settings
+
+if TYPE_CHECKING:
+    from ft_pipeline.serve.rollout import Rollout
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,8 @@ class Route:
     version: int | None
     adapter: str | None = None
     fallback: str | None = None
+    variant: str = "champion"  # the rollout arm that answered
+    experiment_id: str | None = None  # the rollout's, when one is active
 
 
 # what a request's model may name: a task (its champion answers) or a runtime-loaded adapter, `<task>@<version>`
@@ -68,12 +74,14 @@ def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
 
 
 class Champions:
-    """Each task's champion version from the registry, cached for `ttl` seconds (a promotion reaches requests within it)."""
+    """Each task's champion version from the registry and its active rollout, cached for `ttl` seconds (a promotion or a
+    rollout step reaches requests within it)."""
 
     def __init__(self, settings: Settings, ttl: float = 5.0):
         self.settings = settings
         self.champion_ttl = ttl
         self._champions: dict[str, tuple[float, int | None]] = {}
+        self._rollouts: dict[str, tuple[float, Rollout | None]] = {}
 
     @property
     def base_description(self) -> str:
@@ -89,6 +97,30 @@ class Champions:
             cached = (now, current_champion(self.settings, task))
             self._champions[task] = cached
         return cached[1]
+
+    def rollout(self, task: str) -> Rollout | None:
+        """The task's active rollout, cached like the champion."""
+        from ft_pipeline.serve.rollout import read_rollout
+
+        now = time.monotonic()
+        cached = self._rollouts.get(task)
+        if cached is None or now - cached[0] > self.champion_ttl:
+            state = read_rollout(self.settings, task)
+            cached = (now, state if state is not None and state.active else None)
+            self._rollouts[task] = cached
+        return cached[1]
+
+    def pick(self, task: str, unit: str | None, forced: str | None = None) -> Route:
+        """Which version serves a request: the champion, or during a rollout the arm of the request's unit (`forced`
+        names an arm instead); the route has no adapter yet."""
+        from ft_pipeline.serve.rollout import CANDIDATE, arm
+
+        champion, state = self.champion(task), self.rollout(task)
+        if state is None:
+            return Route(task, champion)
+        chosen = forced or arm(task, state.candidate, unit or "", state.percent)
+        version = state.candidate if chosen == CANDIDATE else champion
+        return Route(task, version, variant=chosen, experiment_id=state.experiment_id)
 
 
 class InProcessBackend(Champions):
@@ -143,7 +175,7 @@ class InProcessBackend(Champions):
         self._model.eval()
         self._identity = base_identity(self.settings, source)
 
-    def _activate(self, model: str) -> Route:
+    def _activate(self, model: str, unit: str | None, forced: str | None) -> Route:
         """Make the adapter a request names active (loading it if needed), or say why the base answers."""
         from ft_pipeline.training.base_model import BaseModelMismatch, check_adapter_base
 
@@ -156,19 +188,21 @@ class InProcessBackend(Champions):
                 raise LookupError(f"no adapter named {model!r} is loaded")
             self._use(model, self._runtime[model])
             return Route(task, int(match["version"]), model)
-        version = self.champion(task)
+        route = self.pick(task, unit, forced)
+        version = route.version
         if version is None:
             return Route(task, None, None, "the task has no champion")
         name = adapter_name(task, version)
         if name not in self._loaded:
             try:
                 config = read_adapter_config(self.settings.adapters_dir, task, version)
-                check_adapter_base(config, self._identity, f"champion {task} v{version}")
+                check_adapter_base(config, self._identity, f"{route.variant} {task} v{version}")
                 self._use(name, str(adapter_dir(self.settings.adapters_dir, task, version)))
             except (BaseModelMismatch, OSError, ValueError, KeyError) as exc:
-                return Route(task, None, None, f"champion v{version} could not be loaded: {' '.join(str(exc).split())[:300]}")
+                why = f"{route.variant} v{version} could not be loaded: {' '.join(str(exc).split())[:300]}"
+                return Route(task, None, None, why, route.variant, route.experiment_id)
         self._use(name, self._loaded[name])
-        return Route(task, version, name)
+        return dataclasses.replace(route, adapter=name)
 
     def _use(self, name: str, path: str) -> None:
         """Load the adapter if it is not, make it the active one, and evict the least recently used beyond max_adapters."""
@@ -221,11 +255,13 @@ class InProcessBackend(Champions):
         with torch.inference_mode(), off:
             return self._model.generate(**inputs, **kwargs)
 
-    def complete(self, model: str, messages: list[dict[str, str]], params: Params) -> Completion:
-        """The whole answer of the task's serving model."""
+    def complete(
+        self, model: str, messages: list[dict[str, str]], params: Params, unit: str | None = None, forced: str | None = None
+    ) -> Completion:
+        """The whole answer of the task's serving model (for a rollout, the arm of `unit`, or the `forced` one)."""
         with self._lock:
             self._ensure_base()
-            route = self._activate(model)
+            route = self._activate(model, unit, forced)
             inputs = self._inputs(messages)
             output = self._generate(route, inputs, self._generate_kwargs(params))
         new = output[0, inputs["input_ids"].shape[1] :]
@@ -233,14 +269,16 @@ class InProcessBackend(Champions):
         ended = stopped or (len(new) < params.max_tokens)
         return Completion(text, int(inputs["input_ids"].shape[1]), len(new), "stop" if ended else "length", route)
 
-    def stream(self, model: str, messages: list[dict[str, str]], params: Params) -> tuple[Route, Iterator[str], Completion]:
+    def stream(
+        self, model: str, messages: list[dict[str, str]], params: Params, unit: str | None = None
+    ) -> tuple[Route, Iterator[str], Completion]:
         """The route, an iterator of text pieces as they are generated, and the Completion filled once it is exhausted."""
         from transformers import TextIteratorStreamer
 
         self._lock.acquire()
         try:
             self._ensure_base()
-            route = self._activate(model)
+            route = self._activate(model, unit, None)
             inputs = self._inputs(messages)
             streamer = TextIteratorStreamer(self._tokenizer, skip_prompt=True, skip_special_tokens=True)
             kwargs = {**self._generate_kwargs(params), "streamer": streamer}
@@ -313,7 +351,7 @@ class UpstreamBackend(Champions):
     def base_description(self) -> str:
         return self.base_model
 
-    def _route(self, model: str) -> Route:
+    def _route(self, model: str, unit: str | None, forced: str | None) -> Route:
         import httpx
 
         match = MODEL_NAME.fullmatch(model)
@@ -322,7 +360,8 @@ class UpstreamBackend(Champions):
         task = match["task"]
         if match["version"] is not None:  # a name the upstream itself serves
             return Route(task, int(match["version"]), model)
-        version = self.champion(task)
+        route = self.pick(task, unit, forced)
+        version = route.version
         if version is None:
             return Route(task, None, None, "the task has no champion")
         name = adapter_name(task, version)
@@ -335,9 +374,10 @@ class UpstreamBackend(Champions):
                     raise UpstreamError(f"the upstream server is unreachable: {exc}") from None
                 # vLLM answers 400 for a name it already serves
                 if answer.status_code >= 400 and "already" not in answer.text:
-                    return Route(task, None, None, f"champion v{version} could not be loaded upstream: {answer.text[:300]}")
+                    why = f"{route.variant} v{version} could not be loaded upstream: {answer.text[:300]}"
+                    return Route(task, None, None, why, route.variant, route.experiment_id)
                 self._loaded.add(name)
-        return Route(task, version, name)
+        return dataclasses.replace(route, adapter=name)
 
     def _body(self, route: Route, messages: list[dict[str, str]], params: Params, stream: bool) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -355,11 +395,13 @@ class UpstreamBackend(Champions):
             body.update(stream=True, stream_options={"include_usage": True})
         return body
 
-    def complete(self, model: str, messages: list[dict[str, str]], params: Params) -> Completion:
-        """The upstream's whole answer."""
+    def complete(
+        self, model: str, messages: list[dict[str, str]], params: Params, unit: str | None = None, forced: str | None = None
+    ) -> Completion:
+        """The upstream's whole answer (for a rollout, the arm of `unit`, or the `forced` one)."""
         import httpx
 
-        route = self._route(model)
+        route = self._route(model, unit, forced)
         try:
             answer = self.http.post("/v1/chat/completions", json=self._body(route, messages, params, False))
             answer.raise_for_status()
@@ -375,11 +417,13 @@ class UpstreamBackend(Champions):
             route,
         )
 
-    def stream(self, model: str, messages: list[dict[str, str]], params: Params) -> tuple[Route, Iterator[str], Completion]:
+    def stream(
+        self, model: str, messages: list[dict[str, str]], params: Params, unit: str | None = None
+    ) -> tuple[Route, Iterator[str], Completion]:
         """The upstream's answer as it streams, relayed piece by piece."""
         import httpx
 
-        route = self._route(model)
+        route = self._route(model, unit, None)
         done = Completion("", 0, 0, "stop", route)
 
         def pieces() -> Iterator[str]:

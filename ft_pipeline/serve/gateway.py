@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import random
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -16,6 +18,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from ft_pipeline.client import RecordRejected, encode_record
 from ft_pipeline.core.io import TASK_NAME
 from ft_pipeline.serve.backends import MODEL_NAME, Completion, InProcessBackend, Params, Route, UpstreamBackend, UpstreamError
+from ft_pipeline.serve.rollout import CANDIDATE, CHAMPION, SHADOW, unit_of
 
 ROLES = {"system", "user", "assistant", "tool"}
 LOG_HEADER = "X-FT-Log-Id"
@@ -86,7 +89,7 @@ def call_record(
         "decision": "pending",
         "adapter_version": None if route.adapter is None else str(route.version),
         "model": base,
-        "variant": "champion" if route.adapter is not None else "base",
+        "variant": route.variant if route.adapter is not None else "base",
         "latency_ms": round(latency_ms, 2),
         "prompt_tokens": completion.prompt_tokens,
         "completion_tokens": completion.completion_tokens,
@@ -94,13 +97,21 @@ def call_record(
     }
     if system is not None:
         record["system_prompt"] = system
+    if route.experiment_id is not None:
+        record["experiment_id"] = route.experiment_id
     if isinstance(extra.get("user"), str) and extra["user"]:
         record["user_id"] = extra["user"]
     return record
 
 
 def _served(route: Route, log_id: str | None) -> dict[str, Any]:
-    return {"log_id": log_id, "adapter": route.adapter, "adapter_version": route.version, "fallback": route.fallback}
+    return {
+        "log_id": log_id,
+        "adapter": route.adapter,
+        "adapter_version": route.version,
+        "fallback": route.fallback,
+        "variant": route.variant if route.adapter is not None else "base",
+    }
 
 
 class Gateway:
@@ -133,12 +144,14 @@ class Gateway:
         except BadRequest as exc:
             return _error(400, "invalid_request_error", str(exc), exc.param)
         start, created = time.perf_counter(), int(time.time())
+        unit = unit_of(extra.get("user"), messages)
         try:
             if stream:
-                route, pieces, done = await run_in_threadpool(self.backend.stream, task, messages, params)
+                route, pieces, done = await run_in_threadpool(self.backend.stream, task, messages, params, unit)
                 events = self._events(task, route, pieces, done, messages, extra, start, created)
-                return StreamingResponse(events, media_type="text/event-stream")
-            completion = await run_in_threadpool(self.backend.complete, task, messages, params)
+                shadow = self._shadow_task(route, messages, params, unit, extra)
+                return StreamingResponse(events, media_type="text/event-stream", background=shadow)
+            completion = await run_in_threadpool(self.backend.complete, task, messages, params, unit)
         except LookupError as exc:
             return _error(404, "model_not_found", str(exc), "model")
         except UpstreamError as exc:
@@ -161,7 +174,32 @@ class Gateway:
             "usage": _usage(completion),
             "ft_pipeline": _served(completion.route, log_id),
         }
-        return JSONResponse(response, headers={LOG_HEADER: log_id or ""})
+        shadow = self._shadow_task(completion.route, messages, params, unit, extra)
+        return JSONResponse(response, headers={LOG_HEADER: log_id or ""}, background=shadow)
+
+    def _shadow_task(
+        self, route: Route, messages: list[dict[str, str]], params: Params, unit: str, extra: dict[str, Any]
+    ) -> BackgroundTask | None:
+        """For a sampled share (FT_SERVE_SHADOW_RATE) of the champion arm's answers during a rollout: the candidate's
+        answer to the same request, generated after the response is sent and logged as a shadow call."""
+        rate = self.capture.settings.serve_shadow_rate
+        if route.variant != CHAMPION or route.experiment_id is None or not rate or random.random() >= rate:
+            return None
+
+        def shadow() -> None:
+            start = time.perf_counter()
+            try:
+                completion = self.backend.complete(route.task, messages, params, unit, CANDIDATE)
+            except (LookupError, UpstreamError):
+                return  # a shadow answer is best effort: the client already has its answer
+            if completion.route.adapter is None or completion.route.variant != CANDIDATE:
+                return  # the candidate did not load, or the rollout ended since the request was answered
+            record = call_record(messages, completion, (time.perf_counter() - start) * 1000, extra, self.backend.base_description)
+            record["variant"] = SHADOW
+            record["metadata"]["shadow"] = True
+            self.log_call(record)
+
+        return BackgroundTask(shadow)  # a plain function: Starlette runs it in its thread pool
 
     def _events(
         self,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +17,9 @@ from ft_pipeline.settings import Settings
 from ft_pipeline.training.tracking import client, registered_model_name
 
 ALIAS = "champion"
+
+# the effect of a promotion: (settings, task, version, reason) -> (champion after it, summary of a rollout it started)
+Move = Callable[[Settings, str, int, str], tuple[int | None, dict[str, Any] | None]]
 
 
 def history_path(settings: Settings, task: str) -> Path:
@@ -45,7 +49,8 @@ def champion_history(settings: Settings, task: str) -> list[dict[str, Any]]:
 def champion_lineage(settings: Settings, task: str) -> list[int]:
     """The stack of champions from the history: a promotion pushes a version, a rollback returns to an earlier one."""
     stack: list[int] = []
-    for entry in champion_history(settings, task):
+    # steps of a staged rollout that leave the champion where it is name their own alias
+    for entry in (e for e in champion_history(settings, task) if e.get("alias", ALIAS) == ALIAS):
         if entry["action"] == "rollback" and entry["to"] in stack:
             del stack[stack.index(entry["to"]) + 1 :]
         else:
@@ -53,8 +58,10 @@ def champion_lineage(settings: Settings, task: str) -> list[int]:
     return stack
 
 
-def _record(settings: Settings, task: str, action: str, before: int | None, after: int, reason: str) -> dict[str, Any]:
-    """Move the alias, tag both versions and append the move to the history."""
+def record_move(
+    settings: Settings, task: str, action: str, before: int | None, after: int, reason: str, **extra: Any
+) -> dict[str, Any]:
+    """Move the alias, tag both versions and append the move (with any `extra` fields) to the history."""
     at = datetime.now(UTC).isoformat()
     name = registered_model_name(task)
     mlflow_client = client(settings)
@@ -62,7 +69,13 @@ def _record(settings: Settings, task: str, action: str, before: int | None, afte
     mlflow_client.set_model_version_tag(name, str(after), "champion", f"{action} from v{before} at {at}")
     if before is not None:
         mlflow_client.set_model_version_tag(name, str(before), "champion", f"replaced by v{after} ({action}) at {at}")
-    entry = {"task": task, "action": action, "from": before, "to": after, "at": at, "reason": reason}
+    return append_history(
+        settings, task, {"task": task, "action": action, "from": before, "to": after, "at": at, "reason": reason, **extra}
+    )
+
+
+def append_history(settings: Settings, task: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """Append one entry to the task's alias history and return it."""
     path = history_path(settings, task)
     path.parent.mkdir(parents=True, exist_ok=True)
     # One O_APPEND write per line: concurrent writers never interleave or overwrite earlier lines, which a
@@ -88,12 +101,15 @@ def promote(settings: Settings, task: str, version: int, reason: str) -> dict[st
         before = current_champion(settings, task)
         if before == int(version):
             return None
-        return _record(settings, task, "promote", before, int(version), reason)
+        return record_move(settings, task, "promote", before, int(version), reason)
 
 
-def promote_evaluated(settings: Settings, task: str, log: Any = print) -> dict[str, Any]:
+def promote_evaluated(settings: Settings, task: str, log: Any = print, move: Move | None = None) -> dict[str, Any]:
     """The promotion step: move the alias to the task's newest adapter when its evaluation decided so, still holds
-    (the champion it was compared with is still the champion) and this is no dry run; returns what happened and why."""
+    (the champion it was compared with is still the champion) and this is no dry run; returns what happened and why.
+
+    `move` is the effect (default: the alias moves at once); a staged rollout passes its start, which returns the
+    champion after it and a summary of the rollout it started."""
     from ft_pipeline.training.evaluation import latest_evaluation
 
     task = checked_name(task)
@@ -113,11 +129,34 @@ def promote_evaluated(settings: Settings, task: str, log: Any = print) -> dict[s
             reason = f"dry run: v{version} would be promoted, the alias was not moved"
         else:
             reason = "; ".join(evaluation["reasons"])
-            promote(settings, task, version, reason=reason)
-            log(f"{task}: champion {'v' + str(before) if before is not None else 'none'} -> v{version}")
-            return {**outcome, "promoted": True, "champion_after": version, "reason": reason, "dry_run": False}
+            after, rollout = (move or _move_now)(settings, task, version, reason)
+            if after == version:
+                log(f"{task}: champion {'v' + str(before) if before is not None else 'none'} -> v{version}")
+            else:
+                log(f"{task}: champion stays {'v' + str(before)}; {rollout['summary'] if rollout else ''}")
+            return {
+                **outcome,
+                "promoted": after == version,
+                "champion_after": after,
+                "rollout": rollout,
+                "reason": reason,
+                "dry_run": False,
+            }
         log(f"{task}: champion stays {'v' + str(before) if before is not None else 'none'}: {reason}")
-        return {**outcome, "promoted": False, "champion_after": before, "reason": reason, "dry_run": bool(settings.dry_run)}
+        return {
+            **outcome,
+            "promoted": False,
+            "champion_after": before,
+            "rollout": None,
+            "reason": reason,
+            "dry_run": bool(settings.dry_run),
+        }
+
+
+def _move_now(settings: Settings, task: str, version: int, reason: str) -> tuple[int, dict[str, Any] | None]:
+    """The promotion's effect without a staged rollout: all traffic moves to `version` at once."""
+    promote(settings, task, version, reason=reason)
+    return version, None
 
 
 def rollback(settings: Settings, task: str, to_version: int | None = None, reason: str = "manual rollback") -> tuple[int, int]:
@@ -139,7 +178,7 @@ def rollback(settings: Settings, task: str, to_version: int | None = None, reaso
             raise ValueError(f"task {task!r}: v{to_version} already is the champion")
         if not adapter_dir(settings.adapters_dir, task, to_version).is_dir():
             raise FileNotFoundError(f"task {task!r} has no adapter v{to_version} under {settings.adapters_dir}")
-        _record(settings, task, "rollback", before, to_version, reason)
+        record_move(settings, task, "rollback", before, to_version, reason)
         return before, to_version
 
 
