@@ -280,6 +280,12 @@ class Settings:
         "promotion",
         "One-sided p-value under which the candidate's live acceptance counts as worse than the champion's: rollback.",
     )
+    rollout_max_error_rate: float = knob(
+        0.05,
+        "FT_ROLLOUT_MAX_ERROR_RATE",
+        "promotion",
+        "Share of a candidate's calls its adapter failed to answer (the base answered) above which the rollout rolls back.",
+    )
     serve_shadow_rate: float = knob(
         0.0,
         "FT_SERVE_SHADOW_RATE",

@@ -89,7 +89,7 @@ def call_record(
         "decision": "pending",
         "adapter_version": None if route.adapter is None else str(route.version),
         "model": base,
-        "variant": route.variant if route.adapter is not None else "base",
+        "variant": _variant(route),
         "latency_ms": round(latency_ms, 2),
         "prompt_tokens": completion.prompt_tokens,
         "completion_tokens": completion.completion_tokens,
@@ -110,8 +110,16 @@ def _served(route: Route, log_id: str | None) -> dict[str, Any]:
         "adapter": route.adapter,
         "adapter_version": route.version,
         "fallback": route.fallback,
-        "variant": route.variant if route.adapter is not None else "base",
+        "variant": _variant(route),
     }
+
+
+def _variant(route: Route) -> str:
+    """The arm a call counts in: its rollout arm, even when that arm's adapter failed and the base answered (an error
+    of the arm), else champion, or base when no adapter answered."""
+    if route.experiment_id is not None:
+        return route.variant
+    return route.variant if route.adapter is not None else "base"
 
 
 class Gateway:

@@ -208,6 +208,7 @@ class ArmEvidence:
     rejected: int = 0
     stage_reviewed: int = 0
     latency_p95_ms: float | None = None
+    errors: int = 0  # calls of the arm its adapter could not answer (the base answered instead)
 
     @property
     def acceptance_rate(self) -> float | None:
@@ -217,8 +218,13 @@ class ArmEvidence:
     def rejection_rate(self) -> float | None:
         return rate(self.rejected, self.reviewed)
 
+    @property
+    def error_rate(self) -> float | None:
+        return rate(self.errors, self.calls)
+
     def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "acceptance_rate": self.acceptance_rate, "rejection_rate": self.rejection_rate}
+        rates = {"acceptance_rate": self.acceptance_rate, "rejection_rate": self.rejection_rate, "error_rate": self.error_rate}
+        return {**dataclasses.asdict(self), **rates}
 
 
 def rollout_evidence(settings: Settings, task: str, state: Rollout) -> dict[str, ArmEvidence]:
@@ -238,14 +244,15 @@ def rollout_evidence(settings: Settings, task: str, state: Rollout) -> dict[str,
             SELECT variant, count(*), count(*) FILTER (WHERE {reviewed}), count(*) FILTER (WHERE decision = 'accepted'),
                 count(*) FILTER (WHERE decision = 'rejected'),
                 count(*) FILTER (WHERE {reviewed} AND timestamp >= CAST(? AS TIMESTAMPTZ)),
-                quantile_cont(latency_ms, 0.95)
+                quantile_cont(latency_ms, 0.95),
+                count(*) FILTER (WHERE json_extract_string(metadata, '$.fallback') IS NOT NULL)
             FROM read_parquet(?, union_by_name = true)
             WHERE task = ? AND experiment_id = ? AND variant IN (?, ?)
             GROUP BY variant""",
             [state.stage_started_at, files, task, state.experiment_id, CANDIDATE, CHAMPION],
         ).fetchall()
-    for variant, calls, n, accepted, rejected, stage_n, p95 in rows:
-        evidence[variant] = ArmEvidence(int(calls), int(n), int(accepted), int(rejected), int(stage_n), p95)
+    for variant, calls, n, accepted, rejected, stage_n, p95, errors in rows:
+        evidence[variant] = ArmEvidence(int(calls), int(n), int(accepted), int(rejected), int(stage_n), p95, int(errors))
     return evidence
 
 
@@ -260,7 +267,8 @@ class Decision:
 
 
 def decide(settings: Settings, evidence: dict[str, ArmEvidence]) -> Decision:
-    """Roll back when the candidate's acceptance is significantly below the champion's (one-sided z-test at
+    """Roll back when more than FT_ROLLOUT_MAX_ERROR_RATE of FT_ROLLOUT_MIN_REVIEWED or more candidate calls failed
+    to be served by its adapter, or when its acceptance is significantly below the champion's (one-sided z-test at
     FT_ROLLOUT_ALPHA) or its rejection rate or latency p95 crosses an alert threshold the champion's stays under, once
     it has FT_ROLLOUT_MIN_REVIEWED reviewed calls; advance when it also has that many in the current stage; else hold."""
     cand, champ = evidence[CANDIDATE], evidence[CHAMPION]
@@ -270,6 +278,15 @@ def decide(settings: Settings, evidence: dict[str, ArmEvidence]) -> Decision:
         p_value = NormalDist().cdf(z)  # P(a difference this low or lower | equal acceptance)
     summary = {"candidate": cand.to_dict(), "champion": champ.to_dict(), "p_value": p_value}
     need = settings.rollout_min_reviewed
+    # an adapter that does not answer needs no reviews to be judged: its calls fell back to the base
+    errors = cand.error_rate
+    if cand.calls >= need and errors is not None and errors > settings.rollout_max_error_rate:
+        return Decision(
+            "rollback",
+            f"error rate {errors:.1%} of {cand.calls} candidate calls crosses {settings.rollout_max_error_rate:.1%}",
+            p_value,
+            summary,
+        )
     if cand.reviewed < need:
         return Decision("hold", f"waiting for evidence: {cand.reviewed} of {need} reviewed candidate calls", p_value, summary)
     if p_value is not None and p_value < settings.rollout_alpha:

@@ -120,6 +120,13 @@ def test_decide_waits_for_evidence_rolls_back_on_worse_acceptance_errors_or_late
     # a threshold the champion crosses as well does not count against the candidate
     rejected[CHAMPION].rejected = 300
     assert decide(settings, rejected).action == "advance"
+    # calls its adapter failed to answer roll back before any review
+    failing = evidence((0, 0), (500, 1000))
+    failing[CANDIDATE].calls, failing[CANDIDATE].errors = 100, 6
+    broken = decide(settings, failing)
+    assert broken.action == "rollback" and "error rate" in broken.reason
+    failing[CANDIDATE].errors = 5
+    assert decide(settings, failing).action == "hold"
 
 
 def test_first_adapter_and_one_stage_tiers_promote_at_once(settings, task):
@@ -279,10 +286,14 @@ def test_evidence_reads_only_the_rollouts_calls(settings, task):
         raw_log("b", task=task, timestamp=now, experiment_id=state.experiment_id, variant=CHAMPION, decision="rejected"),
         raw_log("c", task=task, timestamp=now, experiment_id="another", variant=CANDIDATE),
         raw_log("d", task="other", timestamp=now, experiment_id=state.experiment_id, variant=CANDIDATE),
+        raw_log(
+            "e", task=task, timestamp=now, experiment_id=state.experiment_id, variant=CANDIDATE, metadata={"fallback": "gone"}
+        ),
     ]
     write_raw_logs(settings.lake_dir, day, rows)
     found = rollout_evidence(settings, task, state)
-    assert (found[CANDIDATE].calls, found[CANDIDATE].accepted, found[CANDIDATE].latency_p95_ms) == (1, 1, 10.0)
+    cand = found[CANDIDATE]
+    assert (cand.calls, cand.accepted, cand.errors, cand.latency_p95_ms) == (2, 2, 1, 10.0)
     assert (found[CHAMPION].reviewed, found[CHAMPION].rejected) == (1, 1)
 
 
