@@ -74,9 +74,12 @@ def _table_test(arms: list[tuple[int, int]]) -> tuple[str, float]:
     return "chi2", float(chi2_contingency(table, correction=False).pvalue)
 
 
+CONTROL_NAMES = ("control", "champion")
+
+
 def compare_arms(arms: dict[str, tuple[int, int]], significance: float) -> dict:
     """Compare the acceptance of experiment arms ({variant: (accepted, n)}): every pair of arms (so every arm against
-    the control, `control` or else the first by name) with Holm's correction; the winner is the arm that beats every
+    the control, `control`, `champion` or else the first by name) with Holm's correction; the winner is the arm that beats every
     other arm significantly, else the result is inconclusive with the sample size the observed difference needs."""
     arms = {name: arms[name] for name in sorted(arms) if arms[name][1] > 0}
     summary = {name: {"n": n, "acceptance_rate": x / n} for name, (x, n) in arms.items()}
@@ -97,7 +100,8 @@ def compare_arms(arms: dict[str, tuple[int, int]], significance: float) -> dict:
     if len(arms) < 2:
         return result
     names = list(arms)
-    control = "control" if "control" in arms else names[0]
+    # the arm in service is the baseline: `control`, or the champion of a staged rollout, else the first by name
+    control = next((name for name in CONTROL_NAMES if name in arms), names[0])
     # the control first in each of its pairs, so a difference reads as "arm - control"
     pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
     pairs = [(b, a) if b == control else (a, b) for a, b in pairs]

@@ -83,3 +83,9 @@ def test_compare_arms_degenerate_inputs():
     everything = compare_arms({"a": (10, 10), "b": (10, 10), "c": (10, 10)}, 0.05)
     assert everything["p_value"] == 1.0 and everything["winner"] is None and everything["status"] == "inconclusive"
     assert everything["sample_size"]["n_per_arm"] is None
+
+
+def test_the_champion_of_a_rollout_is_the_baseline_its_candidate_is_compared_with():
+    result = compare_arms({"candidate": (70, 100), "champion": (50, 100)}, 0.05)
+    assert result["control"] == "champion" and result["comparison"] == "candidate - champion"
+    assert result["difference"] == pytest.approx(0.2)
