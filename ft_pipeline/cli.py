@@ -191,9 +191,15 @@ def cmd_lineage(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
-    """Move a task's champion alias back and record why."""
+    """Move a task's champion alias back and record why; a rollout in progress is aborted first."""
+    from ft_pipeline.serve.rollout import act_by_hand, read_rollout
     from ft_pipeline.training.champion import rollback
 
+    state = read_rollout(settings, args.task)
+    if state is not None and state.active:
+        # completing it later would move the champion from the version restored here
+        act_by_hand(settings, args.task, "abort", f"aborted by a rollback: {args.reason}")
+        print(f"{args.task}: aborted the rollout of v{state.candidate}")
     before, after = rollback(settings, args.task, to_version=args.to, reason=args.reason)
     print(f"{args.task}: champion moved from v{before} to v{after}")
     return 0

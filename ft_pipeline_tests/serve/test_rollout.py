@@ -319,3 +319,13 @@ def test_the_cli_shows_a_rollout_and_acts_on_it_by_hand(settings, task, capsys):
     assert json.loads(capsys.readouterr().out)["rollouts"][task]["status"] == "aborted"
     assert main(["--data-dir", str(settings.root), "status"]) == 0
     assert f"{task}: v2 against champion v1: aborted at 0%" in capsys.readouterr().out
+
+
+def test_a_rollback_by_hand_aborts_the_rollout_in_progress(settings, task, capsys):
+    from ft_pipeline.cli import main
+
+    start(settings, task, 2, "beats v1 offline")
+    assert main(["--data-dir", str(settings.root), "rollback", task, "--to", "3", "--reason", "bad week"]) == 0
+    assert "aborted the rollout of v2" in capsys.readouterr().out
+    assert read_rollout(settings, task).status == "aborted" and current_champion(settings, task) == 3
+    assert champion_history(settings, task)[-2]["reason"] == "aborted by a rollback: bad week"
