@@ -30,6 +30,7 @@ from ft_pipeline.core.locks import hold
 from ft_pipeline.core.schema import (
     BLANK_CHARS,
     BOM,
+    KIND_FIELD,
     PATTERN_REASONS,
     RAW_LOG_SCHEMA,
     TIMESTAMP_SHAPE,
@@ -346,7 +347,8 @@ def _content_hash(rules: tuple[FieldRule, ...]) -> str:
     """SQL for the content hash of a typed row: its contract values and extra fields, so key order, spacing and escapes do not count."""
     # DuckDB's own 64-bit hash: several times cheaper than md5 over the text; its values are pinned by a test, because
     # stored hashes must keep matching new ones (a DuckDB that changed them would need the lake rebuilt)
-    return "printf('%016x', hash(" + ", ".join([f'"{r.name}"' for r in rules] + ["extra"]) + "))"
+    # the kind only routes a line: a call that says "kind": "call" is the same record as one that leaves it out
+    return "printf('%016x', hash(" + ", ".join([f'"{r.name}"' for r in rules if r.name != KIND_FIELD] + ["extra"]) + "))"
 
 
 def classify_sql(first_day: str, last_day: str, limits: LineLimits) -> str:
