@@ -22,3 +22,12 @@ retrain_job = define_asset_job(
     description="Rebuild one task's dataset, train its LoRA adapter, evaluate it against base and champion, "
     "and promote it when the blocking checks pass.",
 )
+
+# feedback on calls of an older day makes that day's settlements stale: the feedback sensor settles it again, with
+# everything computed from it
+resettle_job = define_asset_job(
+    "resettle_job",
+    selection=AssetSelection.assets("settlements", "daily_aggregates", "pattern_report"),
+    partitions_def=daily_partitions,
+    description="Settle one day again after new feedback on its calls, aggregate it and refresh the pattern report.",
+)

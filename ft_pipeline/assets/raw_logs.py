@@ -34,6 +34,12 @@ def raw_logs(context: AssetExecutionContext, config: RawLogsConfig, pipeline: Pi
         f"{result.files_skipped} inbox files skipped as ingested (the manifest), {result.archived} archived to "
         f"inbox/processed/, {result.files_kept} kept in the inbox for days not stored yet or as unreadable"
     )
+    if result.feedback_new or result.feedback_duplicates or result.feedback_quarantined or result.feedback_waiting:
+        context.log.info(
+            f"feedback: {result.feedback_new} new, {result.feedback_duplicates} duplicates, {result.feedback_quarantined} "
+            f"quarantined, {result.feedback_waiting} waiting for their call; calls of {len(result.stale_days)} day(s) got "
+            f"new feedback and are settled again: {', '.join(result.stale_days)}"
+        )
     if result.debris_removed:
         context.log.info(f"removed {result.debris_removed} staging folder(s) of killed ingests")
     for what, gone in (("raw_logs partitions", expired.raw_logs), ("feedback partitions", expired.feedback)):
@@ -95,6 +101,11 @@ def raw_logs(context: AssetExecutionContext, config: RawLogsConfig, pipeline: Pi
         "bom_lines": result.bom_lines,
         "partitions": MetadataValue.json(result.partitions),
         "tasks": MetadataValue.json(tasks),
+        "feedback_stored": result.feedback_new,
+        "feedback_duplicates": result.feedback_duplicates,
+        "feedback_quarantined": result.feedback_quarantined,
+        "feedback_waiting": result.feedback_waiting,
+        "stale_days": MetadataValue.json(result.stale_days),
         "preview": MetadataValue.md("| log_id | timestamp | task | decision | prompt |\n|---|---|---|---|---|\n" + preview),
         **{f"quarantined_{reason}": count for reason, count in sorted(result.quarantined.items())},
         **{f"rows_task_{task}": count for task, count in tasks.items()},
