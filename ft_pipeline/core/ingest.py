@@ -568,7 +568,7 @@ class IngestResult:
     preview: list[dict] = field(default_factory=list)  # a few of the new rows
     feedback_new: int = 0  # feedback records added to the lake
     feedback_duplicates: int = 0  # feedback lines whose record the lake (or an earlier line) already holds
-    feedback_quarantined: int = 0  # feedback lines quarantined (also counted in `quarantined`, by reason)
+    feedback_quarantined: int = 0  # feedback lines the feedback contract refused (also counted in `quarantined`, by reason)
     feedback_waiting: int = 0  # feedback records in the lake whose log_id has no call in the lake yet
     stale_days: list[str] = field(default_factory=list)  # raw_logs days with a call that got new feedback in this run
 
