@@ -249,3 +249,18 @@ def test_a_call_settled_by_late_feedback_is_a_new_example_once(settings):
     deliver(settings, "again.jsonl", [feedback("c1", "2026-02-01T10:00:00Z", decision="edited", final_output="c1, fixed.")])
     settled(settings, DAYS[:1])  # the same feedback again, and a rebuild: nothing new
     assert scan_settlements(state, settings.lake_dir, settings.adapters_dir).counts["game"].count == 0
+
+
+def test_a_file_of_feedback_alone_takes_the_parallel_reader_and_stores_what_the_line_checker_stores(settings):
+    records = [
+        feedback(f"c{i}", f"2026-01-1{i % 3}T08:00:00Z", decision="edited", final_output=f"v{i}", metadata={"n": i}, tag="x")
+        for i in range(6)
+    ] + [feedback("c0", "2026-01-10T08:00:00Z", user_rating=3, comment=None)]
+    fast = deliver(settings, "feedback.jsonl", records)
+    assert (fast.lines_by_line, fast.feedback_new, fast.quarantined_total) == (0, 7, 0)
+    # the same records beside a call are checked line by line: the same content hashes, so all are duplicates
+    mixed = deliver(settings, "mixed.jsonl", [record("c0", DAYS[0]), *records])
+    assert (mixed.lines_by_line, mixed.feedback_new, mixed.feedback_duplicates) == (8, 0, 7)
+    assert deliver(settings, "bad.jsonl", [*records[:2], feedback("c1", "2026-01-10T08:00:00Z")]).quarantined == Counter(
+        ["empty_feedback"]
+    )
