@@ -11,7 +11,7 @@ import pytest
 
 from ft_pipeline.core.aggregates import day_aggregates
 from ft_pipeline.core.feedback import FEEDBACK_SCHEMA, feedback_problem, stale_days
-from ft_pipeline.core.ingest import ingest
+from ft_pipeline.core.ingest import inbox_dates, ingest
 from ft_pipeline.core.io import partition_file, read_jsonl
 from ft_pipeline.core.retrain import RetrainState, scan_settlements
 from ft_pipeline.core.schema import CALL_CONTRACT, FEEDBACK_CONTRACT, KIND_FIELD, contract, field_rules, judge_line
@@ -264,3 +264,12 @@ def test_a_file_of_feedback_alone_takes_the_parallel_reader_and_stores_what_the_
     assert deliver(settings, "bad.jsonl", [*records[:2], feedback("c1", "2026-01-10T08:00:00Z")]).quarantined == Counter(
         ["empty_feedback"]
     )
+
+
+def test_a_call_may_say_its_kind_and_a_feedback_file_names_its_days(settings):
+    assert deliver(settings, "plain.jsonl", [record("c1", DAYS[0])]).new == 1
+    same = deliver(settings, "kind.jsonl", [{"kind": "call", **record("c1", DAYS[0])}])
+    assert (same.duplicates, same.quarantined_total) == (1, 0)  # the same record, not a conflicting one
+    path = settings.inbox_dir / "late.jsonl"
+    path.write_text(json.dumps(feedback("c1", "2026-01-20T23:30:00-01:00", decision="accepted")) + "\n")
+    assert inbox_dates([path]) == {"2026-01-21"}  # the sensor starts an ingest for the feedback's day
