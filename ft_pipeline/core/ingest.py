@@ -620,7 +620,6 @@ class _Kind:
 
 CALLS = _Kind(CALL_CONTRACT, TABLE, RAW_LOG_SCHEMA, "keys", "fate", "log_id")
 FEEDBACK = _Kind(FEEDBACK_CONTRACT, FEEDBACK_TABLE, FEEDBACK_SCHEMA, "fb_keys", "fb_fate", "log_id, content_hash")
-LAKE_COLUMNS = CALLS.lake_columns
 
 
 @dataclass
