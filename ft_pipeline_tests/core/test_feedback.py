@@ -273,3 +273,46 @@ def test_a_call_may_say_its_kind_and_a_feedback_file_names_its_days(settings):
     path = settings.inbox_dir / "late.jsonl"
     path.write_text(json.dumps(feedback("c1", "2026-01-20T23:30:00-01:00", decision="accepted")) + "\n")
     assert inbox_dates([path]) == {"2026-01-21"}  # the sensor starts an ingest for the feedback's day
+
+
+AT = "2026-01-13T08:00:00Z"
+CORPUS = [
+    (json.dumps(feedback("c1", AT, decision="accepted")), None),
+    (json.dumps(feedback("c2", AT, decision=None, final_output="only the text")), None),
+    (json.dumps(feedback("c3", "2026-01-13 08:00", user_rating=1, quality_score=10.0, metadata={"a": [1, {"b": None}]})), None),
+    (json.dumps(feedback("c4", AT, comment="", reviewer=None, timestamp="2026-01-10T00:00:00Z")), None),  # timestamp: extra
+    ('{"kind": "\\u0066eedback", "log_id": "c5", "feedback_at": "' + AT + '", "decision": "rejected"}', None),
+    (json.dumps(feedback("c6", AT, decision=None, user_rating=None)), "empty_feedback"),
+    (json.dumps(feedback("c7", AT, quality_score="9")), "bad_type:quality_score"),
+    (json.dumps(feedback("c8", AT, user_rating=float("nan"))).replace("NaN", "1e999"), "bad_type:user_rating"),
+    (json.dumps(feedback("x" * 129, AT, decision="accepted")), "bad_length:log_id"),
+    (json.dumps(feedback(7, AT, decision="accepted")), "bad_type:log_id"),
+    (json.dumps(feedback("c9", None, decision="accepted")), "bad_type:feedback_at"),
+    (json.dumps(feedback("c9", "2026-01-13T08:00:00+25:00", decision="accepted")), "bad_timestamp"),
+    (json.dumps(feedback("c9", "0001-01-01T00:00:00+01:00", decision="accepted")), "out_of_range:feedback_at"),
+    (json.dumps(feedback("c9", AT, decision="accepted", metadata=[1])), "bad_type:metadata"),
+    (json.dumps({**feedback("c9", AT, decision="accepted"), "": 1}), "empty_key"),
+    (json.dumps({"kind": "feedback"}), "missing_field:log_id"),
+    (json.dumps({"kind": ["feedback"], "log_id": "c9"}), "bad_enum:kind"),  # no feedback: judged as a call
+]
+
+
+@pytest.mark.parametrize("one_file_each", [False, True], ids=["line_checker", "parallel_reader"])
+def test_ingest_and_judge_line_agree_on_feedback_lines(tmp_path, one_file_each):
+    s = fresh(tmp_path / "data")
+    names = [f"l{i:02d}.jsonl" for i in range(len(CORPUS))] if one_file_each else ["all.jsonl"] * len(CORPUS)
+    for name, (line, _) in zip(names, CORPUS):
+        with open(s.inbox_dir / name, "a") as fh:
+            fh.write(line + "\n")
+    result = ingest(s, last_day=LAST)
+    found = {}
+    for name in set(names):
+        for entry in read_jsonl(s.quarantine_dir / f"{name}.jsonl"):
+            found[(name, entry["line_no"])] = entry["reason"]
+    got = [found.get((name, 1 if one_file_each else i + 1)) for i, name in enumerate(names)]
+    judged = [judge_line(line.encode(), "2026-01-01", LAST).reason for line, _ in CORPUS]
+    assert got == judged == [reason for _, reason in CORPUS]
+    valid = sum(reason is None for _, reason in CORPUS)
+    assert result.feedback_new == valid
+    # alone, a valid feedback file takes the parallel reader (but c4's, whose timestamp looks like a call's)
+    assert result.lines_by_line == (len(CORPUS) - valid + 1 if one_file_each else len(CORPUS))
