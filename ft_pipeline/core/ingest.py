@@ -579,7 +579,7 @@ class IngestResult:
     feedback_duplicates: int = 0  # feedback lines whose record the lake (or an earlier line) already holds
     feedback_quarantined: int = 0  # feedback lines the feedback contract refused (also counted in `quarantined`, by reason)
     feedback_waiting: int = 0  # feedback records in the lake whose log_id has no call in the lake yet
-    stale_days: list[str] = field(default_factory=list)  # raw_logs days with a call that got new feedback in this run
+    stale_days: list[str] = field(default_factory=list)  # other days than the run's with a call that got new feedback
 
     @property
     def stored(self) -> int:
@@ -1035,7 +1035,7 @@ def _ingest(stager: _Stager, settings: Settings, files: list[Path], days) -> tup
     _write_quarantine(stager, settings, files, bad)
     _write_partitions(stager, settings, wanted, result)
     _swap_partitions(stager, settings, FEEDBACK, None)
-    _link_feedback(con, settings, result)
+    _link_feedback(con, settings, wanted, result)
     return result, [i for i in range(len(files)) if i not in _unfinished(stager, wanted) | set(bad)]
 
 
@@ -1074,8 +1074,11 @@ def _decide_feedback_fates(con, existing: list[Path]) -> None:
     """)
 
 
-def _link_feedback(con, settings: Settings, result: IngestResult) -> None:
-    """Count the feedback waiting for its call, and name the raw_logs days whose calls got new feedback (now stale)."""
+def _link_feedback(con, settings: Settings, wanted: list[str] | None, result: IngestResult) -> None:
+    """Count the feedback waiting for its call, and name the raw_logs days besides `wanted` whose calls got new feedback.
+
+    Those days' settlements are stale; the days of the run are settled by the run itself, as after their new calls.
+    """
     lake = settings.lake_dir
     calls = [str(partition_file(lake, TABLE, d)) for d in partition_dates(lake, TABLE)]
     feedback = [str(partition_file(lake, FEEDBACK_TABLE, d)) for d in partition_dates(lake, FEEDBACK_TABLE)]
@@ -1090,7 +1093,7 @@ def _link_feedback(con, settings: Settings, result: IngestResult) -> None:
             SELECT DISTINCT date FROM read_parquet({_sql_list(calls)}, hive_partitioning = true, hive_types = {{'date': VARCHAR}})
             SEMI JOIN (SELECT log_id FROM fb_fate WHERE fate = 'new') USING (log_id) ORDER BY date
         """).fetchall()
-        result.stale_days = [d for (d,) in rows]
+        result.stale_days = [d for (d,) in rows if wanted is None or d not in wanted]
 
 
 def _decide_fates(con, existing: list[Path]) -> None:

@@ -316,3 +316,12 @@ def test_ingest_and_judge_line_agree_on_feedback_lines(tmp_path, one_file_each):
     assert result.feedback_new == valid
     # alone, a valid feedback file takes the parallel reader (but c4's, whose timestamp looks like a call's)
     assert result.lines_by_line == (len(CORPUS) - valid + 1 if one_file_each else len(CORPUS))
+
+
+def test_the_days_a_run_stores_are_not_marked_stale_by_it(settings):
+    deliver(settings, "calls.jsonl", [record("c1", DAYS[0]), record("c2", DAYS[1])])
+    (settings.inbox_dir / "both.jsonl").write_text(
+        "".join(json.dumps(feedback(i, "2026-02-01T10:00:00Z", decision="accepted")) + "\n" for i in ("c1", "c2"))
+    )
+    result = ingest(settings, days=[DAYS[1]], last_day=LAST, run_id="run-of-day-2")
+    assert result.stale_days == [DAYS[0]] and stale_days(settings) == {DAYS[0]: "run-of-day-2"}
