@@ -13,10 +13,10 @@ from ft_pipeline.assets.rollout import rollout
 from ft_pipeline.assets.settlements import settlements
 from ft_pipeline.assets.task_dataset import task_dataset
 from ft_pipeline.checks import asset_checks
-from ft_pipeline.jobs import ingest_job, retrain_job, rollout_job
+from ft_pipeline.jobs import ingest_job, resettle_job, retrain_job, rollout_job
 from ft_pipeline.resources import PipelineResource
 from ft_pipeline.schedules import daily_ingest_schedule, nightly_retrain_schedule
-from ft_pipeline.sensors import inbox_sensor, retrain_sensor, rollout_sensor
+from ft_pipeline.sensors import feedback_sensor, inbox_sensor, retrain_sensor, rollout_sensor
 
 defs = Definitions(
     assets=[
@@ -32,8 +32,8 @@ defs = Definitions(
         rollout,
     ],
     asset_checks=asset_checks,
-    jobs=[ingest_job, retrain_job, rollout_job],
+    jobs=[ingest_job, retrain_job, resettle_job, rollout_job],
     schedules=[daily_ingest_schedule, nightly_retrain_schedule],
-    sensors=[inbox_sensor, retrain_sensor, rollout_sensor],
+    sensors=[inbox_sensor, retrain_sensor, feedback_sensor, rollout_sensor],
     resources={"pipeline": PipelineResource()},
 )

@@ -29,3 +29,12 @@ rollout_job = define_asset_job(
     partitions_def=task_partitions,
     description="One step of a task's staged rollout: advance, hold, complete or roll back on the live evidence.",
 )
+
+# feedback on calls of an older day makes that day's settlements stale: the feedback sensor settles it again, with
+# everything computed from it
+resettle_job = define_asset_job(
+    "resettle_job",
+    selection=AssetSelection.assets("settlements", "daily_aggregates", "pattern_report"),
+    partitions_def=daily_partitions,
+    description="Settle one day again after new feedback on its calls, aggregate it and refresh the pattern report.",
+)

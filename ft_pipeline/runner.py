@@ -12,6 +12,7 @@ from pathlib import Path
 
 from dagster import AssetKey, AssetSelection, DagsterInstance, Definitions, RunsFilter, materialize
 
+from ft_pipeline.core import feedback
 from ft_pipeline.core.io import partition_dates
 from ft_pipeline.core.locks import LOCK_NAME, hold, is_free, lock_path
 from ft_pipeline.inflight import IN_PROGRESS
@@ -59,8 +60,9 @@ def selected_keys(defs: Definitions, select: str) -> set[str]:
 
 
 def data_dates(settings: Settings) -> list[str]:
-    """Days the daily assets have work on: those of inbox files not ingested whole yet, and lake days whose
-    settlements or aggregates are missing or older than their sources. A day already processed costs nothing."""
+    """Days the daily assets have work on: those of inbox files not ingested whole yet, lake days whose settlements
+    or aggregates are missing or older than their sources, and days whose calls got feedback since they were settled.
+    A day already processed costs nothing."""
     from ft_pipeline.core import aggregates, manifest, settlements
     from ft_pipeline.core.ingest import inbox_dates, inbox_files
     from ft_pipeline.partitions import daily_partitions
@@ -78,6 +80,7 @@ def data_dates(settings: Settings) -> list[str]:
         for day in partition_dates(settings.lake_dir, "raw_logs")
         if settlements.is_stale(settings, day) or aggregates.is_stale(settings.lake_dir, day)
     }
+    dates |= {day for day in feedback.stale_days(settings) if first <= day <= last}
     return sorted(dates)
 
 
@@ -187,6 +190,11 @@ def _run_stages(
             launch(daily, f"{days[0]}...{days[-1]}", tags={RANGE_START_TAG: days[0], RANGE_END_TAG: days[-1]})
         if not blocks:
             log(f"no new files in {settings.inbox_dir} and every day of the lake is up to date: nothing to ingest")
+        # feedback this run ingested may be on calls of older days: those are settled again in the same run
+        resettle = [name for name in daily if name != "raw_logs"]
+        stale = sorted(day for day in feedback.stale_days(settings) if not any(day in days for days in blocks))
+        for days in day_blocks(stale) if resettle else []:
+            launch(resettle, f"{days[0]}...{days[-1]} (new feedback)", tags={RANGE_START_TAG: days[0], RANGE_END_TAG: days[-1]})
 
     global_assets = [name for name in GLOBAL_ASSETS if name in wanted]
     if global_assets:

@@ -7,11 +7,12 @@ import json
 from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
 from ft_pipeline.core import manifest
+from ft_pipeline.core.feedback import stale_days
 from ft_pipeline.core.ingest import inbox_dates, inbox_files
 from ft_pipeline.core.retrain import RetrainState, due_retrains, retrain_run_key, scan_settlements
 from ft_pipeline.core.spool import recover_spools
 from ft_pipeline.inflight import tasks_in_progress
-from ft_pipeline.jobs import ingest_job, retrain_job, rollout_job
+from ft_pipeline.jobs import ingest_job, resettle_job, retrain_job, rollout_job
 from ft_pipeline.partitions import daily_partitions, task_partitions
 from ft_pipeline.resources import PipelineResource
 
@@ -45,6 +46,23 @@ def inbox_sensor(context: SensorEvaluationContext, pipeline: PipelineResource):
         run_key=f"inbox:{days[0]}:{days[-1]}:{stamp}",  # names the file states: a file changed again triggers again
         tags={"dagster/asset_partition_range_start": days[0], "dagster/asset_partition_range_end": days[-1]},
     )
+
+
+@sensor(
+    job=resettle_job,
+    minimum_interval_seconds=30,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Settles a day again once its calls got new feedback.",
+)
+def feedback_sensor(context: SensorEvaluationContext, pipeline: PipelineResource):
+    """Requests one resettle run per day the ingest marked stale, once per ingest run that marked it."""
+    days = stale_days(pipeline.settings())
+    partitions = set(daily_partitions.get_partition_keys())
+    wanted = {day: batch for day, batch in sorted(days.items()) if day in partitions}
+    if not wanted:
+        return SkipReason("no day got new feedback on its calls")
+    # the run key names the ingest run that marked the day: the same feedback never resettles a day twice
+    return [RunRequest(run_key=f"resettle:{day}:{batch}", partition_key=day) for day, batch in wanted.items()]
 
 
 @sensor(

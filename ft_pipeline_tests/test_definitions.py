@@ -32,8 +32,8 @@ def test_definitions_load_with_every_stage():
     # the promotion step sits downstream of the evaluation its blocking checks guard
     assert graph.get(dg.AssetKey("champion")).parent_keys == {dg.AssetKey("adapter_evaluation")}
     assert graph.get(dg.AssetKey("rollout")).parent_keys == {dg.AssetKey("champion")}
-    assert {job.name for job in defs.jobs} == {"ingest_job", "retrain_job", "rollout_job"}
-    assert {s.name for s in defs.sensors} == {"inbox_sensor", "retrain_sensor", "rollout_sensor"}
+    assert {job.name for job in defs.jobs} == {"ingest_job", "retrain_job", "resettle_job", "rollout_job"}
+    assert {s.name for s in defs.sensors} == {"inbox_sensor", "retrain_sensor", "feedback_sensor", "rollout_sensor"}
     assert {s.name for s in defs.schedules} == {"daily_ingest_schedule", "nightly_retrain_schedule"}
 
 

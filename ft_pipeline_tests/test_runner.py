@@ -68,6 +68,16 @@ def test_the_daily_stage_covers_only_days_with_new_files_or_stale_partitions(tmp
     aggregates.write_day(settings.lake_dir, "2026-01-02")
     assert data_dates(settings) == []
 
+    # feedback on a call of an older day: first its own file's day, then, once ingested, the day of the call
+    late = {"kind": "feedback", "log_id": "id-2026-01-01", "feedback_at": "2026-01-20T09:00:00Z", "decision": "rejected"}
+    (settings.inbox_dir / "feedback.jsonl").write_text(json.dumps(late) + "\n")
+    assert data_dates(settings) == ["2026-01-20"]
+    ingest(settings, days=["2026-01-20"])
+    assert data_dates(settings) == ["2026-01-01"]
+    build_partition(settings, "2026-01-01")
+    aggregates.write_day(settings.lake_dir, "2026-01-01")
+    assert data_dates(settings) == []
+
     # a file with no record of a partition day still gets an ingest, which quarantines it
     (settings.inbox_dir / "bad.jsonl").write_text("not json\n")
     assert len(data_dates(settings)) == 1

@@ -21,7 +21,8 @@ RawLogsConfig = stage_config("general", "RawLogsConfig")
     "file per UTC day; lines that break the contract go to quarantine/ with a reason.",
 )
 def raw_logs(context: AssetExecutionContext, config: RawLogsConfig, pipeline: PipelineResource) -> MaterializeResult:
-    """Inbox JSONL -> lake/raw_logs/date=YYYY-MM-DD/part-0.parquet; contract breakers -> quarantine/ with a reason."""
+    """Inbox JSONL -> lake/raw_logs/date=YYYY-MM-DD/part-0.parquet, feedback lines -> lake/feedback/; contract breakers ->
+    quarantine/ with a reason; the days whose calls got new feedback are marked stale for the feedback sensor."""
     settings = pipeline.settings(config)
     days = context.partition_keys
     result = ingest(settings, days=days, last_day=daily_partitions.get_last_partition_key(), run_id=context.run_id)
@@ -34,6 +35,12 @@ def raw_logs(context: AssetExecutionContext, config: RawLogsConfig, pipeline: Pi
         f"{result.files_skipped} inbox files skipped as ingested (the manifest), {result.archived} archived to "
         f"inbox/processed/, {result.files_kept} kept in the inbox for days not stored yet or as unreadable"
     )
+    if result.feedback_new or result.feedback_duplicates or result.feedback_quarantined or result.feedback_waiting:
+        context.log.info(
+            f"feedback: {result.feedback_new} new, {result.feedback_duplicates} duplicates, {result.feedback_quarantined} "
+            f"quarantined, {result.feedback_waiting} waiting for their call; calls of {len(result.stale_days)} day(s) got "
+            f"new feedback and are settled again: {', '.join(result.stale_days)}"
+        )
     if result.debris_removed:
         context.log.info(f"removed {result.debris_removed} staging folder(s) of killed ingests")
     for what, gone in (("raw_logs partitions", expired.raw_logs), ("feedback partitions", expired.feedback)):
@@ -95,6 +102,11 @@ def raw_logs(context: AssetExecutionContext, config: RawLogsConfig, pipeline: Pi
         "bom_lines": result.bom_lines,
         "partitions": MetadataValue.json(result.partitions),
         "tasks": MetadataValue.json(tasks),
+        "feedback_stored": result.feedback_new,
+        "feedback_duplicates": result.feedback_duplicates,
+        "feedback_quarantined": result.feedback_quarantined,
+        "feedback_waiting": result.feedback_waiting,
+        "stale_days": MetadataValue.json(result.stale_days),
         "preview": MetadataValue.md("| log_id | timestamp | task | decision | prompt |\n|---|---|---|---|---|\n" + preview),
         **{f"quarantined_{reason}": count for reason, count in sorted(result.quarantined.items())},
         **{f"rows_task_{task}": count for task, count in tasks.items()},

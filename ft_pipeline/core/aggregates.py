@@ -34,6 +34,10 @@ RAW_COLUMNS = {
     "failure_reasons": "VARCHAR[]",
     "latency_ms": "DOUBLE",
     "cost_usd": "DOUBLE",
+    # what feedback overrides (core/feedback.py): the decisions counted are those of each call's latest feedback
+    "final_output": "VARCHAR",
+    "user_rating": "DOUBLE",
+    "ingested_at": "TIMESTAMPTZ",
     **{d: "VARCHAR" for d in DIMENSIONS},
 }
 SETTLED_COLUMNS = {
@@ -216,9 +220,12 @@ def day_aggregates(lake_dir: Path, date: str) -> pa.Table:
     con = duckdb.connect()
     try:
         con.execute("SET TimeZone = 'UTC'")
-        for view, table, columns in (("raw", "raw_logs", RAW_COLUMNS), ("settled", "settlements", SETTLED_COLUMNS)):
+        from ft_pipeline.core.feedback import joined_calls_sql  # it quotes with `literal`, from here
+
+        for view, table, columns in (("calls", "raw_logs", RAW_COLUMNS), ("settled", "settlements", SETTLED_COLUMNS)):
             source = partition_file(lake_dir, table, date)
             table_view(con, view, [source] if source.is_file() else [], columns)
+        con.execute(f"CREATE TEMP VIEW raw AS {joined_calls_sql('calls', lake_dir)}")
         con.execute("""
             CREATE TEMP VIEW base AS
             SELECT r.*, s.retained, r.decision IN ('accepted', 'edited', 'rejected') AS reviewed,

@@ -25,11 +25,17 @@ import numpy as np
 import pyarrow as pa
 
 from ft_pipeline.core import manifest
-from ft_pipeline.core.io import atomic_path, partition_file, remove_stale_temps, write_jsonl_atomic
+from ft_pipeline.core.feedback import EMPTY_REASON, FEEDBACK_SCHEMA, given_one_of, mark_stale
+from ft_pipeline.core.feedback import KIND as FEEDBACK_KIND
+from ft_pipeline.core.feedback import TABLE as FEEDBACK_TABLE
+from ft_pipeline.core.io import atomic_path, partition_dates, partition_file, remove_stale_temps, write_jsonl_atomic
 from ft_pipeline.core.locks import hold
 from ft_pipeline.core.schema import (
     BLANK_CHARS,
     BOM,
+    CALL_CONTRACT,
+    FEEDBACK_CONTRACT,
+    KIND_FIELD,
     PATTERN_REASONS,
     RAW_LOG_SCHEMA,
     TIMESTAMP_SHAPE,
@@ -168,7 +174,8 @@ def _connect(settings: Settings, spill_dir: str | None = None) -> duckdb.DuckDBP
 
 
 def inbox_dates(paths: Iterable[Path], first_day: str = "0001-01-01", last_day: str = "9999-12-31") -> set[str]:
-    """UTC dates (YYYY-MM-DD) between `first_day` and `last_day` of the parseable timestamps in the given inbox files.
+    """UTC dates (YYYY-MM-DD) between `first_day` and `last_day` of the parseable timestamps (of a feedback line: its
+    feedback_at) in the given inbox files.
 
     A file that cannot be read holds no dates: ingest quarantines it, and it must not stop a sensor or a run before that.
     """
@@ -183,8 +190,8 @@ def inbox_dates(paths: Iterable[Path], first_day: str = "0001-01-01", last_day: 
                 con.register("chunk", pa.Table.from_batches(batches))
                 # a timestamp the contract refuses (24:00, +25:00) names no day; the shape test keeps the cast from rolling it over
                 rows = con.execute(
-                    "SELECT DISTINCT strftime(try_cast(t AS TIMESTAMPTZ), '%Y-%m-%d') FROM ("
-                    "SELECT try(json_extract_string(try(decode(raw)), '$.timestamp')) AS t FROM chunk) "
+                    "SELECT DISTINCT strftime(try_cast(t AS TIMESTAMPTZ), '%Y-%m-%d') FROM (SELECT coalesce(p[1], p[2]) AS t FROM ("
+                    "SELECT try(json_extract_string(try(decode(raw)), ['$.timestamp', '$.feedback_at'])) AS p FROM chunk)) "
                     f"WHERE regexp_matches(t, {_sql_str(TIMESTAMP_SHAPE.pattern)})"
                 ).fetchall()
                 dates.update(d for (d,) in rows if d and first_day <= d <= last_day)
@@ -231,9 +238,9 @@ def _typed_forms(rule: FieldRule) -> dict[str, str]:
     return forms
 
 
-def _typed_sql(source: str) -> str:
-    """The query that adds the typed forms of every field to `source`, a relation with one JSON text column per field."""
-    forms = ", ".join(f"{sql} AS {_column(r, form)}" for r in field_rules() for form, sql in _typed_forms(r).items())
+def _typed_sql(source: str, rules: tuple[FieldRule, ...]) -> str:
+    """The query that adds the typed forms of every field of `rules` to `source`, a relation with one JSON text column per field."""
+    forms = ", ".join(f"{sql} AS {_column(r, form)}" for r in rules for form, sql in _typed_forms(r).items())
     return f"SELECT *, {forms} FROM ({source})"
 
 
@@ -337,28 +344,43 @@ def _value(rule: FieldRule) -> str:
     return _column(rule, {"timestamp": "time", "number": "number", "integer": "integer"}.get(kind, "text"))
 
 
-def _day() -> str:
-    """SQL for the UTC day (YYYY-MM-DD) of a typed row, from its timestamp field."""
-    return f"strftime({_column(next(r for r in field_rules() if r.kind == 'timestamp'), 'time')}, '%Y-%m-%d')"
+def _day(rules: tuple[FieldRule, ...]) -> str:
+    """SQL for the UTC day (YYYY-MM-DD) of a typed row, from its contract's timestamp field (a call's timestamp, a feedback's feedback_at)."""
+    return f"strftime({_column(next(r for r in rules if r.kind == 'timestamp'), 'time')}, '%Y-%m-%d')"
 
 
 def _content_hash(rules: tuple[FieldRule, ...]) -> str:
     """SQL for the content hash of a typed row: its contract values and extra fields, so key order, spacing and escapes do not count."""
     # DuckDB's own 64-bit hash: several times cheaper than md5 over the text; its values are pinned by a test, because
     # stored hashes must keep matching new ones (a DuckDB that changed them would need the lake rebuilt)
-    return "printf('%016x', hash(" + ", ".join([f'"{r.name}"' for r in rules] + ["extra"]) + "))"
+    # the kind only routes a line: a call that says "kind": "call" is the same record as one that leaves it out
+    return "printf('%016x', hash(" + ", ".join([f'"{r.name}"' for r in rules if r.name != KIND_FIELD] + ["extra"]) + "))"
 
 
-def classify_sql(first_day: str, last_day: str, limits: LineLimits) -> str:
-    """The query that turns a chunk of raw lines into typed rows, each with a quarantine reason, 'blank' or NULL.
+def _record_checks(contract: str, first_day: str, last_day: str) -> list[tuple[str, str]]:
+    """(failing condition, reason expression) pairs on a whole typed row, after its fields' checks: the day, and for feedback its content."""
+    if contract == CALL_CONTRACT:
+        return [(f"day NOT BETWEEN '{first_day}' AND '{last_day}'", "'out_of_range:timestamp'")]
+    # feedback: any day of the calendar has a partition, but the record must say something
+    return [
+        (" AND ".join(f"{_sql_id(name)} IS NULL" for name in given_one_of()), f"'{EMPTY_REASON}'"),
+        ("coalesce(length(day) <> 10 OR day < '0001', true)", "'out_of_range:feedback_at'"),
+    ]
 
-    The chunk's `screened` column holds the reason `screen_lines` found for a line that must not reach the parser.
+
+def classify_sql(first_day: str, last_day: str, limits: LineLimits, contract: str = CALL_CONTRACT, source: str = "chunk") -> str:
+    """The query that turns a chunk of raw lines into typed rows of a contract, each with a quarantine reason, 'blank' or NULL.
+
+    The chunk (table `source`) has a `screened` column with the reason `screen_lines` found for a line that must not
+    reach the parser. Under the call contract a feedback line gets the reason 'feedback': it is classified again, by
+    the feedback contract.
     """
-    rules = field_rules()
+    rules = field_rules(contract)
     known = _sql_list(r.name for r in rules)
     structure = json.dumps({r.name: "JSON" for r in rules}).replace("'", "''")
-    checks = [c for r in rules for c in _field_checks(r)]
-    checks.append((f"day NOT BETWEEN '{first_day}' AND '{last_day}'", "'out_of_range:timestamp'"))
+    checks = [c for r in rules for c in _field_checks(r)] + _record_checks(contract, first_day, last_day)
+    if contract == CALL_CONTRACT:
+        checks.insert(0, (f"({_sql_id(KIND_FIELD)} ->> '$') = '{FEEDBACK_KIND}'", f"'{FEEDBACK_KIND}'"))
     # the order of `judge_line`, so that both give the same first reason
     reason = (
         "CASE WHEN screened IS NOT NULL THEN screened WHEN blank THEN 'blank' WHEN line IS NULL THEN 'invalid_utf8' "
@@ -391,11 +413,11 @@ def classify_sql(first_day: str, last_day: str, limits: LineLimits) -> str:
                                CASE WHEN starts_with(decoded, '{BOM}') THEN substr(decoded, 2) ELSE decoded END AS line
                         FROM (SELECT line_no, raw, screened,
                                      CASE WHEN screened IS NULL THEN regexp_replace(try(decode(raw)), '\\r?\\n$', '') END AS decoded
-                              FROM chunk)))))
+                              FROM {source})))))
     """
     return f"""
     WITH typed AS (
-        SELECT *, {_day()} AS day FROM ({_typed_sql(fields)})
+        SELECT *, {_day(rules)} AS day FROM ({_typed_sql(fields, rules)})
     ), judged AS (
         SELECT *, {reason} AS reason FROM typed
     ), valued AS (
@@ -436,8 +458,10 @@ def clean_file_sql(
     non_null: Iterable[str] = (),
     unknown: Iterable[str] = (),
     max_depth: int = LineLimits.max_depth,
+    contract: str = CALL_CONTRACT,
 ) -> str:
-    """The query that types every record of a file with DuckDB's own parallel JSON reader, and fails on a row that breaks a rule.
+    """The query that types every record of a file of one contract with DuckDB's own parallel JSON reader, and fails on a
+    row that breaks a rule.
 
     `non_null` names optional fields that every record of the file gives, so that a NULL from the reader is a null;
     `unknown` names the keys outside the contract that records of the file give, which go to `extra`; a value that
@@ -446,7 +470,7 @@ def clean_file_sql(
     # The reader cannot see undeclared keys, tell a null from an absent key, or number lines: `screen_sql` finds the keys
     # and counts them, and a file whose rows need line numbers (quarantine, conflicts) is parsed line by line. Rows are
     # not numbered here at all: a row number serializes the reader and cost more than everything else.
-    rules = field_rules()
+    rules = field_rules(contract)
     unknown = sorted(unknown)
     columns = "{" + ", ".join(f"{_sql_str(name)}: 'JSON'" for name in [r.name for r in rules] + unknown) + "}"
     reader = (
@@ -456,7 +480,7 @@ def clean_file_sql(
     dirty = " OR ".join(
         [f"{_sql_id(r.name)} IS NULL" for r in rules if r.required or r.name in non_null]
         + [f"({_sql_id(r.name)} IS NOT NULL AND {cond})" for r in rules for cond, _ in _value_checks(r)]
-        + [f"day NOT BETWEEN '{first_day}' AND '{last_day}'"]
+        + [cond for cond, _ in _record_checks(contract, first_day, last_day)]
         + [_may_nest_deep(_sql_id(r.name), max_depth) for r in rules if r.kind == "json"]
         + [_may_nest_deep("extra", max_depth)]
     )
@@ -467,7 +491,7 @@ def clean_file_sql(
     return f"""
     SELECT checked_day AS day, {values}, extra FROM (
         SELECT *, CASE WHEN {dirty} THEN error('a row breaks the contract') ELSE day END AS checked_day FROM (
-            SELECT *, {_day()} AS day FROM ({_typed_sql(reader)})))
+            SELECT *, {_day(rules)} AS day FROM ({_typed_sql(reader, rules)})))
     """
 
 
@@ -551,6 +575,11 @@ class IngestResult:
     partitions: dict[str, int] = field(default_factory=dict)  # day -> rows stored after the run
     tasks: dict[str, int] = field(default_factory=dict)  # task -> rows stored in those partitions
     preview: list[dict] = field(default_factory=list)  # a few of the new rows
+    feedback_new: int = 0  # feedback records added to the lake
+    feedback_duplicates: int = 0  # feedback lines whose record the lake (or an earlier line) already holds
+    feedback_quarantined: int = 0  # feedback lines the feedback contract refused (also counted in `quarantined`, by reason)
+    feedback_waiting: int = 0  # feedback records in the lake whose log_id has no call in the lake yet
+    stale_days: list[str] = field(default_factory=list)  # other days than the run's with a call that got new feedback
 
     @property
     def stored(self) -> int:
@@ -561,12 +590,36 @@ class IngestResult:
         return sum(self.quarantined.values())
 
 
-LAKE_COLUMNS = ", ".join(f'"{name}"' for name in RAW_LOG_SCHEMA.names)
-# the lake columns of typed rows: contract defaults fill absent fields
-NEW_COLUMNS = ", ".join(
-    f'coalesce("{r.name}", {_sql_str(r.spec["default"])}) AS "{r.name}"' if "default" in r.spec else f'"{r.name}"'
-    for r in field_rules()
-)
+@dataclass(frozen=True)
+class _Kind:
+    """How one record kind is staged and stored: its contract, lake table and columns, and its staging tables."""
+
+    contract: str
+    table: str
+    schema: pa.Schema
+    keys: str  # staging table of its rows' keys
+    fate: str  # table of their fates
+    identity: str  # the columns that tell one record from another: a call's log_id; for feedback, all of its content
+
+    @property
+    def rules(self) -> tuple[FieldRule, ...]:
+        return field_rules(self.contract)
+
+    @property
+    def lake_columns(self) -> str:
+        return ", ".join(f'"{name}"' for name in self.schema.names)
+
+    @property
+    def new_columns(self) -> str:
+        """The lake columns of typed rows: contract defaults fill absent fields."""
+        return ", ".join(
+            f'coalesce("{r.name}", {_sql_str(r.spec["default"])}) AS "{r.name}"' if "default" in r.spec else f'"{r.name}"'
+            for r in self.rules
+        )
+
+
+CALLS = _Kind(CALL_CONTRACT, TABLE, RAW_LOG_SCHEMA, "keys", "fate", "log_id")
+FEEDBACK = _Kind(FEEDBACK_CONTRACT, FEEDBACK_TABLE, FEEDBACK_SCHEMA, "fb_keys", "fb_fate", "log_id, content_hash")
 
 
 @dataclass
@@ -590,15 +643,17 @@ class _Stager:
     bom_lines: int = 0  # lines that opened with a byte order mark, dropped before parsing
 
     def __post_init__(self):
-        self.con.execute(
-            "CREATE TABLE keys (file_idx INTEGER, unit_line BIGINT, line_no BIGINT, log_id VARCHAR, content_hash VARCHAR, day VARCHAR)"
-        )
-        self.con.execute("CREATE TABLE rejected (file_idx INTEGER, line_no BIGINT, reason VARCHAR, raw BLOB)")
+        for kind in (CALLS, FEEDBACK):
+            self.con.execute(
+                f"CREATE TABLE {kind.keys} (file_idx INTEGER, unit_line BIGINT, line_no BIGINT, log_id VARCHAR, content_hash VARCHAR, day VARCHAR)"
+            )
+            (self.work / kind.table).mkdir()
+        self.con.execute("CREATE TABLE rejected (file_idx INTEGER, line_no BIGINT, reason VARCHAR, raw BLOB, feedback BOOLEAN)")
         self.line_query = classify_sql(self.first_day, self.last_day, self.limits)
-        (self.work / "stage").mkdir()
+        self.feedback_query = classify_sql(self.first_day, self.last_day, self.limits, FEEDBACK_CONTRACT, "feedback_chunk")
 
-    def unit_dir(self, file_idx: int, unit_line: int) -> Path:
-        return self.work / "stage" / f"{file_idx}-{unit_line}"
+    def unit_dir(self, file_idx: int, unit_line: int, kind: _Kind = CALLS) -> Path:
+        return self.work / kind.table / f"{file_idx}-{unit_line}"
 
     def stage_file(self, file_idx: int, path: Path) -> None:
         """Stage a file the fast way when it is clean; otherwise chunk by chunk, so that only chunks with bad lines go line by line."""
@@ -617,18 +672,19 @@ class _Stager:
     def restage_by_line(self, file_idx: int, unit_line: int, path: Path) -> None:
         """Stage a fast-path unit again line by line, for the true line numbers that conflicts need."""
         whole = self.fast.pop((file_idx, unit_line))
-        self.con.execute("DELETE FROM keys WHERE file_idx = $f AND unit_line = $u", {"f": file_idx, "u": unit_line})
-        shutil.rmtree(self.unit_dir(file_idx, unit_line))
+        for kind in (CALLS, FEEDBACK):
+            self.con.execute(f"DELETE FROM {kind.keys} WHERE file_idx = $f AND unit_line = $u", {"f": file_idx, "u": unit_line})
+            shutil.rmtree(self.unit_dir(file_idx, unit_line, kind), ignore_errors=True)
         for chunk in (pa.Table.from_batches(batches) for batches in line_batches(path)):
             if whole or chunk["line_no"][0].as_py() == unit_line:
                 self._stage_lines(file_idx, chunk)
 
-    def _copy(self, file_idx: int, unit_line: int, typed: str) -> int:
+    def _copy(self, file_idx: int, unit_line: int, typed: str, kind: _Kind = CALLS) -> int:
         """Write typed rows (day, contract values, extra) of one unit as lake rows, partitioned by day; returns the row count."""
-        target = self.unit_dir(file_idx, unit_line)
+        target = self.unit_dir(file_idx, unit_line, kind)
         (count,) = self.con.execute(f"""
-            COPY (SELECT {LAKE_COLUMNS}, day FROM (
-                SELECT {NEW_COLUMNS}, extra, {_content_hash(field_rules())} AS content_hash,
+            COPY (SELECT {kind.lake_columns}, day FROM (
+                SELECT {kind.new_columns}, extra, {_content_hash(kind.rules)} AS content_hash,
                        {_sql_str(self.sources[file_idx])} AS source_file, TIMESTAMPTZ '{self.ingested_at}' AS ingested_at, day
                 FROM ({typed})))
             TO '{target}' ({PARQUET}, PARTITION_BY (day))
@@ -637,14 +693,19 @@ class _Stager:
 
     def _stage_clean(self, file_idx: int, unit_line: int, path: Path) -> bool:
         """Stage a file with the parallel reader when every record in it is valid; False, with nothing kept, otherwise."""
-        folder = self.unit_dir(file_idx, unit_line)
-        rules = _non_null_optional(field_rules())
-        limits = self.limits
+        kind, limits = CALLS, self.limits
+        folder = self.unit_dir(file_idx, unit_line, kind)
         try:
             screened = {key: rest for key, *rest in self.con.execute(screen_sql(path)).fetchall()}
             lines, biggest, total = screened.pop(None, (0, 0, 0))
             counts = {key: n for key, (n, *_) in screened.items()}
-            unknown = {key: n for key, n in counts.items() if key not in {r.name for r in field_rules()}}
+            # a file of feedback alone (every record names a kind and a feedback_at, none a timestamp) is one of feedback;
+            # a file of calls and feedback goes to the line checker, which tells them apart line by line
+            if lines and counts.get(KIND_FIELD) == lines and counts.get("feedback_at") == lines and "timestamp" not in counts:
+                kind = FEEDBACK
+                folder = self.unit_dir(file_idx, unit_line, kind)
+            rules = _non_null_optional(kind.rules)
+            unknown = {key: n for key, n in counts.items() if key not in {r.name for r in kind.rules}}
             # a record over a limit or with an empty key needs the line checker's reason; with at most max_keys
             # distinct keys in the file, no record has more
             if len(unknown) > MAX_UNKNOWN_KEYS or len(counts) > limits.max_keys or "" in counts:
@@ -654,8 +715,8 @@ class _Stager:
             given = [counts.get(r.name, 0) for r in rules]
             # where every record gives a field, the reader's NULL can only be an explicit null
             everywhere = [r.name for r, n in zip(rules, given) if n == lines]
-            sql = clean_file_sql(path, self.first_day, self.last_day, everywhere, unknown, limits.max_depth)
-            rows = self._copy(file_idx, unit_line, sql)
+            sql = clean_file_sql(path, self.first_day, self.last_day, everywhere, unknown, limits.max_depth, kind.contract)
+            rows = self._copy(file_idx, unit_line, sql, kind)
         except duckdb.InvalidInputException:  # a line that is not a JSON object, not UTF-8, gives a key twice, or breaks a rule
             shutil.rmtree(folder, ignore_errors=True)
             return False
@@ -668,7 +729,7 @@ class _Stager:
         if rows != lines or not self._values_given(path, staged, partly, unknown):
             shutil.rmtree(folder)
             return False
-        self.con.execute(f"INSERT INTO keys SELECT {file_idx}, {unit_line}, NULL, log_id, content_hash, day FROM {staged}")
+        self.con.execute(f"INSERT INTO {kind.keys} SELECT {file_idx}, {unit_line}, NULL, log_id, content_hash, day FROM {staged}")
         return True
 
     def _values_given(self, path: Path, staged: str, fields: list[tuple[FieldRule, int]], unknown: dict[str, int]) -> bool:
@@ -705,28 +766,50 @@ class _Stager:
         self.con.register("chunk", chunk.append_column("screened", screened))
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE judged AS {self.line_query}")
         self.con.execute(
-            f"INSERT INTO rejected SELECT {file_idx}, line_no, reason, bad_raw FROM judged WHERE reason IS NOT NULL AND reason <> 'blank'"
+            f"INSERT INTO rejected SELECT {file_idx}, line_no, reason, bad_raw, false FROM judged "
+            f"WHERE reason IS NOT NULL AND reason NOT IN ('blank', '{FEEDBACK_KIND}')"
         )
-        odd, bom = self.con.execute("SELECT count(*) FILTER (odd_blank), count(*) FILTER (bom) FROM judged").fetchall()[0]
+        odd, bom, feedback = self.con.execute(
+            f"SELECT count(*) FILTER (odd_blank), count(*) FILTER (bom), count(*) FILTER (reason = '{FEEDBACK_KIND}') FROM judged"
+        ).fetchall()[0]
         self.odd_blank_lines += odd
         self.bom_lines += bom
-        typed = "SELECT * EXCLUDE (line_no, reason, bad_raw, bom, odd_blank) FROM judged WHERE reason IS NULL"
-        self.con.execute(
-            f"INSERT INTO keys SELECT {file_idx}, {first}, line_no, log_id, {_content_hash(field_rules())}, day "
-            f"FROM judged WHERE reason IS NULL"
-        )
-        self._copy(file_idx, first, typed)
+        self._keep_valid(file_idx, first, "judged", CALLS)
+        if feedback:  # only those lines are parsed again, by the feedback contract
+            self.con.execute(
+                "CREATE OR REPLACE TEMP TABLE feedback_chunk AS SELECT line_no, raw, screened FROM chunk "
+                f"SEMI JOIN (SELECT line_no FROM judged WHERE reason = '{FEEDBACK_KIND}') USING (line_no)"
+            )
+            self.con.execute(f"CREATE OR REPLACE TEMP TABLE feedback_judged AS {self.feedback_query}")
+            self.con.execute(
+                f"INSERT INTO rejected SELECT {file_idx}, line_no, reason, bad_raw, true FROM feedback_judged WHERE reason IS NOT NULL"
+            )
+            self._keep_valid(file_idx, first, "feedback_judged", FEEDBACK)
         self.lines_by_line += chunk.num_rows
         self.con.unregister("chunk")
 
+    def _keep_valid(self, file_idx: int, first: int, judged: str, kind: _Kind) -> None:
+        """Record the keys of a judged chunk's valid rows of one kind, and write those rows as staged lake rows."""
+        self.con.execute(
+            f"INSERT INTO {kind.keys} SELECT {file_idx}, {first}, line_no, log_id, {_content_hash(kind.rules)}, day "
+            f"FROM {judged} WHERE reason IS NULL"
+        )
+        self._copy(
+            file_idx,
+            first,
+            f"SELECT * EXCLUDE (line_no, reason, bad_raw, bom, odd_blank) FROM {judged} WHERE reason IS NULL",
+            kind,
+        )
+
     def drop_file(self, file_idx: int) -> None:
         """Forget whatever was staged of a file that turned out unreadable part way."""
-        self.con.execute("DELETE FROM keys WHERE file_idx = $f", {"f": file_idx})
-        self.con.execute("DELETE FROM rejected WHERE file_idx = $f", {"f": file_idx})
+        for table in (CALLS.keys, FEEDBACK.keys, "rejected"):
+            self.con.execute(f"DELETE FROM {table} WHERE file_idx = $f", {"f": file_idx})
         for unit in [key for key in self.fast if key[0] == file_idx]:
             del self.fast[unit]
-        for folder in (self.work / "stage").glob(f"{file_idx}-*"):
-            shutil.rmtree(folder)
+        for kind in (CALLS, FEEDBACK):
+            for folder in (self.work / kind.table).glob(f"{file_idx}-*"):
+                shutil.rmtree(folder)
 
 
 def ingest(
@@ -760,6 +843,7 @@ def ingest(
             sources = [listed[p] for p in files]
             stager = _Stager(con, work, sources, first_day, last_day, datetime.now(UTC).isoformat(), settings.line_limits)
             result, whole = _ingest(stager, settings, files, days)
+            mark_stale(settings, result.stale_days, run_id)
             result.lines_by_line = stager.lines_by_line
             result.odd_blank_lines = stager.odd_blank_lines
             result.bom_lines = stager.bom_lines
@@ -908,11 +992,12 @@ def _ingest(stager: _Stager, settings: Settings, files: list[Path], days) -> tup
         problem = _stage_or_refuse(stager, file_idx, path)
         if problem:
             bad[file_idx] = problem
-    result.lines = con.execute("SELECT (SELECT count(*) FROM keys) + (SELECT count(*) FROM rejected)").fetchall()[0][0]
+    result.lines = con.execute(
+        "SELECT (SELECT count(*) FROM keys) + (SELECT count(*) FROM fb_keys) + (SELECT count(*) FROM rejected)"
+    ).fetchall()[0][0]
 
     # only the partitions the staged rows fall in: a record is a duplicate of one stored on its own day
-    staged_days = [d for (d,) in con.execute("SELECT DISTINCT day FROM keys ORDER BY day").fetchall()]
-    existing = [f for f in (partition_file(settings.lake_dir, TABLE, d) for d in staged_days) if f.is_file()]
+    existing = _lake_files(settings, CALLS, con.execute("SELECT DISTINCT day FROM keys ORDER BY day").fetchall())
     _decide_fates(con, existing)
     # a conflict needs true line numbers, to name the line and to know which of a unit's records came first
     redo = con.execute(
@@ -938,11 +1023,19 @@ def _ingest(stager: _Stager, settings: Settings, files: list[Path], days) -> tup
             result.pending += count
     for reason, count in con.execute("SELECT reason, count(*) FROM rejected GROUP BY reason").fetchall():
         result.quarantined[reason] += count
+    # feedback is stored whatever days the run stores: no partition of the daily assets is its own
+    _decide_feedback_fates(con, _lake_files(settings, FEEDBACK, con.execute("SELECT DISTINCT day FROM fb_keys").fetchall()))
+    result.feedback_new, result.feedback_duplicates, result.feedback_quarantined = con.execute(
+        "SELECT count(*) FILTER (fate = 'new'), count(*) FILTER (fate = 'duplicate'), "
+        "(SELECT count(*) FROM rejected WHERE feedback) FROM fb_fate"
+    ).fetchall()[0]
     result.quarantined.update(bad.values())
     result.bad_files = {printable_name(stager.sources[i]): reason for i, reason in sorted(bad.items())}
 
     _write_quarantine(stager, settings, files, bad)
     _write_partitions(stager, settings, wanted, result)
+    _swap_partitions(stager, settings, FEEDBACK, None)
+    _link_feedback(con, settings, wanted, result)
     return result, [i for i in range(len(files)) if i not in _unfinished(stager, wanted) | set(bad)]
 
 
@@ -957,6 +1050,50 @@ def _unfinished(stager: _Stager, wanted: list[str] | None) -> set[int]:
         ) WHERE day > '{stager.last_day}' AND day <= '{horizon}'
     """).fetchall()
     return {i for (i,) in rows}
+
+
+def _lake_files(settings: Settings, kind: _Kind, days: list[tuple[str]]) -> list[Path]:
+    """The lake files of one kind's partitions of `days` (rows of one-element tuples, as DuckDB returns them) that exist."""
+    return [f for f in (partition_file(settings.lake_dir, kind.table, d) for (d,) in sorted(days)) if f.is_file()]
+
+
+def _decide_feedback_fates(con, existing: list[Path]) -> None:
+    """Table `fb_fate`: each staged feedback row is new, or a duplicate of the same record in the lake or on an earlier line."""
+    # a record sent again has the same feedback_at, so its copy is on the same day: only those partitions are read
+    lake = (
+        f"SELECT log_id, content_hash FROM read_parquet({_sql_list(map(str, existing))})"
+        if existing
+        else "SELECT NULL::VARCHAR AS log_id, NULL::VARCHAR AS content_hash WHERE false"
+    )
+    con.execute(f"""
+        CREATE OR REPLACE TABLE fb_fate AS
+        SELECT k.*, CASE WHEN l.log_id IS NOT NULL OR row_number() OVER (
+                    PARTITION BY k.log_id, k.content_hash ORDER BY k.file_idx, k.unit_line, k.line_no) > 1
+               THEN 'duplicate' ELSE 'new' END AS fate
+        FROM fb_keys k LEFT JOIN (SELECT DISTINCT * FROM ({lake})) l USING (log_id, content_hash)
+    """)
+
+
+def _link_feedback(con, settings: Settings, wanted: list[str] | None, result: IngestResult) -> None:
+    """Count the feedback waiting for its call, and name the raw_logs days besides `wanted` whose calls got new feedback.
+
+    Those days' settlements are stale; the days of the run are settled by the run itself, as after their new calls.
+    """
+    lake = settings.lake_dir
+    calls = [str(partition_file(lake, TABLE, d)) for d in partition_dates(lake, TABLE)]
+    feedback = [str(partition_file(lake, FEEDBACK_TABLE, d)) for d in partition_dates(lake, FEEDBACK_TABLE)]
+    if not feedback:  # no feedback at all: a lake of calls only pays for this listing
+        return
+    ids = f"(SELECT log_id FROM read_parquet({_sql_list(calls)}))" if calls else "(SELECT NULL::VARCHAR AS log_id WHERE false)"
+    result.feedback_waiting = con.execute(
+        f"SELECT count(*) FROM read_parquet({_sql_list(feedback)}) ANTI JOIN {ids} USING (log_id)"
+    ).fetchall()[0][0]
+    if calls and result.feedback_new:
+        rows = con.execute(f"""
+            SELECT DISTINCT date FROM read_parquet({_sql_list(calls)}, hive_partitioning = true, hive_types = {{'date': VARCHAR}})
+            SEMI JOIN (SELECT log_id FROM fb_fate WHERE fate = 'new') USING (log_id) ORDER BY date
+        """).fetchall()
+        result.stale_days = [d for (d,) in rows if wanted is None or d not in wanted]
 
 
 def _decide_fates(con, existing: list[Path]) -> None:
@@ -1095,19 +1232,21 @@ def _swap_in(staged: Path, target: Path) -> None:
         os.replace(staged, tmp)
 
 
-def _write_partitions(stager: _Stager, settings: Settings, wanted: list[str] | None, result: IngestResult) -> None:
-    """Swap in each touched partition: its staged file as is when it holds exactly the day's new rows, else a merge with the stored rows."""
+def _swap_partitions(stager: _Stager, settings: Settings, kind: _Kind, wanted: list[str] | None) -> list[str]:
+    """Swap in each touched partition of a kind: its staged file as is when it holds exactly the day's new rows, else a merge
+    with the stored rows; returns the days that got new rows."""
     con = stager.con
+    columns = kind.lake_columns
     units = con.execute(f"""
         SELECT day, file_idx, unit_line, count(*) FILTER (fate = 'new'), count(*)
-        FROM fate WHERE day IN (SELECT day FROM fate WHERE fate = 'new' AND {_in_days(wanted)})
+        FROM {kind.fate} WHERE day IN (SELECT day FROM {kind.fate} WHERE fate = 'new' AND {_in_days(wanted)})
         GROUP BY ALL HAVING count(*) FILTER (fate = 'new') > 0 ORDER BY ALL
     """).fetchall()
     new_days = sorted({day for day, *_ in units})
     merges = []
     for d in new_days:
-        target = partition_file(settings.lake_dir, TABLE, d)
-        parts = [(stager.unit_dir(f, u) / f"day={d}", f, u, new, rows) for day, f, u, new, rows in units if day == d]
+        target = partition_file(settings.lake_dir, kind.table, d)
+        parts = [(stager.unit_dir(f, u, kind) / f"day={d}", f, u, new, rows) for day, f, u, new, rows in units if day == d]
         staged = [sorted(folder.glob("*.parquet")) for folder, *_ in parts]
         if not target.is_file() and len(parts) == 1 and parts[0][3] == parts[0][4] and len(staged[0]) == 1:
             _swap_in(staged[0][0], target)
@@ -1115,28 +1254,35 @@ def _write_partitions(stager: _Stager, settings: Settings, wanted: list[str] | N
         # several units, stored rows, or rows that are duplicates: keep each new row once; a unit whose rows are all new
         # is read as is (the join made merging 200k rows in 30 days 2.0 s instead of 1.5)
         merges += [
-            f"SELECT {LAKE_COLUMNS}, '{d}' AS day FROM read_parquet({_sql_list(map(str, files))})"
+            f"SELECT {columns}, '{d}' AS day FROM read_parquet({_sql_list(map(str, files))})"
             if new == rows
-            else f"SELECT {LAKE_COLUMNS}, '{d}' AS day FROM read_parquet({_sql_list(map(str, files))}) s SEMI JOIN "
-            f"(SELECT log_id, content_hash FROM fate WHERE fate = 'new' AND file_idx = {f} AND unit_line = {u} AND day = '{d}') n "
-            f"USING (log_id, content_hash) QUALIFY row_number() OVER (PARTITION BY s.log_id) = 1"
+            else f"SELECT {columns}, '{d}' AS day FROM read_parquet({_sql_list(map(str, files))}) s SEMI JOIN "
+            f"(SELECT log_id, content_hash FROM {kind.fate} WHERE fate = 'new' AND file_idx = {f} AND unit_line = {u} AND day = '{d}') n "
+            f"USING (log_id, content_hash) QUALIFY row_number() OVER (PARTITION BY {kind.identity}) = 1"
             for (_, f, u, new, rows), files in zip(parts, staged)
         ]
         if target.is_file():
-            merges.append(f"SELECT {LAKE_COLUMNS}, '{d}' AS day FROM read_parquet({_sql_str(str(target))})")
+            merges.append(f"SELECT {columns}, '{d}' AS day FROM read_parquet({_sql_str(str(target))})")
     if merges:
         # one partitioned write for every merged day, on all threads: 1.2 s for those 200k rows against 1.5 day by day
-        merged = stager.work / "merged"
+        merged = stager.work / f"merged-{kind.table}"
         con.execute(f"COPY ({' UNION ALL '.join(merges)}) TO '{merged}' ({PARQUET}, PARTITION_BY (day))")
         for folder in sorted(merged.glob("day=*")):
             files = sorted(folder.glob("*.parquet"))
-            target = partition_file(settings.lake_dir, TABLE, folder.name.removeprefix("day="))
+            target = partition_file(settings.lake_dir, kind.table, folder.name.removeprefix("day="))
             if len(files) == 1:
                 _swap_in(files[0], target)
             else:  # a partitioned write may split a large day into several files; the lake holds one per day
                 remove_stale_temps(target)
                 with atomic_path(target) as tmp:
                     con.execute(f"COPY (SELECT * FROM read_parquet({_sql_list(map(str, files))})) TO '{tmp}' ({PARQUET})")
+    return new_days
+
+
+def _write_partitions(stager: _Stager, settings: Settings, wanted: list[str] | None, result: IngestResult) -> None:
+    """Swap in the touched raw_logs partitions, and report the stored rows of the days of the run."""
+    con = stager.con
+    new_days = _swap_partitions(stager, settings, CALLS, wanted)
     reported = new_days if wanted is None else wanted
     stored = [
         str(partition_file(settings.lake_dir, TABLE, d))

@@ -1,4 +1,4 @@
-"""The raw log input contract (loaded from the package) and the lake schema of raw_logs."""
+"""The input contracts (loaded from the package: calls, and feedback on them) and the lake schema of raw_logs."""
 
 from __future__ import annotations
 
@@ -78,17 +78,24 @@ class FieldRule:
         return "json" if kind == "object" else kind
 
 
+# the contracts shipped in ft_pipeline/contracts/<name>.schema.json: a call (the default kind of a line) and feedback
+CALL_CONTRACT = "raw_log"
+FEEDBACK_CONTRACT = "feedback"
+# the field that names a record's kind, and so its contract; it routes the record and is not stored
+KIND_FIELD = "kind"
+
+
 @cache
-def contract() -> dict[str, Any]:
-    """The raw log JSON Schema shipped inside the package."""
-    text = resources.files("ft_pipeline").joinpath("contracts", "raw_log.schema.json").read_text(encoding="utf-8")
+def contract(name: str = CALL_CONTRACT) -> dict[str, Any]:
+    """One input contract's JSON Schema shipped inside the package (default: the call's)."""
+    text = resources.files("ft_pipeline").joinpath("contracts", f"{name}.schema.json").read_text(encoding="utf-8")
     return json.loads(text)
 
 
 @cache
-def field_rules() -> tuple[FieldRule, ...]:
-    """One rule per contract property, in contract order."""
-    schema = contract()
+def field_rules(name: str = CALL_CONTRACT) -> tuple[FieldRule, ...]:
+    """One rule per property of a contract (default: the call's), in contract order."""
+    schema = contract(name)
     required = set(schema["required"])
     rules = []
     for name, spec in schema["properties"].items():
@@ -194,11 +201,11 @@ def _item_problems(name: str, items: dict[str, Any], values: list) -> list[tuple
     return problems
 
 
-def record_problems(record: Any) -> list[tuple[str, str]]:
-    """Every contract violation of one parsed record as (reason code, detail); the first is the quarantine reason."""
+def record_problems(record: Any, name: str = CALL_CONTRACT) -> list[tuple[str, str]]:
+    """Every violation of a contract (default: the call's) by one parsed record as (reason code, detail); the first is the quarantine reason."""
     if not isinstance(record, dict):
         return [("not_an_object", f"a record must be a JSON object, got {json_type(record)}")]
-    return [problem for rule in field_rules() for problem in field_problems(rule, record)]
+    return [problem for rule in field_rules(name) for problem in field_problems(rule, record)]
 
 
 def validate_record(record: Any) -> list[str]:
@@ -300,12 +307,17 @@ def judge_line(raw: bytes, first_day: str, last_day: str, limits: LineLimits = L
         json.dumps(record, ensure_ascii=False).encode("utf-8")
     except (ValueError, UnicodeEncodeError) as exc:
         return LineVerdict("invalid_json", f"not valid JSON: {exc}", bom=bom)
-    problem = record_problem(record, first_day, last_day, limits)
+    if isinstance(record, dict) and record.get(KIND_FIELD) == "feedback":
+        from ft_pipeline.core.feedback import feedback_problem
+
+        problem = feedback_problem(record, limits)
+    else:
+        problem = record_problem(record, first_day, last_day, limits)
     return LineVerdict(*problem, bom=bom) if problem else LineVerdict(bom=bom, record=record)
 
 
-def record_problem(record: Any, first_day: str, last_day: str, limits: LineLimits = LineLimits()) -> tuple[str, str] | None:
-    """The quarantine reason and detail of one parsed record (None when valid): structure, contract, then its day."""
+def structure_problem(record: Any, limits: LineLimits = LineLimits()) -> tuple[str, str] | None:
+    """The reason and detail when a parsed record is no object, or its keys are too many, empty or repeated; None otherwise."""
     if not isinstance(record, dict):
         return "not_an_object", f"a record must be a JSON object, got {json_type(record)}"
     given = getattr(record, "given", list(record))
@@ -316,6 +328,14 @@ def record_problem(record: Any, first_day: str, last_day: str, limits: LineLimit
     if len(given) > len(set(given)):
         repeated = sorted({key for key in given if given.count(key) > 1})
         return "duplicate_key", f"the record gives {', '.join(repeated)} more than once, so its content is ambiguous"
+    return None
+
+
+def record_problem(record: Any, first_day: str, last_day: str, limits: LineLimits = LineLimits()) -> tuple[str, str] | None:
+    """The quarantine reason and detail of one parsed call record (None when valid): structure, contract, then its day."""
+    problem = structure_problem(record, limits)
+    if problem:
+        return problem
     problems = record_problems(record)
     if problems:
         return problems[0]

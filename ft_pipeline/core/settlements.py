@@ -4,6 +4,10 @@ A record is settled when its decision is `accepted` (final text = output; a fina
 from the output makes the record ambiguous and excludes it) or `edited` (final text = final_output).
 Every excluded record gets exactly one reason, the first that applies, in the order of EXCLUSION_REASONS.
 
+A call is settled as its latest feedback leaves it (core/feedback.py): decision, final_output, user_rating and
+quality_score come from the feedback records on its log_id, from any day, when there are some; its ingested_at is
+then when the winning feedback arrived, so an example settled by late feedback counts as new for the retrain.
+
 Near-duplicates (same task, prompt and final text after redaction and after normalising case and
 whitespace) are removed within the partition being built only: the best quality score wins, then the
 newest, then the smallest log_id. Deduplicating across days would make a day's result depend on other
@@ -31,7 +35,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ft_pipeline.core.aggregates import literal
 from ft_pipeline.core.edits import edit_metrics
+from ft_pipeline.core.feedback import clear_stale, joined_calls_sql, stale_days
 from ft_pipeline.core.io import (
     atomic_path,
     checked_date,
@@ -129,6 +135,7 @@ class SettleResult:
     preview: pa.Table = field(default_factory=SCHEMA.empty_table)
     source_missing: bool = False
     quarantined: list[dict] = field(default_factory=list)  # this stage's quarantine: log_id (redacted), reason, detail
+    with_feedback: int = 0  # records of the day with feedback records, which decided what they settle as
 
 
 def summary(results: list[SettleResult]) -> dict[str, int | float | None]:
@@ -139,6 +146,7 @@ def summary(results: list[SettleResult]) -> dict[str, int | float | None]:
         "settled": settled,
         "excluded": sum(sum(r.excluded.values()) for r in results),
         "quarantined": sum(len(r.quarantined) for r in results),
+        "with_feedback": sum(r.with_feedback for r in results),
         **{f"excluded:{reason}": sum(r.excluded.get(reason, 0) for r in results) for reason in EXCLUSION_REASONS},
         **{f"pii:{kind}": sum(r.pii.get(kind, 0) for r in results) for kind in PII_TYPES},
         "mean_retained": sum(r.retained_sum for r in results) / settled if settled else None,
@@ -246,12 +254,10 @@ def _value_counts(values: pa.ChunkedArray) -> tuple[list[str], list[int]]:
     return counts.field("values").to_pylist(), counts.field("counts").to_pylist()
 
 
-def _select_survivors(con: duckdb.DuckDBPyConnection, source: str, settings: Settings, result: SettleResult) -> None:
-    """Fill DuckDB table `survivors` (row, use_final) with the rows to settle; count rows_in and exclusions into `result`."""
+def _select_survivors(con: duckdb.DuckDBPyConnection, settings: Settings, result: SettleResult) -> None:
+    """Fill DuckDB table `survivors` (row, use_final) with the rows of view `calls` to settle; count rows_in and exclusions into `result`."""
     columns = ", ".join(f'"{name}"' for name in KEY_SCHEMA.names[1:])
-    reader = con.sql(
-        f"SELECT file_row_number AS row, {columns} FROM read_parquet(?, file_row_number = true)", params=[source]
-    ).to_arrow_reader(BATCH_ROWS)
+    reader = con.sql(f"SELECT file_row_number AS row, {columns} FROM calls").to_arrow_reader(BATCH_ROWS)
     # Inserts go through a second connection to the same database: a query on `con` would end the stream.
     keys = con.cursor()
     keys.execute(
@@ -343,14 +349,17 @@ def _settle_file(source: Path, target: Path, settings: Settings) -> SettleResult
         # Each thread pins its own blocks while sorting wide rows: with two, 512 MB runs out instead of spilling.
         con.execute("SET threads = 1")
         con.execute("SET temp_directory = ?", [str(spill)])
-        _select_survivors(con, str(source), settings, result)
+        # each call as its latest feedback leaves it: both passes read the day through this view
+        raw = f"read_parquet({literal(str(source))}, file_row_number = true)"
+        con.execute(f"CREATE TEMP VIEW calls AS {joined_calls_sql(raw, settings.lake_dir)}")
+        _select_survivors(con, settings, result)
+        (result.with_feedback,) = con.execute("SELECT count(*) FILTER (feedback_records > 0) FROM calls").fetchall()[0]
         columns = ", ".join(f'r."{name}"' for name in RAW_LOG_SCHEMA.names)
         # Ordered by time then id; the file row only breaks ties of repeated ids, so re-runs write the same bytes.
         reader = con.sql(
-            f"SELECT {columns}, s.use_final FROM read_parquet(?, file_row_number = true) r "
+            f"SELECT {columns}, s.use_final FROM calls r "
             "JOIN survivors s ON r.file_row_number = s.row "
-            "ORDER BY r.timestamp NULLS LAST, r.log_id NULLS LAST, r.file_row_number",
-            params=[str(source)],
+            "ORDER BY r.timestamp NULLS LAST, r.log_id NULLS LAST, r.file_row_number"
         ).to_arrow_reader(BATCH_ROWS)
         remove_stale_temps(target)  # a killed build's; the day's lock keeps every other writer out
         with atomic_path(target) as tmp, pq.ParquetWriter(tmp, SCHEMA, compression="zstd") as writer:
@@ -394,12 +403,15 @@ def build_partition(settings: Settings, date: str) -> SettleResult:
     """
     with hold(settings.root, f"settlements-{checked_date(date)}"):
         sweep(settings.root, "settlements")
+        batch = stale_days(settings).get(date)  # read before the feedback is: feedback marked after it keeps the day stale
         source = partition_file(settings.lake_dir, RAW_TABLE, date)
         if not source.is_file():
             if not settlements_path(settings, date).is_file():
                 write_parquet_atomic(SCHEMA.empty_table(), settlements_path(settings, date))
+            clear_stale(settings, date, batch)  # no calls left to settle again
             return SettleResult(source_missing=True)
         result = _settle_file(source, settlements_path(settings, date), settings)
+        clear_stale(settings, date, batch)
         # the stage's own quarantine, one file per day, rewritten by every build: names and reasons, never record text
         target = quarantine_path(settings, date)
         if result.quarantined:

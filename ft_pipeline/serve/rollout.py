@@ -14,6 +14,7 @@ from pathlib import Path
 from statistics import NormalDist
 from typing import Any
 
+from ft_pipeline.core.feedback import joined_calls_sql
 from ft_pipeline.core.io import TASK_NAME, checked_name, partition_dates, partition_dir, partition_file, write_json_atomic
 from ft_pipeline.core.stats import rate, two_proportion_test
 from ft_pipeline.settings import Settings
@@ -228,8 +229,8 @@ class ArmEvidence:
 
 
 def rollout_evidence(settings: Settings, task: str, state: Rollout) -> dict[str, ArmEvidence]:
-    """Per arm, the task's calls logged under the rollout's experiment id in the raw_logs lake; a call is reviewed when
-    its decision is no longer pending. The one place evidence is read, so where decisions come from can change here."""
+    """Per arm, the task's calls logged under the rollout's experiment id in the raw_logs lake, with their latest
+    feedback; a call is reviewed when its decision is no longer pending."""
     import duckdb
 
     days = [d for d in partition_dates(settings.lake_dir, RAW_LOGS) if d >= state.started_at[:10]]
@@ -239,6 +240,12 @@ def rollout_evidence(settings: Settings, task: str, state: Rollout) -> dict[str,
         return evidence
     reviewed = "decision IN ('accepted', 'edited', 'rejected')"
     with duckdb.connect() as con:
+        con.execute(
+            "CREATE TEMP TABLE rollout_calls AS SELECT * FROM read_parquet(?, union_by_name = true) "
+            "WHERE task = ? AND experiment_id = ? AND variant IN (?, ?)",
+            [files, task, state.experiment_id, CANDIDATE, CHAMPION],
+        )
+        # each call as its latest feedback leaves it: the gateway logs calls pending, people decide later
         rows = con.execute(
             f"""
             SELECT variant, count(*), count(*) FILTER (WHERE {reviewed}), count(*) FILTER (WHERE decision = 'accepted'),
@@ -246,10 +253,9 @@ def rollout_evidence(settings: Settings, task: str, state: Rollout) -> dict[str,
                 count(*) FILTER (WHERE {reviewed} AND timestamp >= CAST(? AS TIMESTAMPTZ)),
                 quantile_cont(latency_ms, 0.95),
                 count(*) FILTER (WHERE json_extract_string(metadata, '$.fallback') IS NOT NULL)
-            FROM read_parquet(?, union_by_name = true)
-            WHERE task = ? AND experiment_id = ? AND variant IN (?, ?)
+            FROM ({joined_calls_sql("rollout_calls", settings.lake_dir)})
             GROUP BY variant""",
-            [state.stage_started_at, files, task, state.experiment_id, CANDIDATE, CHAMPION],
+            [state.stage_started_at],
         ).fetchall()
     for variant, calls, n, accepted, rejected, stage_n, p95, errors in rows:
         evidence[variant] = ArmEvidence(int(calls), int(n), int(accepted), int(rejected), int(stage_n), p95, int(errors))

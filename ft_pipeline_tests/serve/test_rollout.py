@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import pytest
 from mlflow.exceptions import MlflowException
 
+from ft_pipeline.core.ingest import ingest
 from ft_pipeline.serve.rollout import (
     CANDIDATE,
     CHAMPION,
@@ -282,12 +283,17 @@ def test_evidence_reads_only_the_rollouts_calls(settings, task):
     day = datetime.now(UTC).date().isoformat()
     now = datetime.now(UTC)
     rows = [
-        raw_log("a", task=task, timestamp=now, experiment_id=state.experiment_id, variant=CANDIDATE, latency_ms=10.0),
-        raw_log("b", task=task, timestamp=now, experiment_id=state.experiment_id, variant=CHAMPION, decision="rejected"),
-        raw_log("c", task=task, timestamp=now, experiment_id="another", variant=CANDIDATE),
-        raw_log("d", task="other", timestamp=now, experiment_id=state.experiment_id, variant=CANDIDATE),
+        raw_log(f"a-{task}", task=task, timestamp=now, experiment_id=state.experiment_id, variant=CANDIDATE, latency_ms=10.0),
+        raw_log(f"b-{task}", task=task, timestamp=now, experiment_id=state.experiment_id, variant=CHAMPION, decision="rejected"),
+        raw_log(f"c-{task}", task=task, timestamp=now, experiment_id="another", variant=CANDIDATE),
+        raw_log(f"d-{task}", task="other", timestamp=now, experiment_id=state.experiment_id, variant=CANDIDATE),
         raw_log(
-            "e", task=task, timestamp=now, experiment_id=state.experiment_id, variant=CANDIDATE, metadata={"fallback": "gone"}
+            f"e-{task}",
+            task=task,
+            timestamp=now,
+            experiment_id=state.experiment_id,
+            variant=CANDIDATE,
+            metadata={"fallback": "gone"},
         ),
     ]
     write_raw_logs(settings.lake_dir, day, rows)
@@ -295,6 +301,14 @@ def test_evidence_reads_only_the_rollouts_calls(settings, task):
     cand = found[CANDIDATE]
     assert (cand.calls, cand.accepted, cand.errors, cand.latency_p95_ms) == (2, 2, 1, 10.0)
     assert (found[CHAMPION].reviewed, found[CHAMPION].rejected) == (1, 1)
+
+    # feedback that arrives later decides the call: it is rejected now
+    settings.inbox_dir.mkdir(parents=True, exist_ok=True)
+    late = {"kind": "feedback", "log_id": f"a-{task}", "feedback_at": now.isoformat(), "decision": "rejected"}
+    (settings.inbox_dir / f"feedback-{task}.jsonl").write_text(json.dumps(late) + "\n")
+    ingest(settings)
+    cand = rollout_evidence(settings, task, state)[CANDIDATE]
+    assert (cand.calls, cand.accepted, cand.rejected) == (2, 1, 1)
 
 
 def test_the_cli_shows_a_rollout_and_acts_on_it_by_hand(settings, task, capsys):
