@@ -21,7 +21,8 @@ RawLogsConfig = stage_config("general", "RawLogsConfig")
     "file per UTC day; lines that break the contract go to quarantine/ with a reason.",
 )
 def raw_logs(context: AssetExecutionContext, config: RawLogsConfig, pipeline: PipelineResource) -> MaterializeResult:
-    """Inbox JSONL -> lake/raw_logs/date=YYYY-MM-DD/part-0.parquet; contract breakers -> quarantine/ with a reason."""
+    """Inbox JSONL -> lake/raw_logs/date=YYYY-MM-DD/part-0.parquet, feedback lines -> lake/feedback/; contract breakers ->
+    quarantine/ with a reason; the days whose calls got new feedback are marked stale for the feedback sensor."""
     settings = pipeline.settings(config)
     days = context.partition_keys
     result = ingest(settings, days=days, last_day=daily_partitions.get_last_partition_key(), run_id=context.run_id)

@@ -114,17 +114,17 @@ def latest_feedback_sql(calls: str, files: list[Path]) -> str:
 def joined_calls_sql(calls: str, lake_dir: Path) -> str:
     """SQL for relation `calls` (raw_logs rows, any extra columns kept) as its latest feedback leaves them: decision,
     final_output, user_rating and quality_score overridden where feedback gives them, ingested_at the later of the call's
-    and its winning feedback's."""
+    and its winning feedback's, and a column `feedback_records` with how many feedback records each call has."""
     files = feedback_files(lake_dir)
     if not files:
-        return f"SELECT * FROM {calls}"
+        return f"SELECT *, 0 AS feedback_records FROM {calls}"
     return f"""
         SELECT c.* REPLACE (
             CASE WHEN f.verdict IS NULL THEN c.decision ELSE f.verdict.decision END AS decision,
             CASE WHEN f.verdict IS NULL THEN c.final_output ELSE f.verdict.final_output END AS final_output,
             coalesce(f.user_rating, c.user_rating) AS user_rating,
             coalesce(f.quality_score, c.quality_score) AS quality_score,
-            greatest(c.ingested_at, f.ingested_at) AS ingested_at)
+            greatest(c.ingested_at, f.ingested_at) AS ingested_at), coalesce(f.feedback, 0) AS feedback_records
         FROM {calls} c LEFT JOIN ({latest_feedback_sql(calls, files)}) f ON c.log_id = f.log_id"""
 
 

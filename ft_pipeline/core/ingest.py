@@ -357,6 +357,17 @@ def _content_hash(rules: tuple[FieldRule, ...]) -> str:
     return "printf('%016x', hash(" + ", ".join([f'"{r.name}"' for r in rules if r.name != KIND_FIELD] + ["extra"]) + "))"
 
 
+def _record_checks(contract: str, first_day: str, last_day: str) -> list[tuple[str, str]]:
+    """(failing condition, reason expression) pairs on a whole typed row, after its fields' checks: the day, and for feedback its content."""
+    if contract == CALL_CONTRACT:
+        return [(f"day NOT BETWEEN '{first_day}' AND '{last_day}'", "'out_of_range:timestamp'")]
+    # feedback: any day of the calendar has a partition, but the record must say something
+    return [
+        (" AND ".join(f"{_sql_id(name)} IS NULL" for name in given_one_of()), f"'{EMPTY_REASON}'"),
+        ("coalesce(length(day) <> 10 OR day < '0001', true)", "'out_of_range:feedback_at'"),
+    ]
+
+
 def classify_sql(first_day: str, last_day: str, limits: LineLimits, contract: str = CALL_CONTRACT, source: str = "chunk") -> str:
     """The query that turns a chunk of raw lines into typed rows of a contract, each with a quarantine reason, 'blank' or NULL.
 
@@ -367,13 +378,9 @@ def classify_sql(first_day: str, last_day: str, limits: LineLimits, contract: st
     rules = field_rules(contract)
     known = _sql_list(r.name for r in rules)
     structure = json.dumps({r.name: "JSON" for r in rules}).replace("'", "''")
-    checks = [c for r in rules for c in _field_checks(r)]
+    checks = [c for r in rules for c in _field_checks(r)] + _record_checks(contract, first_day, last_day)
     if contract == CALL_CONTRACT:
         checks.insert(0, (f"({_sql_id(KIND_FIELD)} ->> '$') = '{FEEDBACK_KIND}'", f"'{FEEDBACK_KIND}'"))
-        checks.append((f"day NOT BETWEEN '{first_day}' AND '{last_day}'", "'out_of_range:timestamp'"))
-    else:  # feedback: any day of the calendar has a partition, but the record must say something
-        checks.append((" AND ".join(f"{_sql_id(name)} IS NULL" for name in given_one_of()), f"'{EMPTY_REASON}'"))
-        checks.append(("coalesce(length(day) <> 10 OR day < '0001', true)", "'out_of_range:feedback_at'"))
     # the order of `judge_line`, so that both give the same first reason
     reason = (
         "CASE WHEN screened IS NOT NULL THEN screened WHEN blank THEN 'blank' WHEN line IS NULL THEN 'invalid_utf8' "
@@ -451,8 +458,10 @@ def clean_file_sql(
     non_null: Iterable[str] = (),
     unknown: Iterable[str] = (),
     max_depth: int = LineLimits.max_depth,
+    contract: str = CALL_CONTRACT,
 ) -> str:
-    """The query that types every record of a file with DuckDB's own parallel JSON reader, and fails on a row that breaks a rule.
+    """The query that types every record of a file of one contract with DuckDB's own parallel JSON reader, and fails on a
+    row that breaks a rule.
 
     `non_null` names optional fields that every record of the file gives, so that a NULL from the reader is a null;
     `unknown` names the keys outside the contract that records of the file give, which go to `extra`; a value that
@@ -461,7 +470,7 @@ def clean_file_sql(
     # The reader cannot see undeclared keys, tell a null from an absent key, or number lines: `screen_sql` finds the keys
     # and counts them, and a file whose rows need line numbers (quarantine, conflicts) is parsed line by line. Rows are
     # not numbered here at all: a row number serializes the reader and cost more than everything else.
-    rules = field_rules()
+    rules = field_rules(contract)
     unknown = sorted(unknown)
     columns = "{" + ", ".join(f"{_sql_str(name)}: 'JSON'" for name in [r.name for r in rules] + unknown) + "}"
     reader = (
@@ -471,7 +480,7 @@ def clean_file_sql(
     dirty = " OR ".join(
         [f"{_sql_id(r.name)} IS NULL" for r in rules if r.required or r.name in non_null]
         + [f"({_sql_id(r.name)} IS NOT NULL AND {cond})" for r in rules for cond, _ in _value_checks(r)]
-        + [f"day NOT BETWEEN '{first_day}' AND '{last_day}'"]
+        + [cond for cond, _ in _record_checks(contract, first_day, last_day)]
         + [_may_nest_deep(_sql_id(r.name), max_depth) for r in rules if r.kind == "json"]
         + [_may_nest_deep("extra", max_depth)]
     )
@@ -568,9 +577,9 @@ class IngestResult:
     preview: list[dict] = field(default_factory=list)  # a few of the new rows
     feedback_new: int = 0  # feedback records added to the lake
     feedback_duplicates: int = 0  # feedback lines whose record the lake (or an earlier line) already holds
-    feedback_quarantined: int = 0  # feedback lines quarantined (also counted in `quarantined`, by reason)
+    feedback_quarantined: int = 0  # feedback lines the feedback contract refused (also counted in `quarantined`, by reason)
     feedback_waiting: int = 0  # feedback records in the lake whose log_id has no call in the lake yet
-    stale_days: list[str] = field(default_factory=list)  # raw_logs days with a call that got new feedback in this run
+    stale_days: list[str] = field(default_factory=list)  # other days than the run's with a call that got new feedback
 
     @property
     def stored(self) -> int:
@@ -611,7 +620,6 @@ class _Kind:
 
 CALLS = _Kind(CALL_CONTRACT, TABLE, RAW_LOG_SCHEMA, "keys", "fate", "log_id")
 FEEDBACK = _Kind(FEEDBACK_CONTRACT, FEEDBACK_TABLE, FEEDBACK_SCHEMA, "fb_keys", "fb_fate", "log_id, content_hash")
-LAKE_COLUMNS = CALLS.lake_columns
 
 
 @dataclass
@@ -685,14 +693,19 @@ class _Stager:
 
     def _stage_clean(self, file_idx: int, unit_line: int, path: Path) -> bool:
         """Stage a file with the parallel reader when every record in it is valid; False, with nothing kept, otherwise."""
-        folder = self.unit_dir(file_idx, unit_line)
-        rules = _non_null_optional(field_rules())
-        limits = self.limits
+        kind, limits = CALLS, self.limits
+        folder = self.unit_dir(file_idx, unit_line, kind)
         try:
             screened = {key: rest for key, *rest in self.con.execute(screen_sql(path)).fetchall()}
             lines, biggest, total = screened.pop(None, (0, 0, 0))
             counts = {key: n for key, (n, *_) in screened.items()}
-            unknown = {key: n for key, n in counts.items() if key not in {r.name for r in field_rules()}}
+            # a file of feedback alone (every record names a kind and a feedback_at, none a timestamp) is one of feedback;
+            # a file of calls and feedback goes to the line checker, which tells them apart line by line
+            if lines and counts.get(KIND_FIELD) == lines and counts.get("feedback_at") == lines and "timestamp" not in counts:
+                kind = FEEDBACK
+                folder = self.unit_dir(file_idx, unit_line, kind)
+            rules = _non_null_optional(kind.rules)
+            unknown = {key: n for key, n in counts.items() if key not in {r.name for r in kind.rules}}
             # a record over a limit or with an empty key needs the line checker's reason; with at most max_keys
             # distinct keys in the file, no record has more
             if len(unknown) > MAX_UNKNOWN_KEYS or len(counts) > limits.max_keys or "" in counts:
@@ -702,8 +715,8 @@ class _Stager:
             given = [counts.get(r.name, 0) for r in rules]
             # where every record gives a field, the reader's NULL can only be an explicit null
             everywhere = [r.name for r, n in zip(rules, given) if n == lines]
-            sql = clean_file_sql(path, self.first_day, self.last_day, everywhere, unknown, limits.max_depth)
-            rows = self._copy(file_idx, unit_line, sql)
+            sql = clean_file_sql(path, self.first_day, self.last_day, everywhere, unknown, limits.max_depth, kind.contract)
+            rows = self._copy(file_idx, unit_line, sql, kind)
         except duckdb.InvalidInputException:  # a line that is not a JSON object, not UTF-8, gives a key twice, or breaks a rule
             shutil.rmtree(folder, ignore_errors=True)
             return False
@@ -716,7 +729,7 @@ class _Stager:
         if rows != lines or not self._values_given(path, staged, partly, unknown):
             shutil.rmtree(folder)
             return False
-        self.con.execute(f"INSERT INTO keys SELECT {file_idx}, {unit_line}, NULL, log_id, content_hash, day FROM {staged}")
+        self.con.execute(f"INSERT INTO {kind.keys} SELECT {file_idx}, {unit_line}, NULL, log_id, content_hash, day FROM {staged}")
         return True
 
     def _values_given(self, path: Path, staged: str, fields: list[tuple[FieldRule, int]], unknown: dict[str, int]) -> bool:
@@ -1022,7 +1035,7 @@ def _ingest(stager: _Stager, settings: Settings, files: list[Path], days) -> tup
     _write_quarantine(stager, settings, files, bad)
     _write_partitions(stager, settings, wanted, result)
     _swap_partitions(stager, settings, FEEDBACK, None)
-    _link_feedback(con, settings, result)
+    _link_feedback(con, settings, wanted, result)
     return result, [i for i in range(len(files)) if i not in _unfinished(stager, wanted) | set(bad)]
 
 
@@ -1061,8 +1074,11 @@ def _decide_feedback_fates(con, existing: list[Path]) -> None:
     """)
 
 
-def _link_feedback(con, settings: Settings, result: IngestResult) -> None:
-    """Count the feedback waiting for its call, and name the raw_logs days whose calls got new feedback (now stale)."""
+def _link_feedback(con, settings: Settings, wanted: list[str] | None, result: IngestResult) -> None:
+    """Count the feedback waiting for its call, and name the raw_logs days besides `wanted` whose calls got new feedback.
+
+    Those days' settlements are stale; the days of the run are settled by the run itself, as after their new calls.
+    """
     lake = settings.lake_dir
     calls = [str(partition_file(lake, TABLE, d)) for d in partition_dates(lake, TABLE)]
     feedback = [str(partition_file(lake, FEEDBACK_TABLE, d)) for d in partition_dates(lake, FEEDBACK_TABLE)]
@@ -1077,7 +1093,7 @@ def _link_feedback(con, settings: Settings, result: IngestResult) -> None:
             SELECT DISTINCT date FROM read_parquet({_sql_list(calls)}, hive_partitioning = true, hive_types = {{'date': VARCHAR}})
             SEMI JOIN (SELECT log_id FROM fb_fate WHERE fate = 'new') USING (log_id) ORDER BY date
         """).fetchall()
-        result.stale_days = [d for (d,) in rows]
+        result.stale_days = [d for (d,) in rows if wanted is None or d not in wanted]
 
 
 def _decide_fates(con, existing: list[Path]) -> None:

@@ -34,11 +34,13 @@ class Expired:
 def expire(settings: Settings, today: date | None = None) -> Expired:
     """Delete what is older than the retention knobs allow; a knob at 0 or empty keeps everything."""
     today = today or datetime.now(UTC).date()
-    with hold(settings.root, "ingest"):  # the ingest writes raw_logs partitions: none is deleted under a running one
+    # the ingest writes raw_logs and feedback partitions and reads them whole: none is deleted under a running one
+    with hold(settings.root, "ingest"):
         raw = _expire_partitions(settings, RAW_TABLE, settings.raw_retention_days, today)
+        feedback = _expire_partitions(settings, FEEDBACK_TABLE, settings.feedback_retention_days, today)
     return Expired(
         raw_logs=raw,
-        feedback=_expire_partitions(settings, FEEDBACK_TABLE, settings.feedback_retention_days, today),
+        feedback=feedback,
         quarantine=_expire_quarantine(settings, settings.quarantine_retention_days),
     )
 

@@ -135,6 +135,7 @@ class SettleResult:
     preview: pa.Table = field(default_factory=SCHEMA.empty_table)
     source_missing: bool = False
     quarantined: list[dict] = field(default_factory=list)  # this stage's quarantine: log_id (redacted), reason, detail
+    with_feedback: int = 0  # records of the day with feedback records, which decided what they settle as
 
 
 def summary(results: list[SettleResult]) -> dict[str, int | float | None]:
@@ -145,6 +146,7 @@ def summary(results: list[SettleResult]) -> dict[str, int | float | None]:
         "settled": settled,
         "excluded": sum(sum(r.excluded.values()) for r in results),
         "quarantined": sum(len(r.quarantined) for r in results),
+        "with_feedback": sum(r.with_feedback for r in results),
         **{f"excluded:{reason}": sum(r.excluded.get(reason, 0) for r in results) for reason in EXCLUSION_REASONS},
         **{f"pii:{kind}": sum(r.pii.get(kind, 0) for r in results) for kind in PII_TYPES},
         "mean_retained": sum(r.retained_sum for r in results) / settled if settled else None,
@@ -351,6 +353,7 @@ def _settle_file(source: Path, target: Path, settings: Settings) -> SettleResult
         raw = f"read_parquet({literal(str(source))}, file_row_number = true)"
         con.execute(f"CREATE TEMP VIEW calls AS {joined_calls_sql(raw, settings.lake_dir)}")
         _select_survivors(con, settings, result)
+        (result.with_feedback,) = con.execute("SELECT count(*) FILTER (feedback_records > 0) FROM calls").fetchall()[0]
         columns = ", ".join(f'r."{name}"' for name in RAW_LOG_SCHEMA.names)
         # Ordered by time then id; the file row only breaks ties of repeated ids, so re-runs write the same bytes.
         reader = con.sql(
