@@ -16,6 +16,7 @@ from ft_pipeline.settings import Settings
 from ft_pipeline_tests.serve.server import REPO, running_server
 
 RECORD = {"task": "qa", "prompt": "What is 2 + 2?", "output": "4", "decision": "accepted"}
+FEEDBACK = {"log_id": "call-1", "decision": "edited", "final_output": "Four.", "reviewer": "ana"}
 
 
 def inbox_lines(data_dir):
@@ -49,12 +50,13 @@ def test_a_batch_is_judged_record_by_record_and_only_accepted_records_land(tmp_p
 def test_limits_refuse_with_clear_errors_and_write_nothing(tmp_path):
     env = {"FT_SERVE_MAX_BODY_BYTES": "4000", "FT_SERVE_MAX_BATCH": "3"}
     with running_server(tmp_path, **env) as url:
-        big = httpx.post(f"{url}/v1/logs", json={**RECORD, "prompt": "y" * 5000})
-        assert big.status_code == 413 and big.json()["error"]["reason"] == "body_too_large"
-        many = httpx.post(f"{url}/v1/logs", json={"records": [RECORD] * 4})
-        assert many.status_code == 413 and many.json()["error"]["reason"] == "batch_too_large"
-        broken = httpx.post(f"{url}/v1/logs", content=b'{"task": "qa", ', headers={"content-type": "application/json"})
-        assert broken.status_code == 400 and broken.json()["error"]["reason"] == "invalid_json"
+        for route, record in [("/v1/logs", RECORD), ("/v1/feedback", FEEDBACK)]:
+            big = httpx.post(f"{url}{route}", json={**record, "comment": "y" * 5000})
+            assert big.status_code == 413 and big.json()["error"]["reason"] == "body_too_large"
+            many = httpx.post(f"{url}{route}", json={"records": [record] * 4})
+            assert many.status_code == 413 and many.json()["error"]["reason"] == "batch_too_large"
+            broken = httpx.post(f"{url}{route}", content=b'{"task": "qa", ', headers={"content-type": "application/json"})
+            assert broken.status_code == 400 and broken.json()["error"]["reason"] == "invalid_json"
     assert inbox_lines(tmp_path) == []
 
 
@@ -108,9 +110,6 @@ def test_keys_cli_creates_lists_and_revokes_without_showing_tokens(tmp_path, cap
     assert main(["--data-dir", str(tmp_path), "keys", "revoke", key.id]) == 0
     assert KeyStore(tmp_path).authenticate(token) is None
     assert main(["--data-dir", str(tmp_path), "keys", "revoke", "nope"]) == 2
-
-
-FEEDBACK = {"log_id": "call-1", "decision": "edited", "final_output": "Four.", "reviewer": "ana"}
 
 
 def test_feedback_is_judged_record_by_record_and_only_accepted_feedback_lands(tmp_path):
