@@ -32,7 +32,7 @@ class RecordRejected(ValueError):
 
 @dataclass(frozen=True)
 class RecordKind:
-    """What sets one kind of record apart: its name, contract, the field that says when, whether a missing log_id is made up, its HTTP route."""
+    """What sets a kind of record apart: its name, contract, the field that says when, whether a log_id is made up, its route."""
 
     name: str
     contract: str
@@ -143,7 +143,7 @@ class LogWriter:
         feedback_at: str | datetime | None = None,
         **extra: Any,
     ) -> None:
-        """Validate and spool feedback on the call `log_id` (feedback_at is now when not given); RecordRejected when it breaks the contract."""
+        """Validate and spool feedback on the call `log_id` (feedback_at now when not given); RecordRejected if it breaks the contract."""
         given = {
             "decision": decision,
             "final_output": final_output,

@@ -21,7 +21,7 @@ READY_PREFIX = "backlog-"  # a closed sender's backlog, for whichever sender sta
 
 
 class HttpSender:
-    """Sends encoded record lines to the route of their kind (`POST <url>/v1/logs`, `/v1/feedback`); the caller never waits on the network."""
+    """Sends encoded record lines to their kind's route (`POST <url>/v1/logs`, `/v1/feedback`); the caller never waits on the network."""
 
     def __init__(
         self,

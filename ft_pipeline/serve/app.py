@@ -1,4 +1,4 @@
-"""The HTTP app: the capture API (`POST /v1/logs`, `POST /v1/feedback`) and the gateway, with API keys, limits, metrics and an access log."""
+"""The HTTP app: the capture API (`POST /v1/logs`, `/v1/feedback`) and the gateway, with API keys, limits, metrics and an access log."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The capture API over real HTTP: calls and feedback validated one by one, accepted ones durable in the inbox, limits, keys, metrics."""
+"""The capture API over real HTTP: calls and feedback judged one by one, accepted ones durable in the inbox, limits, keys, metrics."""
 
 import json
 import subprocess

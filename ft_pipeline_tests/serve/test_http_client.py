@@ -1,4 +1,4 @@
-"""LogWriter in HTTP mode against a real server: sends calls and feedback in batches, keeps them on disk while the server is down."""
+"""LogWriter in HTTP mode against a real server: sends calls and feedback in batches, keeps them on disk while it is down."""
 
 import json
 
