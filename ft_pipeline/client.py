@@ -9,11 +9,12 @@ import os
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from ft_pipeline.core.schema import LineLimits, judge_line, record_problems
+from ft_pipeline.core.schema import CALL_CONTRACT, FEEDBACK_CONTRACT, KIND_FIELD, LineLimits, judge_line, record_problems
 from ft_pipeline.core.spool import PUBLISHED_PREFIX, SPOOL_DIR, new_spool_name, publish_spool, recover_spools
 from ft_pipeline.settings import Settings
 
@@ -29,18 +30,39 @@ class RecordRejected(ValueError):
         self.reason, self.detail = reason, detail
 
 
-def encode_record(record: dict[str, Any], first_day: str, limits: LineLimits) -> tuple[str, bytes]:
-    """A record as the inbox line ingest will read (log_id and timestamp filled when missing) and its log_id; RecordRejected otherwise."""
+@dataclass(frozen=True)
+class RecordKind:
+    """What sets a kind of record apart: its name, contract, the field that says when, whether a log_id is made up, its route."""
+
+    name: str
+    contract: str
+    stamp_field: str
+    new_id: bool
+    route: str
+
+
+# feedback names the call it is on, so only a call may get a fresh log_id
+CALL = RecordKind("call", CALL_CONTRACT, "timestamp", True, "/v1/logs")
+FEEDBACK = RecordKind("feedback", FEEDBACK_CONTRACT, "feedback_at", False, "/v1/feedback")
+KINDS = (CALL, FEEDBACK)
+
+
+def encode_record(record: dict[str, Any], first_day: str, limits: LineLimits, kind: RecordKind = CALL) -> tuple[str, bytes]:
+    """A record of `kind` as the inbox line ingest will read (log_id of a call and the time filled when missing) and its
+    log_id; RecordRejected otherwise."""
     record = dict(record)
-    if record.get("log_id") is None:
+    # a call is the default kind of a line: its lines stay as they always were, any other kind says what it is
+    if kind is not CALL:
+        record.setdefault(KIND_FIELD, kind.name)
+    if kind.new_id and record.get("log_id") is None:
         record["log_id"] = uuid.uuid4().hex
-    stamp = record.get("timestamp")
+    stamp = record.get(kind.stamp_field)
     if stamp is None:
-        record["timestamp"] = datetime.now(UTC).isoformat()
+        record[kind.stamp_field] = datetime.now(UTC).isoformat()
     elif isinstance(stamp, datetime):
         # the contract reads a naive time as UTC; say so explicitly in the file
-        record["timestamp"] = (stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)).isoformat()
-    problems = record_problems(record)
+        record[kind.stamp_field] = (stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)).isoformat()
+    problems = record_problems(record, kind.contract)
     if problems:
         raise RecordRejected(problems[0][0], "; ".join(f"{code} ({detail})" for code, detail in problems))
     try:
@@ -106,12 +128,40 @@ class LogWriter:
         self._closed = False
 
     def write(self, record: dict[str, Any]) -> str:
-        """Validate one record (filling log_id and timestamp when missing), spool it, and return its log_id."""
-        log_id, line = encode_record(record, self.first_day, self.limits)
+        """Validate one call record (filling log_id and timestamp when missing), spool it, and return its log_id."""
+        return self._write(record, CALL)
+
+    def feedback(
+        self,
+        log_id: str,
+        decision: str | None = None,
+        final_output: str | None = None,
+        user_rating: float | None = None,
+        quality_score: float | None = None,
+        comment: str | None = None,
+        reviewer: str | None = None,
+        feedback_at: str | datetime | None = None,
+        **extra: Any,
+    ) -> None:
+        """Validate and spool feedback on the call `log_id` (feedback_at now when not given); RecordRejected if it breaks the contract."""
+        given = {
+            "decision": decision,
+            "final_output": final_output,
+            "user_rating": user_rating,
+            "quality_score": quality_score,
+            "comment": comment,
+            "reviewer": reviewer,
+            "feedback_at": feedback_at,
+        }
+        self._write({"log_id": log_id, **{name: value for name, value in given.items() if value is not None}, **extra}, FEEDBACK)
+
+    def _write(self, record: dict[str, Any], kind: RecordKind) -> str:
+        """Encode one record of `kind`, spool it (HTTP mode: queue it for its route), and return its log_id."""
+        log_id, line = encode_record(record, self.first_day, self.limits, kind)
         if self._http is not None:
             if self._closed:
                 raise ValueError("this LogWriter is closed")
-            self._http.submit(line)
+            self._http.submit(line, kind)
         else:
             self.write_lines([line])
         return log_id
@@ -223,6 +273,11 @@ def default_writer() -> LogWriter:
 def log_interaction(**fields: Any) -> str:
     """Log one interaction through the default writer; returns its log_id."""
     return default_writer().write(fields)
+
+
+def log_feedback(log_id: str, **fields: Any) -> None:
+    """Log feedback on the call `log_id` through the default writer (the fields of `LogWriter.feedback`)."""
+    default_writer().feedback(log_id, **fields)
 
 
 def assign_variant(experiment_id: str, unit_id: str, weights: dict[str, float] | list[str]) -> str:

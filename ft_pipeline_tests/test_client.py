@@ -84,6 +84,52 @@ def test_log_id_and_timestamp_are_filled_and_given_ones_kept(tmp_path):
     assert all(validate_record(r) == [] for r in rows.values())
 
 
+def test_feedback_is_judged_by_its_contract_and_ingested_into_the_feedback_table(tmp_path):
+    settings = Settings(data_dir=str(tmp_path))
+    with LogWriter(settings.inbox_dir) as writer:
+        call = writer.write({**GOOD, "decision": "pending"})
+        writer.feedback(call, decision="edited", final_output="It ships tomorrow.", reviewer="ana")
+        writer.feedback(call, user_rating=4, feedback_at=datetime(2024, 5, 1, 12, 30))
+        writer.feedback(call, comment="fine", metadata={"screen": "review"})
+        for kwargs, reason in [
+            ({}, "empty_feedback"),
+            ({"user_rating": 9}, "out_of_range:user_rating"),
+            ({"decision": "maybe"}, "bad_enum:decision"),
+            ({"decision": "accepted", "feedback_at": "tomorrow"}, "bad_timestamp"),
+        ]:
+            with pytest.raises(client.RecordRejected) as rejected:
+                writer.feedback(call, **kwargs)
+            assert rejected.value.reason == reason
+        with pytest.raises(client.RecordRejected, match="bad_length:log_id"):
+            writer.feedback("", decision="accepted")
+    lines = [json.loads(line) for line in inbox_lines(settings.inbox_dir)]
+    assert [line.get("kind") for line in lines] == [None, "feedback", "feedback", "feedback"]
+    assert lines[2]["feedback_at"] == "2024-05-01T12:30:00+00:00"
+    assert abs((datetime.now(UTC) - datetime.fromisoformat(lines[1]["feedback_at"])).total_seconds()) < 3600
+    result = ingest(settings)
+    assert (result.new, result.feedback_new, result.quarantined_total) == (1, 3, 0)
+    stored = [
+        row
+        for day in partition_dates(settings.lake_dir, "feedback")
+        for row in pq.read_table(partition_file(settings.lake_dir, "feedback", day)).to_pylist()
+    ]
+    assert {(r["log_id"], r["decision"], r["user_rating"], r["comment"]) for r in stored} == {
+        (call, "edited", None, None),
+        (call, None, 4.0, None),
+        (call, None, None, "fine"),
+    }
+
+
+def test_log_feedback_goes_through_the_default_writer(tmp_path, monkeypatch):
+    monkeypatch.setenv("FT_DATA_DIR", str(tmp_path))
+    monkeypatch.setattr(client, "_default", None)
+    log_id = log_interaction(**GOOD)
+    client.log_feedback(log_id, decision="accepted", reviewer="support-lead")
+    client.default_writer().close()
+    rows = [json.loads(line) for line in inbox_lines(tmp_path / "inbox")]
+    assert [(r["log_id"], r.get("kind"), r["decision"]) for r in rows[1:]] == [(log_id, "feedback", "accepted")]
+
+
 def test_records_appear_in_the_inbox_only_when_published(tmp_path):
     writer = LogWriter(tmp_path, flush_every=3)
     writer.write(GOOD)

@@ -1,4 +1,4 @@
-"""The HTTP app: the capture API (`POST /v1/logs`) and the gateway, with API keys, limits, metrics and an access log."""
+"""The HTTP app: the capture API (`POST /v1/logs`, `/v1/feedback`) and the gateway, with API keys, limits, metrics and an access log."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ft_pipeline.client import LogWriter, RecordRejected, encode_record
+from ft_pipeline.client import CALL, FEEDBACK, LogWriter, RecordKind, RecordRejected, encode_record
 from ft_pipeline.serve.backends import InProcessBackend, UpstreamBackend
 from ft_pipeline.serve.keys import ApiKey, KeyStore
 from ft_pipeline.settings import Settings
@@ -141,8 +141,8 @@ class CaptureApp:
             )
         return payload
 
-    def judge(self, record: Any) -> tuple[dict[str, Any], bytes | None]:
-        """The result of one record and its inbox line when accepted."""
+    def judge(self, record: Any, kind: RecordKind) -> tuple[dict[str, Any], bytes | None]:
+        """The result of one record of `kind` and its inbox line when accepted."""
         longest = self.settings.serve_max_field_chars
         if isinstance(record, dict):
             long = [name for name, value in record.items() if isinstance(value, str) and len(value) > longest]
@@ -155,14 +155,14 @@ class CaptureApp:
         else:
             return {"status": "rejected", "reason": "not_an_object", "detail": "a record must be a JSON object"}, None
         try:
-            log_id, line = encode_record(record, self.settings.partitions_start, self.settings.line_limits)
+            log_id, line = encode_record(record, self.settings.partitions_start, self.settings.line_limits, kind)
         except RecordRejected as exc:
             return {"status": "rejected", "reason": exc.reason, "detail": exc.detail}, None
         return {"status": "accepted", "log_id": log_id}, line
 
-    async def capture(self, request: Request) -> dict[str, Any]:
-        """Validate every record; write the accepted ones durably in one piece; the results in order."""
-        judged = [self.judge(record) for record in self.records(await self.body(request))]
+    async def capture(self, request: Request, kind: RecordKind) -> dict[str, Any]:
+        """Validate every record as one of `kind`; write the accepted ones durably in one piece; the results in order."""
+        judged = [self.judge(record, kind) for record in self.records(await self.body(request))]
         lines = [line for _, line in judged if line is not None]
         if lines:
             # fsynced before the answer: an accepted record survives a crash of the server right after it
@@ -228,9 +228,14 @@ def create_app(
 
         return endpoint
 
-    async def logs(request: Request) -> tuple[Response, int]:
-        result = await state.capture(request)
-        return JSONResponse(result), len(result["results"])
+    def capture(kind: RecordKind) -> Callable[[Request], Awaitable[tuple[Response, int]]]:
+        """The handler of the capture route of one record kind."""
+
+        async def records(request: Request) -> tuple[Response, int]:
+            result = await state.capture(request, kind)
+            return JSONResponse(result), len(result["results"])
+
+        return records
 
     async def chat(request: Request) -> tuple[Response, int]:
         return await gateway.chat(request), 1
@@ -268,7 +273,8 @@ def create_app(
 
     app = Starlette(
         routes=[
-            Route("/v1/logs", guarded("log", logs), methods=["POST"]),
+            Route(CALL.route, guarded("log", capture(CALL)), methods=["POST"]),
+            Route(FEEDBACK.route, guarded("feedback", capture(FEEDBACK)), methods=["POST"]),
             Route("/v1/chat/completions", guarded("generate", chat), methods=["POST"]),
             Route("/v1/models", guarded("generate", models), methods=["GET"]),
             Route("/v1/load_lora_adapter", guarded("generate", load_adapter), methods=["POST"]),

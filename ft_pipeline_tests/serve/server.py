@@ -22,10 +22,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@contextmanager
-def running_server(data_dir: Path, host: str = "127.0.0.1", **env: str) -> Iterator[str]:
-    """Start the server, wait until /healthz answers, yield its base URL; stop it (SIGTERM, a clean shutdown) after."""
-    port = free_port()
+def start_server(data_dir: Path, port: int, host: str = "127.0.0.1", **env: str) -> subprocess.Popen:
+    """Start the server on `port` and wait until /healthz answers; the process."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "ft_pipeline.cli", "--data-dir", str(data_dir), "serve", "--host", host, "--port", str(port)],
         env={**os.environ, "PYTHONPATH": str(REPO), **env},
@@ -33,19 +31,29 @@ def running_server(data_dir: Path, host: str = "127.0.0.1", **env: str) -> Itera
         stderr=subprocess.STDOUT,
         text=True,
     )
-    url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(300):
             if proc.poll() is not None:
                 raise RuntimeError(f"the server exited with {proc.returncode}: {proc.stdout.read() if proc.stdout else ''}")
             try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    return proc
             except httpx.TransportError:
                 time.sleep(0.1)
-        else:
-            raise RuntimeError("the server did not answer /healthz")
-        yield url
+        raise RuntimeError("the server did not answer /healthz")
+    except BaseException:
+        proc.kill()
+        proc.wait(timeout=30)
+        raise
+
+
+@contextmanager
+def running_server(data_dir: Path, host: str = "127.0.0.1", **env: str) -> Iterator[str]:
+    """Start the server, wait until /healthz answers, yield its base URL; stop it (SIGTERM, a clean shutdown) after."""
+    port = free_port()
+    proc = start_server(data_dir, port, host, **env)
+    try:
+        yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()
         proc.wait(timeout=30)
