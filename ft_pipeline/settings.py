@@ -229,7 +229,8 @@ class Settings:
         30.0, "FT_SERVE_BODY_TIMEOUT_SECONDS", "serve", "How long a client may take to send a body before 408."
     )
     serve_publish_every: int = knob(
-        1000, "FT_SERVE_PUBLISH_EVERY", "serve", "Records after which the server publishes its spool file into the inbox."
+        # why not smaller: each inbox file costs the ingest tens of milliseconds, whatever its size
+        20000, "FT_SERVE_PUBLISH_EVERY", "serve", "Records after which the server publishes its spool file into the inbox."
     )
     serve_publish_seconds: float = knob(
         5.0, "FT_SERVE_PUBLISH_SECONDS", "serve", "Seconds after which the server publishes its spool file into the inbox."
