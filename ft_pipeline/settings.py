@@ -230,7 +230,10 @@ class Settings:
     )
     serve_publish_every: int = knob(
         # why not smaller: each inbox file costs the ingest tens of milliseconds, whatever its size
-        20000, "FT_SERVE_PUBLISH_EVERY", "serve", "Records after which the server publishes its spool file into the inbox."
+        20000,
+        "FT_SERVE_PUBLISH_EVERY",
+        "serve",
+        "Records after which the server publishes its spool file into the inbox.",
     )
     serve_publish_seconds: float = knob(
         5.0, "FT_SERVE_PUBLISH_SECONDS", "serve", "Seconds after which the server publishes its spool file into the inbox."

@@ -3,9 +3,14 @@
 import json
 import time
 
+import duckdb
+import httpx
 import pytest
 from openai import OpenAI
 
+from ft_pipeline.core.ingest import ingest
+from ft_pipeline.core.io import partition_dates, table_glob
+from ft_pipeline.core.settlements import build_partition
 from ft_pipeline.training.champion import promote
 from ft_pipeline_tests.evaluation_fixtures import build_tiny_base, tiny_settings, train_adapter
 from ft_pipeline_tests.serve.server import running_server
@@ -98,6 +103,31 @@ def test_every_answer_reaches_the_inbox_as_a_pending_call(served):
     assert call["task"] == "greet" and call["decision"] == "pending" and call["adapter_version"] == "1"
     assert call["prompt"] == "Greet Alice." and call["output"] == answer.choices[0].message.content
     assert call["user_id"] == "u-2" and call["completion_tokens"] == answer.usage.completion_tokens
+
+
+def test_feedback_on_the_returned_log_id_reaches_the_settlements(served):
+    settings, client, url = served
+    answer = client.chat.completions.create(model="greet", messages=GREETING, temperature=0, max_tokens=8, user="u-3")
+    log_id = answer.model_extra["ft_pipeline"]["log_id"]
+    fixed = "Hello Alice, welcome back."
+    sent = httpx.post(f"{url}/v1/feedback", json={"log_id": log_id, "decision": "edited", "final_output": fixed})
+    assert sent.json()["results"] == [{"status": "accepted", "log_id": log_id}]
+    settled = []
+    for _ in range(200):  # the server publishes its spool within FT_SERVE_PUBLISH_SECONDS (1 s here)
+        ingest(settings)
+        for day in partition_dates(settings.lake_dir, "raw_logs"):
+            build_partition(settings, day)
+        settled = (
+            partition_dates(settings.lake_dir, "settlements")
+            and duckdb.sql(
+                f"SELECT decision, final_text, adapter_version FROM read_parquet('{table_glob(settings.lake_dir, 'settlements')}') "
+                f"WHERE log_id = '{log_id}'"
+            ).fetchall()
+        )
+        if settled:
+            break
+        time.sleep(0.1)
+    assert settled == [("edited", fixed, "1")]
 
 
 def test_the_upstream_backend_loads_the_champion_into_another_server_and_asks_for_it_by_name(served):
