@@ -405,11 +405,11 @@ def _prepared(tokenizer: Any) -> Any:
     return tokenizer
 
 
-def load_tokenizer(settings: Any) -> Any:
-    """The base model's tokenizer (building the builtin first when needed)."""
+def load_tokenizer(settings: Any, source: str | None = None) -> Any:
+    """The base model's tokenizer (from `source` when given, else the settings' base, building the builtin first when needed)."""
     from transformers import AutoTokenizer
 
-    return _prepared(AutoTokenizer.from_pretrained(ensure_base_model(settings)))
+    return _prepared(AutoTokenizer.from_pretrained(source or ensure_base_model(settings)))
 
 
 def load_base_model(settings: Any, device: str = "cpu", source: str | None = None) -> tuple[Any, Any]:
