@@ -37,6 +37,7 @@ bench: install
 	$(BIN)/python bench/settlements.py --rows 200000
 	$(BIN)/python bench/patterns.py --rows-per-day 300
 	$(BIN)/python bench/train.py
+	$(BIN)/python bench/serve.py --requests 32 --max-tokens 16
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -58,6 +58,15 @@ def test_the_champion_loads_from_the_registry_and_answers_as_the_gateway_and_gen
     assert info.signature.params.to_dict()[0]["name"] == "max_new_tokens" and info.saved_input_example_info
 
 
+def test_a_version_refuses_to_load_on_a_base_whose_files_changed(registry):
+    import mlflow
+
+    from ft_pipeline.training.base_model import BaseModelMismatch
+
+    with pytest.raises(BaseModelMismatch, match="changed"):
+        mlflow.pyfunc.load_model(CHAMPION, model_config={"base_hash": "0" * 64})
+
+
 def test_mlflow_models_serve_serves_the_champion_offline(registry, tmp_path):
     import mlflow
 
