@@ -213,6 +213,19 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
+    """Write a task's adapter as a merged model, an Ollama Modelfile or a vLLM LoRA module."""
+    from pathlib import Path
+
+    from ft_pipeline.training.export import export_adapter
+
+    done = export_adapter(settings, args.task, args.format, Path(args.out), version=args.version, force=args.force)
+    print(f"{done['task']} v{done['version']} exported as {done['format']} into {done['out']}")
+    if "command" in done:
+        print(done["command"])
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from ft_pipeline.serve.app import serve
 
@@ -239,6 +252,8 @@ def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
+    from ft_pipeline.training.export import FORMATS as EXPORT_FORMATS
+
     parser = argparse.ArgumentParser(prog="ft-pipeline", description=__doc__)
     parser.add_argument("--data-dir", help="data dir (default: $FT_DATA_DIR or ./data)")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
@@ -292,6 +307,14 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("prompt")
     generate.add_argument("--max-new-tokens", type=int, default=128)
     generate.set_defaults(func=cmd_generate)
+
+    export = sub.add_parser("export", help="write a task's adapter for other engines: merged model, Ollama, vLLM")
+    export.add_argument("task")
+    export.add_argument("--version", type=int, help="adapter version (default: the champion, else the newest)")
+    export.add_argument("--format", required=True, choices=EXPORT_FORMATS)
+    export.add_argument("--out", required=True, help="folder to write; must be new or empty")
+    export.add_argument("--force", action="store_true", help="replace what --out holds")
+    export.set_defaults(func=cmd_export)
 
     serve = sub.add_parser("serve", help="run the HTTP capture API (POST /v1/logs, /healthz, /metrics)")
     serve.add_argument("--host", default="127.0.0.1", help="bind address; beyond loopback every request needs an API key")

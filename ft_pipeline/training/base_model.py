@@ -298,14 +298,15 @@ def base_identity(settings: Any, source: str | None = None) -> dict[str, Any]:
 
         # a hub id the hub answers for: its files are what from_pretrained loads, so they are what is hashed
         folder = Path(snapshot_download(source))
-    return {"source": settings.base_model, "path": str(folder), "hash": _content_hash(settings, folder)}
+    return {"source": settings.base_model, "path": str(folder), "hash": content_hash(folder, settings.models_dir / "identities")}
 
 
-def _content_hash(settings: Any, folder: Path) -> str:
-    """sha256 over the model files of `folder` (names and bytes) and the chat template used when it ships none."""
+def content_hash(folder: Path, cache_dir: Path) -> str:
+    """sha256 over the model files of `folder` (names and bytes) and the chat template used when it ships none, cached
+    in `cache_dir` by file sizes and modification times."""
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.name not in NOT_MODEL_FILES and not p.name.startswith("."))
     stat = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
-    cache = settings.models_dir / "identities" / f"{hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]}.json"
+    cache = Path(cache_dir) / f"{hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]}.json"
     if cache.is_file():
         cached = json.loads(cache.read_text(encoding="utf-8"))
         if cached.get("files") == stat:
@@ -404,11 +405,11 @@ def _prepared(tokenizer: Any) -> Any:
     return tokenizer
 
 
-def load_tokenizer(settings: Any) -> Any:
-    """The base model's tokenizer (building the builtin first when needed)."""
+def load_tokenizer(settings: Any, source: str | None = None) -> Any:
+    """The base model's tokenizer (from `source` when given, else the settings' base, building the builtin first when needed)."""
     from transformers import AutoTokenizer
 
-    return _prepared(AutoTokenizer.from_pretrained(ensure_base_model(settings)))
+    return _prepared(AutoTokenizer.from_pretrained(source or ensure_base_model(settings)))
 
 
 def load_base_model(settings: Any, device: str = "cpu", source: str | None = None) -> tuple[Any, Any]:

@@ -18,20 +18,23 @@ ORPHAN_TAG = "ft_pipeline.orphaned"
 
 @dataclass
 class Leftovers:
-    """What one clean-up found: staging folders removed, MLflow runs marked failed, registry versions marked orphaned."""
+    """What one clean-up found: staging folders removed, MLflow runs and their unfinished logged models marked failed,
+    registry versions marked orphaned."""
 
     staging_removed: list[str] = field(default_factory=list)
     runs_failed: list[str] = field(default_factory=list)
     versions_orphaned: list[int] = field(default_factory=list)
+    models_failed: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.staging_removed or self.runs_failed or self.versions_orphaned)
+        return bool(self.staging_removed or self.runs_failed or self.versions_orphaned or self.models_failed)
 
     def describe(self) -> str:
         """One line for the log."""
         return (
             f"finished the leftovers of killed trainings: {len(self.staging_removed)} staging folder(s) removed, "
             f"MLflow run(s) marked FAILED: {', '.join(self.runs_failed) or 'none'}, "
+            f"their unfinished logged model(s) marked FAILED: {', '.join(self.models_failed) or 'none'}, "
             f"registry version(s) without an adapter marked {ORPHAN_TAG}: {', '.join(map(str, self.versions_orphaned)) or 'none'}"
         )
 
@@ -56,6 +59,14 @@ def finish_dead_trainings(settings: Settings, task: str) -> Leftovers:
             mlflow_client.set_tag(run.info.run_id, "ft_pipeline.failed_reason", "its training process died before it finished")
             mlflow_client.set_terminated(run.info.run_id, status="FAILED")
             found.runs_failed.append(run.info.run_id)
+            # the pyfunc model whose files it was still writing
+            logged = mlflow_client.search_logged_models(
+                [experiment.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'"
+            )
+            for model in logged:
+                if str(model.status) == "PENDING":
+                    mlflow_client.finalize_logged_model(model.model_id, "FAILED")
+                    found.models_failed.append(model.model_id)
     for version in _versions(mlflow_client, task):
         if ORPHAN_TAG not in version.tags and not adapter_dir(settings.adapters_dir, task, int(version.version)).is_dir():
             mlflow_client.set_model_version_tag(

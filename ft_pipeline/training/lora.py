@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -378,6 +379,7 @@ def train_task(settings: Settings, task: str, log: Log = print, tags: dict[str, 
 def _train_locked(settings: Settings, task: str, log: Log, tags: dict[str, str] | None) -> TrainResult:
     from ft_pipeline.training.base_model import base_identity, ensure_base_model, load_base_model
     from ft_pipeline.training.leftovers import ADAPTER_SCRATCH
+    from ft_pipeline.training.pyfunc import save_model as save_pyfunc_model
     from ft_pipeline.training.tracking import DATASET_ARTIFACTS, Tracker, run_path
 
     folder = dataset_dir(settings.datasets_dir, task)
@@ -460,6 +462,14 @@ def _train_locked(settings: Settings, task: str, log: Log, tags: dict[str, str] 
             for name in DATASET_ARTIFACTS:
                 if (folder / name).is_file():
                     tracker.log_artifact(folder / name, "dataset")
+            # the registered version is an MLflow pyfunc model of the adapter on its pinned base
+            pyfunc_model = functools.partial(
+                save_pyfunc_model,
+                adapter=staging,
+                identity=identity,
+                identity_cache=settings.models_dir / "identities",
+                system=settings.default_system_prompts.get(task),
+            )
             version = tracker.register(
                 task,
                 "adapter",
@@ -470,6 +480,7 @@ def _train_locked(settings: Settings, task: str, log: Log, tags: dict[str, str] 
                     "base_hash": identity["hash"],
                     "data_watermark": manifest.get("data_watermark"),
                 },
+                model_id=tracker.log_model(task, pyfunc_model),
             )
             config = {
                 **hyper,

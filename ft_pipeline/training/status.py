@@ -95,19 +95,26 @@ def _adapter_config(settings: Settings, task: str, version: int | None) -> dict[
     return read_adapter_config(settings.adapters_dir, task, version)
 
 
-def adapter_lineage(settings: Settings, task: str, version: int | None = None) -> dict[str, Any]:
-    """What an adapter (default: the champion, else the newest) was built from: dataset version and watermark, log ids
-    per split, base identity, the MLflow and Dagster runs; read from its training config and the dataset manifest
-    logged with its run."""
+def chosen_version(settings: Settings, task: str, version: int | None = None) -> int:
+    """The adapter version asked for, by default the champion, else the newest; LookupError when the task has no such one."""
     from ft_pipeline.training.champion import current_champion
-    from ft_pipeline.training.tracking import dataset_manifest
 
-    task = checked_name(task)
-    versions = adapter_versions(settings.adapters_dir, task)
+    versions = adapter_versions(settings.adapters_dir, checked_name(task))
     if version is None:
         version = current_champion(settings, task) or (versions[-1] if versions else None)
     if version is None or int(version) not in versions:
         raise LookupError(f"task {task!r} has no adapter {'v' + str(version) if version else ''} under {settings.adapters_dir}")
+    return int(version)
+
+
+def adapter_lineage(settings: Settings, task: str, version: int | None = None) -> dict[str, Any]:
+    """What an adapter (default: the champion, else the newest) was built from: dataset version and watermark, log ids
+    per split, base identity, the MLflow and Dagster runs; read from its training config and the dataset manifest
+    logged with its run."""
+    from ft_pipeline.training.tracking import dataset_manifest
+
+    task = checked_name(task)
+    version = chosen_version(settings, task, version)
     config = read_adapter_config(settings.adapters_dir, task, version)
     manifest = dataset_manifest(settings, config["mlflow_run_id"]) or {}
     return {

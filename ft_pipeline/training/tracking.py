@@ -136,8 +136,31 @@ class Tracker:
         for key, value in tags.items():
             self.client.set_tag(self.run_id, key, str(value))
 
-    def register(self, task: str, artifact_path: str, tags: dict[str, Any]) -> int:
-        """A new version of the task's registered model pointing at a folder of this run's artifacts."""
+    def log_model(self, task: str, save: Any) -> str:
+        """An MLflow logged model of this run whose files `save(folder, mlflow_model)` writes; returns its model id.
+
+        The client's logged-model calls do what `mlflow.pyfunc.log_model` does, without its global tracking state.
+        """
+        import tempfile
+
+        from mlflow.entities import LoggedModelOutput
+        from mlflow.models import Model
+
+        model = self.client.create_logged_model(ensure_experiment(self.settings, task), name="model", source_run_id=self.run_id)
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                folder = Path(tmp) / "model"
+                save(folder, Model(run_id=self.run_id, model_id=model.model_id, artifact_path=model.artifact_location))
+                self.client.log_model_artifacts(model.model_id, str(folder))
+        except BaseException:
+            self.client.finalize_logged_model(model.model_id, "FAILED")
+            raise
+        self.client.finalize_logged_model(model.model_id, "READY")
+        self.client.log_outputs(self.run_id, [LoggedModelOutput(model.model_id, step=0)])
+        return str(model.model_id)
+
+    def register(self, task: str, artifact_path: str, tags: dict[str, Any], model_id: str | None = None) -> int:
+        """A new version of the task's registered model: the logged model `model_id`, else a folder of this run's artifacts."""
         from mlflow.exceptions import MlflowException
 
         name = registered_model_name(task)
@@ -146,9 +169,13 @@ class Tracker:
         except MlflowException:
             self.client.create_registered_model(name, description=f"LoRA adapters of task {task}.")
         # register_model("runs:/...") fails on a plain artifact folder in MLflow 3; a version with an explicit source works.
-        source = f"{self.client.get_run(self.run_id).info.artifact_uri}/{artifact_path}"
+        # A logged model's source is its folder: a `models:/<id>` source is resolved on MLflow's global tracking store.
+        if model_id:
+            source = self.client.get_logged_model(model_id).artifact_location
+        else:
+            source = f"{self.client.get_run(self.run_id).info.artifact_uri}/{artifact_path}"
         version = self.client.create_model_version(
-            name, source=source, run_id=self.run_id, tags={k: str(v) for k, v in tags.items()}
+            name, source=source, run_id=self.run_id, tags={k: str(v) for k, v in tags.items()}, model_id=model_id
         )
         return int(version.version)
 

@@ -36,6 +36,9 @@ def test_dead_trainings_are_finished_and_live_ones_left_alone(tmp_path):
     # a killed training: its run stays RUNNING and its version was registered before the adapter folder moved in
     killed = Tracker.start(settings, task, {"lr": 1})
     killed.register(task, "adapter", {})
+    pending = client(settings).create_logged_model(
+        killed.client.get_run(killed.run_id).info.experiment_id, source_run_id=killed.run_id
+    )
     (settings.adapters_dir / task / "2").mkdir(parents=True)
     kept = Tracker.start(settings, task, {"lr": 2})
     kept.register(task, "adapter", {})
@@ -46,6 +49,7 @@ def test_dead_trainings_are_finished_and_live_ones_left_alone(tmp_path):
         assert len(list(scratch_root(settings.root).glob(f"{ADAPTER_SCRATCH}-*/adapter_model.safetensors"))) == 1
         assert found.runs_failed == [killed.run_id] and found.versions_orphaned == [1]
         mlflow = client(settings)
+        assert found.models_failed == [pending.model_id] and str(mlflow.get_logged_model(pending.model_id).status) == "FAILED"
         assert mlflow.get_run(killed.run_id).info.status == "FAILED"
         assert mlflow.get_run(kept.run_id).info.status == "FINISHED"
         assert ORPHAN_TAG in mlflow.get_model_version(registered_model_name(task), "1").tags
