@@ -20,7 +20,7 @@ from ft_pipeline.settings import Settings
 
 DAILY_ASSETS = ("raw_logs", "settlements", "daily_aggregates")
 GLOBAL_ASSETS = ("pattern_report", "base_model")
-TASK_ASSETS = ("task_dataset", "lora_adapter", "adapter_evaluation", "champion")
+TASK_ASSETS = ("task_dataset", "lora_adapter", "adapter_evaluation", "champion", "rollout")
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 # names the lock an `ft-pipeline run` process holds while it lives: a run it started that is still STARTED while the

@@ -36,7 +36,7 @@ def test_selection_syntax_resolves_to_asset_names():
 
     assert selected_keys(defs, "raw_logs,settlements") == {"raw_logs", "settlements"}
     assert selected_keys(defs, "settlements+") == {"settlements", "daily_aggregates", "task_dataset", "base_model"}
-    assert len(selected_keys(defs, "*")) == 9
+    assert len(selected_keys(defs, "*")) == 10
 
 
 def inbox_record(log_id: str, timestamp: str) -> str:

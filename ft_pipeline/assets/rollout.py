@@ -41,9 +41,9 @@ def rollout(context: AssetExecutionContext, config: PromotionConfig, pipeline: P
     }
     for arm in (CANDIDATE, CHAMPION):
         numbers = evidence.get(arm) or {}
-        for key in ("reviewed", "accepted", "rejected", "stage_reviewed", "calls"):
+        for key in ("reviewed", "accepted", "rejected", "stage_reviewed", "calls", "errors"):
             metadata[f"{arm}_{key}"] = MetadataValue.int(int(numbers.get(key, 0)))
-        for key in ("acceptance_rate", "rejection_rate", "latency_p95_ms"):
+        for key in ("acceptance_rate", "rejection_rate", "error_rate", "latency_p95_ms"):
             value = numbers.get(key)
             metadata[f"{arm}_{key}"] = MetadataValue.float(float(value)) if value is not None else MetadataValue.null()
     return MaterializeResult(metadata=metadata)
