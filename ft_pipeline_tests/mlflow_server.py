@@ -6,15 +6,13 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
+from ft_pipeline_tests.processes import free_port, wait_for_http
 
 
 @contextmanager
@@ -22,9 +20,7 @@ def mlflow_server(root: Path, backend_store_uri: str | None = None) -> Iterator[
     """`mlflow server` on `backend_store_uri` (default: a sqlite store) with proxied artifact storage under `root`, on a
     free loopback port."""
     root.mkdir(parents=True)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     command = [
         sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
         "--backend-store-uri", backend_store_uri or f"sqlite:///{root / 'mlflow.db'}",
@@ -36,16 +32,7 @@ def mlflow_server(root: Path, backend_store_uri: str | None = None) -> Iterator[
         proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(600):
-            if proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited: {log.read_text(errors='replace')[-2000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        else:
-            raise RuntimeError("mlflow server did not answer /health")
+        wait_for_http(proc, f"{url}/health", "mlflow server", lambda: log.read_text(errors="replace")[-2000:])
         yield url
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

@@ -7,7 +7,8 @@ import urllib.request
 from pathlib import Path
 
 from ft_pipeline.definitions import defs
-from ft_pipeline_tests.dagster_cli import free_port, scratch_env, start_group, stop_group, tool
+from ft_pipeline_tests.dagster_cli import scratch_env, start_group, stop_group, tool
+from ft_pipeline_tests.processes import free_port
 
 REPOSITORY_QUERY = """
 {

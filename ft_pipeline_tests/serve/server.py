@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
+from ft_pipeline_tests.processes import free_port, wait_for_http
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_server(data_dir: Path, port: int, host: str = "127.0.0.1", **env: str) -> subprocess.Popen:
@@ -32,15 +24,9 @@ def start_server(data_dir: Path, port: int, host: str = "127.0.0.1", **env: str)
         text=True,
     )
     try:
-        for _ in range(300):
-            if proc.poll() is not None:
-                raise RuntimeError(f"the server exited with {proc.returncode}: {proc.stdout.read() if proc.stdout else ''}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    return proc
-            except httpx.TransportError:
-                time.sleep(0.1)
-        raise RuntimeError("the server did not answer /healthz")
+        output = lambda: proc.stdout.read() if proc.stdout else ""  # noqa: E731
+        wait_for_http(proc, f"http://127.0.0.1:{port}/healthz", "the server", output, tries=300)
+        return proc
     except BaseException:
         proc.kill()
         proc.wait(timeout=30)

@@ -16,7 +16,8 @@ from ft_pipeline.core.ingest import ingest
 from ft_pipeline.core.io import partition_dates, partition_file
 from ft_pipeline.core.spool import RECOVERED_PREFIX
 from ft_pipeline.settings import Settings
-from ft_pipeline_tests.serve.server import free_port, start_server
+from ft_pipeline_tests.processes import free_port
+from ft_pipeline_tests.serve.server import start_server
 
 CALLS = FEEDBACKS = 50_000
 BATCH = 500

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from ft_pipeline.client import LogWriter, RecordRejected
-from ft_pipeline_tests.serve.server import free_port, running_server
+from ft_pipeline_tests.processes import free_port
+from ft_pipeline_tests.serve.server import running_server
 
 RECORD = {"task": "qa", "prompt": "What is 2 + 2?", "output": "4", "decision": "accepted"}
 

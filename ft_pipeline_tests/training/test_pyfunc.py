@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -14,7 +13,7 @@ from ft_pipeline.serve.backends import InProcessBackend, Params
 from ft_pipeline.training.champion import promote
 from ft_pipeline.training.serving import generate
 from ft_pipeline_tests.evaluation_fixtures import build_tiny_base, tiny_settings, train_adapter
-from ft_pipeline_tests.serve.server import free_port
+from ft_pipeline_tests.processes import free_port, wait_for_http
 
 PROMPTS = ["Greet anna.", "Greet Alice."]
 CHAT = [
@@ -91,18 +90,7 @@ def test_mlflow_models_serve_serves_the_champion_offline(registry, tmp_path):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(600):
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"mlflow models serve exited with {proc.returncode}: {proc.stdout.read() if proc.stdout else ''}"
-                )
-            try:
-                if httpx.get(f"{url}/ping", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        else:
-            raise RuntimeError("mlflow models serve did not answer /ping")
+        wait_for_http(proc, f"{url}/ping", "mlflow models serve", lambda: proc.stdout.read() if proc.stdout else "")
         answer = httpx.post(f"{url}/invocations", json={"inputs": PROMPTS, "params": {"max_new_tokens": 8}}, timeout=120)
         assert answer.status_code == 200, answer.text
         assert answer.json()["predictions"] == expected
