@@ -87,6 +87,8 @@ SCORES = ("user_rating", "quality_score")
 # latest first by feedback_at; two records given at the same instant are ordered by content, whatever order they came in
 LATEST = "(feedback_at, content_hash)"
 STALE_FILE = "stale_days.json"
+# feedback records whose call is not in the lake yet, by log_id (kept by ingest)
+WAITING_FILE = "feedback_waiting.parquet"
 
 
 def feedback_files(lake_dir: Path) -> list[Path]:

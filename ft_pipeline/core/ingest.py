@@ -25,10 +25,17 @@ import numpy as np
 import pyarrow as pa
 
 from ft_pipeline.core import manifest
-from ft_pipeline.core.feedback import EMPTY_REASON, FEEDBACK_SCHEMA, given_one_of, mark_stale
+from ft_pipeline.core.feedback import EMPTY_REASON, FEEDBACK_SCHEMA, WAITING_FILE, given_one_of, mark_stale
 from ft_pipeline.core.feedback import KIND as FEEDBACK_KIND
 from ft_pipeline.core.feedback import TABLE as FEEDBACK_TABLE
-from ft_pipeline.core.io import atomic_path, partition_dates, partition_file, remove_stale_temps, write_jsonl_atomic
+from ft_pipeline.core.io import (
+    atomic_path,
+    partition_dates,
+    partition_file,
+    remove_stale_temps,
+    write_jsonl_atomic,
+    write_parquet_atomic,
+)
 from ft_pipeline.core.locks import hold
 from ft_pipeline.core.schema import (
     BLANK_CHARS,
@@ -1075,25 +1082,48 @@ def _decide_feedback_fates(con, existing: list[Path]) -> None:
 
 
 def _link_feedback(con, settings: Settings, wanted: list[str] | None, result: IngestResult) -> None:
-    """Count the feedback waiting for its call, and name the raw_logs days besides `wanted` whose calls got new feedback.
+    """Keep the set of feedback waiting for its call, and name the raw_logs days besides `wanted` whose calls got new
+    feedback.
 
     Those days' settlements are stale; the days of the run are settled by the run itself, as after their new calls.
+    The waiting set (state/feedback_waiting.parquet: log_id, records) changes by this run's new calls and new
+    feedback only, so a run without new feedback never reads the stored calls; one with new feedback reads their
+    log_id column once, for both answers.
     """
-    lake = settings.lake_dir
+    lake, path = settings.lake_dir, settings.state_dir / WAITING_FILE
     calls = [str(partition_file(lake, TABLE, d)) for d in partition_dates(lake, TABLE)]
-    feedback = [str(partition_file(lake, FEEDBACK_TABLE, d)) for d in partition_dates(lake, FEEDBACK_TABLE)]
-    if not feedback:  # no feedback at all: a lake of calls only pays for this listing
-        return
-    ids = f"(SELECT log_id FROM read_parquet({_sql_list(calls)}))" if calls else "(SELECT NULL::VARCHAR AS log_id WHERE false)"
-    result.feedback_waiting = con.execute(
-        f"SELECT count(*) FROM read_parquet({_sql_list(feedback)}) ANTI JOIN {ids} USING (log_id)"
-    ).fetchall()[0][0]
-    if calls and result.feedback_new:
-        rows = con.execute(f"""
-            SELECT DISTINCT date FROM read_parquet({_sql_list(calls)}, hive_partitioning = true, hive_types = {{'date': VARCHAR}})
-            SEMI JOIN (SELECT log_id FROM fb_fate WHERE fate = 'new') USING (log_id) ORDER BY date
-        """).fetchall()
-        result.stale_days = [d for (d,) in rows if wanted is None or d not in wanted]
+    stored = (
+        f"(SELECT log_id, date FROM read_parquet({_sql_list(calls)}, hive_partitioning = true, hive_types = {{'date': VARCHAR}}))"
+    )
+    if not calls:
+        stored = "(SELECT NULL::VARCHAR AS log_id, NULL::VARCHAR AS date WHERE false)"
+    counted = not path.is_file()  # the waiting set is counted from the whole lake, this run's feedback included
+    if not counted:
+        con.execute("CREATE TEMP TABLE waiting AS SELECT * FROM read_parquet(?)", [str(path)])
+    else:
+        feedback = [str(partition_file(lake, FEEDBACK_TABLE, d)) for d in partition_dates(lake, FEEDBACK_TABLE)]
+        if not feedback:  # no feedback at all: a lake of calls only pays for this listing
+            return
+        # the first run with feedback in the lake (or after the state was lost) counts it all once
+        con.execute(f"""
+            CREATE TEMP TABLE waiting AS SELECT log_id, count(*) AS records FROM read_parquet({_sql_list(feedback)})
+            ANTI JOIN {stored} USING (log_id) GROUP BY log_id""")
+    if result.feedback_new:
+        con.execute("CREATE TEMP TABLE fb_new AS SELECT DISTINCT log_id FROM fb_fate WHERE fate = 'new'")
+        con.execute(f"CREATE TEMP TABLE fb_called AS SELECT DISTINCT log_id, date FROM {stored} SEMI JOIN fb_new USING (log_id)")
+        days = con.execute("SELECT DISTINCT date FROM fb_called ORDER BY date").fetchall()
+        result.stale_days = [d for (d,) in days if wanted is None or d not in wanted]
+        if not counted:
+            con.execute("""
+                INSERT INTO waiting SELECT log_id, count(*) FROM fb_fate
+                WHERE fate = 'new' AND log_id NOT IN (SELECT log_id FROM fb_called) GROUP BY log_id""")
+    # the calls stored by this run end the wait of their feedback
+    con.execute(f"DELETE FROM waiting WHERE log_id IN (SELECT log_id FROM fate WHERE fate = 'new' AND {_in_days(wanted)})")
+    table = con.sql(
+        "SELECT log_id, CAST(sum(records) AS BIGINT) AS records FROM waiting GROUP BY log_id ORDER BY log_id"
+    ).to_arrow_table()
+    result.feedback_waiting = int(pa.compute.sum(table["records"]).as_py() or 0)
+    write_parquet_atomic(table, path)
 
 
 def _decide_fates(con, existing: list[Path]) -> None:

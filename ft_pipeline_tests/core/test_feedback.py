@@ -325,3 +325,15 @@ def test_the_days_a_run_stores_are_not_marked_stale_by_it(settings):
     )
     result = ingest(settings, days=[DAYS[1]], last_day=LAST, run_id="run-of-day-2")
     assert result.stale_days == [DAYS[0]] and stale_days(settings) == {DAYS[0]: "run-of-day-2"}
+
+
+def test_an_ingest_without_new_feedback_never_reads_the_stored_calls(settings):
+    deliver(settings, "calls.jsonl", [record("c1", DAYS[0])])
+    waiting = deliver(settings, "early.jsonl", [feedback("c9", "2026-01-13T08:00:00Z", decision="rejected")])
+    assert waiting.feedback_waiting == 1
+    # a stored day the next runs must not need: they touch only their own day, and the waiting set
+    partition_file(settings.lake_dir, "raw_logs", DAYS[0]).write_bytes(b"not parquet")
+    later = deliver(settings, "later.jsonl", [record("c5", DAYS[2])])
+    assert (later.new, later.feedback_waiting) == (1, 1)
+    arrived = deliver(settings, "arrived.jsonl", [record("c9", DAYS[2])])
+    assert (arrived.new, arrived.feedback_waiting) == (1, 0)
