@@ -30,6 +30,7 @@ from ft_pipeline.settings import Settings
 from ft_pipeline.training.champion import champion_history, champion_lineage, current_champion, promote
 from ft_pipeline.training.tracking import client, registered_model_name
 from ft_pipeline_tests.lake_fixtures import raw_log, write_raw_logs
+from ft_pipeline_tests.registry_fixtures import register_versions
 
 MIN_REVIEWED = 50
 
@@ -45,12 +46,7 @@ def task(settings, request):
     """A task of its own per test with registered versions 1 and 2, v1 the champion."""
     name = request.node.name.removeprefix("test_")
     task = name[:32].replace("_", "-") + "-" + hashlib.sha256(name.encode()).hexdigest()[:6]
-    mlflow = client(settings)
-    mlflow.create_registered_model(registered_model_name(task))
-    for version in (1, 2, 3):
-        folder = settings.adapters_dir / task / str(version)
-        folder.mkdir(parents=True)
-        mlflow.create_model_version(registered_model_name(task), source=folder.as_uri())
+    register_versions(settings, task)
     promote(settings, task, 1, "the first adapter")
     return task
 

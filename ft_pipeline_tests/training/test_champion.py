@@ -11,6 +11,7 @@ from ft_pipeline.training.champion import (
     rollback,
 )
 from ft_pipeline.training.tracking import client, registered_model_name
+from ft_pipeline_tests.registry_fixtures import register_versions
 
 
 @pytest.fixture(scope="module")
@@ -23,12 +24,7 @@ def settings(tmp_path_factory):
 def task(settings, request):
     """A task of its own per test whose registry holds three adapter versions, none of them champion yet."""
     task = request.node.name.removeprefix("test_")[:40].replace("_", "-")
-    mlflow = client(settings)
-    mlflow.create_registered_model(registered_model_name(task))
-    for version in (1, 2, 3):
-        folder = settings.adapters_dir / task / str(version)
-        folder.mkdir(parents=True)
-        mlflow.create_model_version(registered_model_name(task), source=folder.as_uri())
+    register_versions(settings, task)
     return task
 
 
