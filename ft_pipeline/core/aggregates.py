@@ -340,14 +340,25 @@ def combined(lake_dir: Path, dates: list[str]) -> pa.Table:
         con.execute("CREATE TEMP TABLE pieces AS SELECT * FROM held UNION ALL SELECT * FROM fresh")
         newest = con.execute("SELECT max(day) FROM pieces WHERE section = 'totals'").fetchall()[0][0]
         horizon = (newest or date.min + timedelta(days=HORIZON_DAYS)) - timedelta(days=HORIZON_DAYS)
-        keys = ", ".join(
-            f"CASE WHEN day <= DATE '{horizon.isoformat()}' THEN DATE '{horizon.isoformat()}' ELSE day END AS day"
-            if k == "day"
-            else f'"{k}"'
-            for k in KEYS
-        )
+        cut = f"DATE '{horizon.isoformat()}'"
+
+        def keys(day: str) -> str:
+            return ", ".join(f"{day} AS day" if k == "day" else f'"{k}"' for k in KEYS)
+
         sums = ", ".join(f'CAST(sum("{c}") AS {kind}) AS "{c}"' for c, kind in COLUMNS.items() if c not in KEYS)
-        merged = con.sql(f"SELECT {keys}, {sums} FROM pieces GROUP BY ALL").to_arrow_table().select(list(COLUMNS)).cast(SCHEMA)
+        # a day's rows after the horizon are unique by their keys (a day file holds each key once, and a fresh day is
+        # no held day): only the days merged into the horizon and the sections without a day are added up
+        merged = (
+            con.sql(f"""
+                SELECT {", ".join(f'"{c}"' for c in COLUMNS)} FROM pieces WHERE day > {cut}
+                UNION ALL BY NAME
+                SELECT {keys(cut)}, {sums} FROM pieces WHERE day <= {cut} GROUP BY ALL
+                UNION ALL BY NAME
+                SELECT {keys("day")}, {sums} FROM pieces WHERE day IS NULL GROUP BY ALL""")
+            .to_arrow_table()
+            .select(list(COLUMNS))
+            .cast(SCHEMA)
+        )
     finally:
         con.close()
     held.update({d: stamps[d] for d in fresh})

@@ -3,6 +3,7 @@ failure reasons, A/B experiments, alerts and recommendations, combined with Duck
 
 from __future__ import annotations
 
+import heapq
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +20,8 @@ from ft_pipeline.settings import Settings
 SPANS = {"": "true", **{f"_{w}": f"days_back < {d}" for w, d in WINDOWS.items()}, "_before": "days_back >= 7"}
 # A phrase is folded into a longer one that contains it when the longer one has this share of its support.
 MERGE_SHARE = 0.8
+# Phrases of one agent and kind the folding considers, the best supported first: a report lists ten or so.
+PHRASE_CANDIDATES = 1000
 # A phrase counts as deleted (added) only when more than this many times as many edits delete (add) it as add
 # (delete) it.
 CHURN_RATIO = 2
@@ -312,7 +315,13 @@ def _edit_patterns(con: duckdb.DuckDBPyConnection, settings: Settings) -> dict:
 
 def longest_phrases(counts: dict[str, int]) -> list[tuple[str, int]]:
     """Phrases with their edit counts, each sub-phrase folded into a longer phrase that carries its support
-    and incidental extensions of a listed phrase left out; sorted by count, then length."""
+    and incidental extensions of a listed phrase left out; sorted by count, then length. Of many phrases only the
+    PHRASE_CANDIDATES best supported are considered."""
+    if len(counts) > PHRASE_CANDIDATES:
+        # a long history of varied edits gives many phrases just over the support; the few that are listed, and the
+        # longer ones that absorb them (as well supported, within MERGE_SHARE), are among the best supported
+        best = set(heapq.nsmallest(PHRASE_CANDIDATES, counts, key=lambda p: (-counts[p], p)))
+        counts = {p: c for p, c in counts.items() if p in best}
     absorbed = {
         sub
         for phrase, count in counts.items()

@@ -8,6 +8,7 @@ from datetime import UTC, date, datetime, timedelta
 import pyarrow as pa
 import pytest
 
+from ft_pipeline.core import patterns
 from ft_pipeline.core.io import partition_file, write_parquet_atomic
 from ft_pipeline.core.patterns import (
     MERGE_SHARE,
@@ -368,3 +369,13 @@ def test_groups_with_too_few_reviewed_records_are_counted_not_listed(tmp_path):
     assert report["groups_omitted"] == {"user_id": 4}
     assert report["groups"]["task"]["chat"]["n"] == 8  # the omitted users' records still count in their task
     assert report["totals"]["reviewed"] == 8
+
+
+def test_longest_phrases_of_a_long_history_consider_the_best_supported_only(monkeypatch):
+    rng = random.Random(3)
+    counts = {f"w{rng.randrange(10**6)} w{rng.randrange(10**6)}": rng.randint(3, 5) for _ in range(5000)}
+    counts.update({"as an ai": 40, "an ai": 40, "ai": 45, "as an ai model": 38, "thanks": 30})
+    capped = longest_phrases(counts)
+    monkeypatch.setattr(patterns, "PHRASE_CANDIDATES", len(counts))
+    assert capped[:10] == longest_phrases(counts)[:10]
+    assert capped[:2] == [("as an ai model", 38), ("thanks", 30)]
