@@ -14,8 +14,9 @@ from pathlib import Path
 from statistics import NormalDist
 from typing import Any
 
+from ft_pipeline.core.feedback import TABLE as FEEDBACK_TABLE
 from ft_pipeline.core.feedback import joined_calls_sql
-from ft_pipeline.core.io import TASK_NAME, checked_name, partition_dates, partition_dir, partition_file, write_json_atomic
+from ft_pipeline.core.io import TASK_NAME, checked_name, partition_dates, partition_file, write_json_atomic
 from ft_pipeline.core.stats import rate, two_proportion_test
 from ft_pipeline.settings import Settings
 from ft_pipeline.training.champion import alias_lock, append_history, current_champion, record_move
@@ -233,8 +234,7 @@ def rollout_evidence(settings: Settings, task: str, state: Rollout) -> dict[str,
     feedback; a call is reviewed when its decision is no longer pending."""
     import duckdb
 
-    days = [d for d in partition_dates(settings.lake_dir, RAW_LOGS) if d >= state.started_at[:10]]
-    files = [str(partition_dir(settings.lake_dir, RAW_LOGS, d) / "*.parquet") for d in days]
+    files = [str(path) for path in _since_start(settings, state, RAW_LOGS)]
     evidence = {CANDIDATE: ArmEvidence(), CHAMPION: ArmEvidence()}
     if not files:
         return evidence
@@ -407,13 +407,19 @@ def act_by_hand(settings: Settings, task: str, action: str, reason: str = "") ->
         return {"task": task, "action": done, "reason": reason, "rollout": state.to_dict()}
 
 
+def _since_start(settings: Settings, state: Rollout, table: str) -> list[Path]:
+    """The partition files of a lake table from the rollout's first day on: where its calls, and feedback on them, are."""
+    days = [d for d in partition_dates(settings.lake_dir, table) if d >= state.started_at[:10]]
+    return [partition_file(settings.lake_dir, table, d) for d in days]
+
+
 def lake_stamp(settings: Settings, state: Rollout) -> str:
-    """A short hash of the raw_logs files a rollout's evidence is read from and of its state: it changes when either does."""
+    """A short hash of the files a rollout's evidence is read from (its calls and the feedback on them) and of its
+    state: it changes when any of them does."""
     parts = [state.updated_at]
-    for day in partition_dates(settings.lake_dir, RAW_LOGS):
-        if day >= state.started_at[:10]:
-            st = partition_file(settings.lake_dir, RAW_LOGS, day).stat()
-            parts.append(f"{day}:{st.st_size}:{st.st_mtime_ns}")
+    for path in _since_start(settings, state, RAW_LOGS) + _since_start(settings, state, FEEDBACK_TABLE):
+        st = path.stat()
+        parts.append(f"{path.parent.parent.name}/{path.parent.name}:{st.st_size}:{st.st_mtime_ns}")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
 
 

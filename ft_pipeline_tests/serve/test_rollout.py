@@ -19,6 +19,7 @@ from ft_pipeline.serve.rollout import (
     decide,
     describe,
     evaluate,
+    lake_stamp,
     parse_tiers,
     read_rollout,
     rollout_evidence,
@@ -298,13 +299,15 @@ def test_evidence_reads_only_the_rollouts_calls(settings, task):
     assert (cand.calls, cand.accepted, cand.errors, cand.latency_p95_ms) == (2, 2, 1, 10.0)
     assert (found[CHAMPION].reviewed, found[CHAMPION].rejected) == (1, 1)
 
-    # feedback that arrives later decides the call: it is rejected now
+    # feedback that arrives later decides the call: it is rejected now, and the sensor's stamp of the evidence changes
+    stamp = lake_stamp(settings, state)
     settings.inbox_dir.mkdir(parents=True, exist_ok=True)
     late = {"kind": "feedback", "log_id": f"a-{task}", "feedback_at": now.isoformat(), "decision": "rejected"}
     (settings.inbox_dir / f"feedback-{task}.jsonl").write_text(json.dumps(late) + "\n")
     ingest(settings)
     cand = rollout_evidence(settings, task, state)[CANDIDATE]
     assert (cand.calls, cand.accepted, cand.rejected) == (2, 1, 1)
+    assert lake_stamp(settings, state) != stamp
 
 
 def test_the_cli_shows_a_rollout_and_acts_on_it_by_hand(settings, task, capsys):
