@@ -220,12 +220,12 @@ def day_aggregates(lake_dir: Path, date: str) -> pa.Table:
     con = duckdb.connect()
     try:
         con.execute("SET TimeZone = 'UTC'")
-        from ft_pipeline.core.feedback import joined_calls_sql  # it quotes with `literal`, from here
+        from ft_pipeline.core.feedback import create_joined_view  # it quotes with `literal`, from here
 
         for view, table, columns in (("calls", "raw_logs", RAW_COLUMNS), ("settled", "settlements", SETTLED_COLUMNS)):
             source = partition_file(lake_dir, table, date)
             table_view(con, view, [source] if source.is_file() else [], columns)
-        con.execute(f"CREATE TEMP VIEW raw AS {joined_calls_sql('calls', lake_dir)}")
+        create_joined_view(con, "raw", "calls", lake_dir)
         con.execute("""
             CREATE TEMP VIEW base AS
             SELECT r.*, s.retained, r.decision IN ('accepted', 'edited', 'rejected') AS reviewed,

@@ -2,7 +2,7 @@
 
 A feedback line (`"kind": "feedback"`) names a call by log_id and gives what a person did with its answer, at any
 time before or after the call is ingested. Every valid feedback record is kept in lake/feedback/date=<feedback day>/;
-a call's decision, final_output, user_rating and quality_score are read through `joined_calls_sql`, which overrides
+a call's decision, final_output, user_rating and quality_score are read through `create_joined_view`, which overrides
 each with the latest feedback (by feedback_at, ties by content hash) that gives it. Its ingested_at becomes the time
 the last of those winning records arrived, so a call settled by late feedback is a new example then, once.
 
@@ -113,21 +113,28 @@ def latest_feedback_sql(calls: str, files: list[Path]) -> str:
     return f"SELECT log_id, {picks}, greatest({arrived}) AS ingested_at, count(*) AS feedback FROM ({source}) GROUP BY log_id"
 
 
-def joined_calls_sql(calls: str, lake_dir: Path) -> str:
-    """SQL for relation `calls` (raw_logs rows, any extra columns kept) as its latest feedback leaves them: decision,
-    final_output, user_rating and quality_score overridden where feedback gives them, ingested_at the later of the call's
-    and its winning feedback's, and a column `feedback_records` with how many feedback records each call has."""
+def create_joined_view(con: Any, name: str, calls: str, lake_dir: Path) -> None:
+    """Temp view `name`: relation `calls` (raw_logs rows, any extra columns kept) as its latest feedback leaves them:
+    decision, final_output, user_rating and quality_score overridden where feedback gives them, ingested_at the later of
+    the call's and its winning feedback's, and a column `feedback_records` with how many feedback records each call has.
+
+    The winning feedback is read from the lake once, into temp table `<name>_feedback`, however often the view is
+    queried (a settlement reads the day twice, the daily aggregates once per section).
+    """
     files = feedback_files(lake_dir)
     if not files:
-        return f"SELECT *, 0 AS feedback_records FROM {calls}"
-    return f"""
+        con.execute(f"CREATE TEMP VIEW {name} AS SELECT *, 0 AS feedback_records FROM {calls}")
+        return
+    con.execute(f"CREATE TEMP TABLE {name}_feedback AS {latest_feedback_sql(calls, files)}")
+    con.execute(f"""
+        CREATE TEMP VIEW {name} AS
         SELECT c.* REPLACE (
             CASE WHEN f.verdict IS NULL THEN c.decision ELSE f.verdict.decision END AS decision,
             CASE WHEN f.verdict IS NULL THEN c.final_output ELSE f.verdict.final_output END AS final_output,
             coalesce(f.user_rating, c.user_rating) AS user_rating,
             coalesce(f.quality_score, c.quality_score) AS quality_score,
             greatest(c.ingested_at, f.ingested_at) AS ingested_at), coalesce(f.feedback, 0) AS feedback_records
-        FROM {calls} c LEFT JOIN ({latest_feedback_sql(calls, files)}) f ON c.log_id = f.log_id"""
+        FROM {calls} c LEFT JOIN {name}_feedback f ON c.log_id = f.log_id""")
 
 
 def stale_days(settings: Settings) -> dict[str, str]:

@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 
 from ft_pipeline.core.aggregates import literal
 from ft_pipeline.core.edits import edit_metrics
-from ft_pipeline.core.feedback import clear_stale, joined_calls_sql, stale_days
+from ft_pipeline.core.feedback import clear_stale, create_joined_view, stale_days
 from ft_pipeline.core.io import (
     atomic_path,
     checked_date,
@@ -351,7 +351,7 @@ def _settle_file(source: Path, target: Path, settings: Settings) -> SettleResult
         con.execute("SET temp_directory = ?", [str(spill)])
         # each call as its latest feedback leaves it: both passes read the day through this view
         raw = f"read_parquet({literal(str(source))}, file_row_number = true)"
-        con.execute(f"CREATE TEMP VIEW calls AS {joined_calls_sql(raw, settings.lake_dir)}")
+        create_joined_view(con, "calls", raw, settings.lake_dir)
         _select_survivors(con, settings, result)
         (result.with_feedback,) = con.execute("SELECT count(*) FILTER (feedback_records > 0) FROM calls").fetchall()[0]
         columns = ", ".join(f'r."{name}"' for name in RAW_LOG_SCHEMA.names)

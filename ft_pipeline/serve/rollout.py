@@ -15,7 +15,7 @@ from statistics import NormalDist
 from typing import Any
 
 from ft_pipeline.core.feedback import TABLE as FEEDBACK_TABLE
-from ft_pipeline.core.feedback import joined_calls_sql
+from ft_pipeline.core.feedback import create_joined_view
 from ft_pipeline.core.io import TASK_NAME, checked_name, partition_dates, partition_file, write_json_atomic
 from ft_pipeline.core.stats import rate, two_proportion_test
 from ft_pipeline.settings import Settings
@@ -246,6 +246,7 @@ def rollout_evidence(settings: Settings, task: str, state: Rollout) -> dict[str,
             [files, task, state.experiment_id, CANDIDATE, CHAMPION],
         )
         # each call as its latest feedback leaves it: the gateway logs calls pending, people decide later
+        create_joined_view(con, "decided_calls", "rollout_calls", settings.lake_dir)
         rows = con.execute(
             f"""
             SELECT variant, count(*), count(*) FILTER (WHERE {reviewed}), count(*) FILTER (WHERE decision = 'accepted'),
@@ -253,7 +254,7 @@ def rollout_evidence(settings: Settings, task: str, state: Rollout) -> dict[str,
                 count(*) FILTER (WHERE {reviewed} AND timestamp >= CAST(? AS TIMESTAMPTZ)),
                 quantile_cont(latency_ms, 0.95),
                 count(*) FILTER (WHERE json_extract_string(metadata, '$.fallback') IS NOT NULL)
-            FROM ({joined_calls_sql("rollout_calls", settings.lake_dir)})
+            FROM decided_calls
             GROUP BY variant""",
             [state.stage_started_at],
         ).fetchall()
