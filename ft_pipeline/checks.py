@@ -1,6 +1,7 @@
 """Asset checks: dataset format, size and split overlap (blocking training), the promotion gate (blocking the champion step)."""
 
 import json
+from typing import Any
 
 from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, MetadataValue, asset_check
 
@@ -82,8 +83,9 @@ def adapter_beats_base(context: AssetCheckExecutionContext, pipeline: PipelineRe
     asset=adapter_evaluation,
     blocking=True,
     partitions_def=task_partitions,
-    description="The task's newest adapter beats the champion it was compared with (lower test loss, Wilcoxon, and "
-    "generations not worse by chrF); passes when there is no champion on the same base. Blocks the champion step.",
+    description="The task's newest adapter beats the champion it was compared with, and a segment's also its task's "
+    "champion (lower test loss, Wilcoxon, and generations not worse by chrF); passes when there is no champion on the "
+    "same base. Blocks the champion step.",
 )
 def adapter_beats_champion(context: AssetCheckExecutionContext, pipeline: PipelineResource) -> AssetCheckResult:
     """Fail (ERROR) when the evaluation is missing or the candidate does not beat the current champion."""
@@ -92,29 +94,37 @@ def adapter_beats_champion(context: AssetCheckExecutionContext, pipeline: Pipeli
     result = latest_evaluation(pipeline.settings(), context.partition_key)
     if result is None:
         return _missing("evaluation")
-    verdict = result["gate"]["beats_champion"]
-    if verdict is None:
+    # a segment's adapter must beat its own champion and its task's: both verdicts, each where there is that rival
+    rivals = [
+        (name, who)
+        for name, who in (("champion", "champion"), ("task_champion", "task's champion"))
+        if result["gate"].get(f"beats_{name}")
+    ]
+    if not rivals:
         return AssetCheckResult(
             passed=True,
             severity=AssetCheckSeverity.ERROR,
             description=f"v{result['version']}: no champion to compare with",
             metadata={"version": result["version"], "champion": MetadataValue.null()},
         )
-    test = result["tests"]["vs_champion"]
+    metadata: dict[str, Any] = {"version": result["version"], "p_threshold": result["p_threshold"]}
+    if result["gate"].get("beats_champion"):
+        metadata["champion"] = result["champion_compared"]
+    if result["gate"].get("beats_task_champion"):
+        metadata["task_champion"] = "{task} v{version}".format(**result["task_champion_compared"])
+    metadata["candidate_loss"] = result["scores"]["candidate"]["loss"]
+    for name, _ in rivals:
+        test = result["tests"][f"vs_{name}"]
+        metadata[f"{name}_loss"] = result["scores"][name]["loss"]
+        metadata[f"p_value_vs_{name}"] = test["p_value"]
+        metadata[f"rank_biserial_vs_{name}"] = test["rank_biserial"]
+        metadata[f"median_loss_difference_vs_{name}"] = test["median_difference"]
+    verdicts = [result["gate"][f"beats_{name}"] for name, _ in rivals]
     return AssetCheckResult(
-        passed=bool(verdict["passed"]),
+        passed=all(bool(v["passed"]) for v in verdicts),
         severity=AssetCheckSeverity.ERROR,
-        description=f"v{result['version']} against champion v{result['champion_compared']}: " + "; ".join(verdict["reasons"]),
-        metadata={
-            "version": result["version"],
-            "champion": result["champion_compared"],
-            "p_value": test["p_value"],
-            "p_threshold": result["p_threshold"],
-            "rank_biserial": test["rank_biserial"],
-            "median_loss_difference": test["median_difference"],
-            "candidate_loss": result["scores"]["candidate"]["loss"],
-            "champion_loss": result["scores"]["champion"]["loss"],
-        },
+        description=f"v{result['version']}: " + "; ".join(reason for v in verdicts for reason in v["reasons"]),
+        metadata=metadata,
     )
 
 

@@ -141,6 +141,16 @@ class Settings:
     min_train_examples: int = knob(
         50, "FT_MIN_TRAIN_EXAMPLES", "dataset", "Training examples a task needs before an adapter is trained."
     )
+    segment_by: str = knob(
+        "",
+        "FT_SEGMENT_BY",
+        "dataset",
+        "Contract field that defines segments within a task (user_id, agent, topic, ...): each segment with "
+        "FT_SEGMENT_MIN_EXAMPLES settled examples gets its own dataset and adapter; empty switches segments off.",
+    )
+    segment_min_examples: int = knob(
+        50, "FT_SEGMENT_MIN_EXAMPLES", "dataset", "Settled examples a segment needs before its first adapter is trained."
+    )
     max_seq_len: int = knob(
         512, "FT_MAX_SEQ_LEN", "dataset", "Longest tokenized example used for training; longer ones are counted and truncated."
     )
@@ -159,6 +169,12 @@ class Settings:
     builtin_vocab_size: int = knob(4096, "FT_BUILTIN_VOCAB_SIZE", "model", "Vocabulary size of the built-in tokenizer.")
 
     # LoRA training
+    segment_warm_start: bool = knob(
+        True,
+        "FT_SEGMENT_WARM_START",
+        "training",
+        "A segment's adapter starts from its task's champion adapter (same LoRA shape and base), else from scratch.",
+    )
     lora_r: int = knob(16, "FT_LORA_R", "training", "LoRA rank.")
     lora_alpha: int = knob(32, "FT_LORA_ALPHA", "training", "LoRA alpha (scaling = alpha / r).")
     lora_dropout: float = knob(0.05, "FT_LORA_DROPOUT", "training", "Dropout on the LoRA path.")

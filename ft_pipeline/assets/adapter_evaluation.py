@@ -11,7 +11,7 @@ EvaluationConfig = stage_config("evaluation", "EvaluationConfig")
 def scores_table(result: dict) -> str:
     """Markdown table of each model's scores on the same test examples."""
     lines = ["| model | loss | perplexity | token accuracy | chrF | exact match |", "|---|---|---|---|---|---|"]
-    for who in ("candidate", "base", "champion"):
+    for who in ("candidate", "base", "champion", "task_champion"):
         score = result["scores"].get(who)
         if score is None:
             continue

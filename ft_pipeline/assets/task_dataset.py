@@ -5,7 +5,7 @@ import json
 from dagster import AllPartitionMapping, AssetDep, AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from ft_pipeline.core.datasets import build_task_dataset
-from ft_pipeline.core.io import checked_name
+from ft_pipeline.core.segments import checked_model_key
 from ft_pipeline.partitions import task_partitions
 from ft_pipeline.resources import PipelineResource, stage_config
 from ft_pipeline.training.base_model import load_tokenizer
@@ -24,7 +24,7 @@ DatasetConfig = stage_config("dataset", "DatasetConfig")
 def task_dataset(context: AssetExecutionContext, config: DatasetConfig, pipeline: PipelineResource) -> MaterializeResult:
     """Build datasets/<task>/ from every settlement of the partition's task."""
     settings = pipeline.settings(config)
-    task = checked_name(context.partition_key)
+    task = checked_model_key(context.partition_key)
     summary = build_task_dataset(settings, task, load_tokenizer(settings))
     report, stats = summary["validation"], summary["validation"]["token_stats"]
     return MaterializeResult(

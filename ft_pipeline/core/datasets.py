@@ -17,9 +17,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ft_pipeline.core.io import checked_name, partition_dates, read_jsonl, table_glob, write_json_atomic, write_jsonl_atomic
+from ft_pipeline.core.io import partition_dates, read_jsonl, table_glob, write_json_atomic, write_jsonl_atomic
 from ft_pipeline.core.lineage import DATASET_MANIFEST, adapter_watermark, dataset_dir, parse_time
 from ft_pipeline.core.schema import RAW_LOG_SCHEMA
+from ft_pipeline.core.segments import checked_model_key, checked_segment_field, segment_keys, split_model_key
 
 # Used when neither the record nor settings.default_system_prompts give a system prompt.
 REASONING_MODE_PROMPTS = {
@@ -110,9 +111,12 @@ def split_records(records: list[dict[str, Any]], settings: Any) -> dict[str, lis
     return splits
 
 
-def read_settlements(lake_dir: Path, task: str | None = None, group_by: str = PROMPT_GROUP) -> list[dict[str, Any]]:
-    """Settled records (of one task, or all), one per log_id (latest ingest wins), ordered by timestamp then id;
-    a `group_by` field other than the prompt comes as the `_split_group` column (null where the lake lacks it)."""
+def read_settlements(
+    lake_dir: Path, task: str | None = None, group_by: str = PROMPT_GROUP, segment: tuple[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """Settled records (of one task, or all; of one `segment` (field, key) of it, or all), one per log_id (latest ingest
+    wins), ordered by timestamp then id; a `group_by` field other than the prompt comes as the `_split_group` column
+    (null where the lake lacks it)."""
     import duckdb
 
     if not partition_dates(lake_dir, "settlements"):
@@ -132,17 +136,61 @@ def read_settlements(lake_dir: Path, task: str | None = None, group_by: str = PR
         # group_by is a contract field name (checked above), so it is safe to name in the query
         columns += f", CAST({group_by} AS VARCHAR) AS {GROUP_COLUMN}" if group_by in present else f", NULL AS {GROUP_COLUMN}"
     where = "WHERE task = $task" if task is not None else ""
+    params: dict[str, Any] = {"glob": table_glob(lake_dir, "settlements")}
+    if task is not None:
+        params["task"] = task
+    if segment is not None:
+        field, key = segment
+        params["values"] = segment_values(lake_dir, checked_segment_field(field), key, task)
+        # the field is a checked contract field name, so it is safe to name in the query
+        where += (" AND " if where else "WHERE ") + f"CAST({field} AS VARCHAR) IN (SELECT unnest($values::VARCHAR[]))"
     query = f"""
         SELECT {columns} FROM read_parquet($glob, union_by_name = true, hive_partitioning = false)
         {where}
         QUALIFY row_number() OVER (PARTITION BY log_id ORDER BY ingested_at DESC) = 1
         ORDER BY timestamp, log_id
     """
-    params: dict[str, Any] = {"glob": table_glob(lake_dir, "settlements")}
-    if task is not None:
-        params["task"] = task
     with duckdb.connect() as con:
         return con.sql(query, params=params).to_arrow_table().to_pylist()
+
+
+def segment_counts(lake_dir: Path, field: str, task: str | None = None) -> dict[tuple[str, str], int]:
+    """Settled examples (records with an approved text, one per log_id) per (task, segment key) of `field`."""
+    import duckdb
+
+    field = checked_segment_field(field)
+    if not partition_dates(lake_dir, "settlements"):
+        return {}
+    query = f"""
+        SELECT task, value, count(*) FROM (
+            SELECT task, CAST({field} AS VARCHAR) AS value, final_text
+            FROM read_parquet($glob, union_by_name = true, hive_partitioning = false)
+            {"WHERE task = $task" if task is not None else ""}
+            QUALIFY row_number() OVER (PARTITION BY log_id ORDER BY ingested_at DESC) = 1
+        ) WHERE value IS NOT NULL AND final_text IS NOT NULL GROUP BY task, value
+    """
+    params: dict[str, Any] = {"glob": table_glob(lake_dir, "settlements"), **({"task": task} if task is not None else {})}
+    with duckdb.connect() as con:
+        rows = con.execute(query, params).fetchall()
+    keys = segment_keys(value for _, value, _ in rows)
+    counts: dict[tuple[str, str], int] = {}
+    for row_task, value, n in rows:
+        if (found := keys[value]) is not None:
+            counts[(row_task, found)] = counts.get((row_task, found), 0) + int(n)
+    return counts
+
+
+def segment_values(lake_dir: Path, field: str, key: str, task: str | None = None) -> list[str]:
+    """The distinct values of `field` (in the task's settlements) whose segment key is `key`."""
+    import duckdb
+
+    query = f"SELECT DISTINCT CAST({checked_segment_field(field)} AS VARCHAR) FROM read_parquet($glob, union_by_name = true)"
+    params: dict[str, Any] = {"glob": table_glob(lake_dir, "settlements")}
+    if task is not None:
+        query, params["task"] = query + " WHERE task = $task", task
+    with duckdb.connect() as con:
+        values = [value for (value,) in con.execute(query, params).fetchall() if value is not None]
+    return [value for value, found in segment_keys(values).items() if found == key]
 
 
 def drop_near_duplicates(records: Iterable[dict[str, Any]], defaults: dict[str, str]) -> list[dict[str, Any]]:
@@ -307,10 +355,15 @@ def split_overlap(files: dict[str, Path], groups: dict[str, str] | None = None) 
 
 
 def validation_report(
-    splits: dict[str, list[Any]], overlap: dict[str, Any], min_train_examples: int, stats: dict[str, Any], group_by: str
+    splits: dict[str, list[Any]],
+    overlap: dict[str, Any],
+    min_train_examples: int,
+    stats: dict[str, Any],
+    group_by: str,
+    min_examples: int = 0,
 ) -> dict[str, Any]:
-    """Whether a dataset may be trained on: format errors, minimum size, a test split, no overlap between the written
-    splits; plus prompt diversity and token statistics."""
+    """Whether a dataset may be trained on: format errors, minimum size (of train, and of all splits), a test split, no
+    overlap between the written splits; plus prompt diversity and token statistics."""
     train, dev, test = (splits[name] for name in SPLITS)
     everything = [*train, *dev, *test]
     errors = format_errors(everything)
@@ -318,6 +371,8 @@ def validation_report(
     problems = [f"format error {kind}: {n} example(s)" for kind, n in errors.items()]
     if len(train) < min_train_examples:
         problems.append(f"{len(train)} training examples, fewer than the {min_train_examples} required")
+    if len(everything) < min_examples:
+        problems.append(f"{len(everything)} examples, fewer than the {min_examples} required")
     if not test:
         problems.append("no test example: the promotion gate would have nothing to decide on (raise FT_TEST_SHARE)")
     # The prompt overlap blocks when records are grouped by prompt; grouped by another field, a prompt may recur across groups.
@@ -335,6 +390,7 @@ def validation_report(
         "n_dev": len(dev),
         "n_test": len(test),
         "min_train_examples": min_train_examples,
+        "min_examples": min_examples,
         "split_group_by": group_by,
         "split_overlap": sum(measured.values()),
         "overlap": overlap,
@@ -366,10 +422,14 @@ def content_version(paths: Iterable[Path]) -> str:
 
 def build_task_dataset(settings: Any, task: str, tokenizer: Any) -> dict[str, Any]:
     """Write datasets/<task>/{train,dev,test,preferences}.jsonl, validation.json and manifest.json; returns a summary."""
-    task = checked_name(task)
+    key = checked_model_key(task)
+    task, segment = split_model_key(key)
     check_split_settings(settings)
     defaults = dict(settings.default_system_prompts)
-    records = [r for r in read_settlements(settings.lake_dir, task, settings.split_group_by) if r.get("final_text")]
+    # a segment's records keep the split their group has in the task's dataset: the task's champion never trained on
+    # a segment's test examples, so it can be judged on them
+    of_segment = (settings.segment_by, segment) if segment is not None else None
+    records = [r for r in read_settlements(settings.lake_dir, task, settings.split_group_by, of_segment) if r.get("final_text")]
     n_settled = len(records)
     records = drop_near_duplicates(records, defaults)
     by_split = split_records(records, settings)
@@ -377,7 +437,7 @@ def build_task_dataset(settings: Any, task: str, tokenizer: Any) -> dict[str, An
     # Preference pairs only from the train split, so that preference training never sees a dev or test prompt.
     pairs = [p for r in by_split["train"] if (p := preference_pair(r, defaults))]
 
-    folder = dataset_dir(settings.datasets_dir, task)
+    folder = dataset_dir(settings.datasets_dir, key)
     files = {name: folder / f"{name}.jsonl" for name in (*SPLITS, "preferences")}
     for name in SPLITS:
         write_jsonl_atomic(splits[name], files[name])
@@ -390,16 +450,19 @@ def build_task_dataset(settings: Any, task: str, tokenizer: Any) -> dict[str, An
     overlap = split_overlap(files, groups)
     examples = [ex for name in SPLITS for ex in splits[name]]
     stats = token_stats(token_lengths(tokenizer, examples), settings.max_seq_len)
-    report = validation_report(splits, overlap, settings.min_train_examples, stats, settings.split_group_by)
+    # a segment qualifies by its examples in all splits (FT_SEGMENT_MIN_EXAMPLES); a task by its training examples
+    minimum = (1, settings.segment_min_examples) if segment is not None else (settings.min_train_examples, 0)
+    report = validation_report(splits, overlap, minimum[0], stats, settings.split_group_by, min_examples=minimum[1])
     report["near_duplicates_removed"] = n_settled - len(records)
-    write_json_atomic({"task": task, "version": version, **report}, folder / "validation.json")
+    write_json_atomic({"task": key, "version": version, **report}, folder / "validation.json")
 
     ingested = [parse_time(r.get("ingested_at")) for r in records]
     watermark = max((t for t in ingested if t is not None), default=None)
-    trained_until = parse_time(adapter_watermark(settings.adapters_dir, task))
+    trained_until = parse_time(adapter_watermark(settings.adapters_dir, key))
     new_examples = sum(1 for t in ingested if trained_until is None or (t is not None and t > trained_until))
     manifest = {
-        "task": task,
+        "task": key,
+        "segment": {"task": task, "by": settings.segment_by, "key": segment} if segment is not None else None,
         "version": version,
         "n_train": len(splits["train"]),
         "n_dev": len(splits["dev"]),

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ft_pipeline.core.io import checked_name, partition_dates, partition_file
+from ft_pipeline.core.io import partition_dates, partition_file
 from ft_pipeline.core.lineage import adapter_watermark, parse_time
 from ft_pipeline.core.retrain import SETTLEMENTS
+from ft_pipeline.core.segments import checked_model_key
 from ft_pipeline.settings import Settings
 
 
@@ -30,7 +31,7 @@ def new_examples_count(settings: Settings, task: str) -> int:
     """Settled examples of `task` ingested after the data watermark of its latest adapter (all of them before one)."""
     import duckdb
 
-    task = checked_name(task)
+    task = checked_model_key(task)
     watermark = adapter_watermark(settings.adapters_dir, task)
     files = [str(path) for path in files_touched_since(settings.lake_dir, watermark)]
     if not files:

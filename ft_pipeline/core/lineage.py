@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, overload
 
-from ft_pipeline.core.io import checked_name
+from ft_pipeline.core.segments import checked_model_key
 
 DATASET_MANIFEST = "manifest.json"
 ADAPTER_CONFIG = "training_config.json"
@@ -15,7 +15,7 @@ ADAPTER_CONFIG = "training_config.json"
 
 def dataset_dir(datasets_dir: Path, task: str) -> Path:
     """Folder of one task's dataset files."""
-    return Path(datasets_dir) / checked_name(task)
+    return Path(datasets_dir) / checked_model_key(task)
 
 
 def read_dataset_manifest(datasets_dir: Path, task: str) -> dict[str, Any] | None:
@@ -26,7 +26,7 @@ def read_dataset_manifest(datasets_dir: Path, task: str) -> dict[str, Any] | Non
 
 def adapter_versions(adapters_dir: Path, task: str) -> list[int]:
     """Registered adapter versions of a task that have a complete folder, ascending."""
-    base = Path(adapters_dir) / checked_name(task)
+    base = Path(adapters_dir) / checked_model_key(task)
     if not base.is_dir():
         return []
     return sorted(int(p.name) for p in base.iterdir() if p.name.isdigit() and (p / ADAPTER_CONFIG).is_file())
@@ -36,7 +36,7 @@ def adapter_dir(adapters_dir: Path, task: str, version: int | str) -> Path:
     """Folder of one adapter version: adapters/<task>/<version>/."""
     if not str(version).isdigit():
         raise ValueError(f"adapter version {version!r} must be a model registry version number")
-    return Path(adapters_dir) / checked_name(task) / str(int(version))
+    return Path(adapters_dir) / checked_model_key(task) / str(int(version))
 
 
 def read_adapter_config(adapters_dir: Path, task: str, version: int | str) -> dict[str, Any]:

@@ -16,7 +16,8 @@ from typing import Any
 
 from ft_pipeline.core.feedback import TABLE as FEEDBACK_TABLE
 from ft_pipeline.core.feedback import create_joined_view
-from ft_pipeline.core.io import TASK_NAME, checked_name, partition_dates, partition_file, write_json_atomic
+from ft_pipeline.core.io import TASK_NAME, partition_dates, partition_file, write_json_atomic
+from ft_pipeline.core.segments import checked_model_key, is_segment
 from ft_pipeline.core.stats import rate, two_proportion_test
 from ft_pipeline.settings import Settings
 from ft_pipeline.training.champion import alias_lock, append_history, current_champion, record_move
@@ -45,7 +46,10 @@ def parse_tiers(text: str) -> dict[str, list[float]]:
 
 
 def stages_for(settings: Settings, task: str) -> list[float]:
-    """The stages of the task's risk tier: the first FT_ROLLOUT_TASK_TIERS pattern (fnmatch) the task matches; none: 100."""
+    """The stages of the task's risk tier: the first FT_ROLLOUT_TASK_TIERS pattern (fnmatch) the task matches; none: 100.
+    A segment's model moves at once: its traffic is one user's (or agent's), which stages by user cannot split."""
+    if is_segment(task):
+        return [100.0]
     tiers = parse_tiers(settings.rollout_tiers)
     for part in filter(None, (p.strip() for p in settings.rollout_task_tiers.split(";"))):
         pattern, _, tier = part.partition("=")
@@ -113,7 +117,7 @@ class Rollout:
 
 def state_path(settings: Settings, task: str) -> Path:
     """state/rollouts/<task>.json: the task's latest rollout."""
-    return settings.state_dir / "rollouts" / f"{checked_name(task)}.json"
+    return settings.state_dir / "rollouts" / f"{checked_model_key(task)}.json"
 
 
 def read_rollout(settings: Settings, task: str) -> Rollout | None:
@@ -178,7 +182,7 @@ def start(settings: Settings, task: str, version: int, reason: str) -> tuple[int
     """The effect of a promotion: the first adapter of a task, or one of a tier whose only stage is 100, becomes the
     champion at once; otherwise `version` enters a rollout at its tier's first stage. Returns the champion after it and
     the rollout (None when it promoted at once)."""
-    task, version = checked_name(task), int(version)
+    task, version = checked_model_key(task), int(version)
     with alias_lock(settings, task):
         before = current_champion(settings, task)
         stages = stages_for(settings, task)
@@ -353,7 +357,7 @@ def _advance(settings: Settings, state: Rollout, reason: str, by: str, evidence:
 
 def evaluate(settings: Settings, task: str) -> dict[str, Any]:
     """One automatic step of the task's active rollout: read the evidence, decide, act and record it."""
-    task = checked_name(task)
+    task = checked_model_key(task)
     with alias_lock(settings, task):
         state = read_rollout(settings, task)
         if state is None or not state.active:
@@ -384,7 +388,7 @@ def evaluate(settings: Settings, task: str) -> dict[str, Any]:
 def act_by_hand(settings: Settings, task: str, action: str, reason: str = "") -> dict[str, Any]:
     """`advance` (to the next stage, or complete), `hold` (pause automatic advances) or `abort` (end the rollout, the
     champion stays) the task's active rollout, recorded in the history; LookupError when there is none."""
-    task = checked_name(task)
+    task = checked_model_key(task)
     with alias_lock(settings, task):
         state = read_rollout(settings, task)
         if state is None or not state.active:
@@ -429,7 +433,7 @@ def describe(settings: Settings, task: str) -> dict[str, Any]:
     recorded steps."""
     from ft_pipeline.training.champion import champion_history
 
-    task = checked_name(task)
+    task = checked_model_key(task)
     state = read_rollout(settings, task)
     if state is None:
         return {"task": task, "rollout": None, "next": None, "steps": []}

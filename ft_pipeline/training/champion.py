@@ -10,9 +10,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ft_pipeline.core.io import checked_name
 from ft_pipeline.core.lineage import adapter_dir
 from ft_pipeline.core.locks import hold
+from ft_pipeline.core.segments import checked_model_key
 from ft_pipeline.settings import Settings
 from ft_pipeline.training.tracking import client, registered_model_name
 
@@ -24,7 +24,7 @@ Move = Callable[[Settings, str, int, str], tuple[int | None, dict[str, Any] | No
 
 def history_path(settings: Settings, task: str) -> Path:
     """evaluations/<task>/champion_history.jsonl: one line per move of the alias."""
-    return settings.evaluations_dir / checked_name(task) / "champion_history.jsonl"
+    return settings.evaluations_dir / checked_model_key(task) / "champion_history.jsonl"
 
 
 def current_champion(settings: Settings, task: str) -> int | None:
@@ -91,12 +91,12 @@ def append_history(settings: Settings, task: str, entry: dict[str, Any]) -> dict
 
 def alias_lock(settings: Settings, task: str) -> AbstractContextManager:
     """The lock that makes a task's alias moves take turns: each reads the champion, decides and moves it alone."""
-    return hold(settings.root, f"alias-{checked_name(task)}")
+    return hold(settings.root, f"alias-{checked_model_key(task)}")
 
 
 def promote(settings: Settings, task: str, version: int, reason: str) -> dict[str, Any] | None:
     """Point the task's champion alias at `version` and record why; None when it already is the champion."""
-    task = checked_name(task)
+    task = checked_model_key(task)
     with alias_lock(settings, task):
         before = current_champion(settings, task)
         if before == int(version):
@@ -112,7 +112,7 @@ def promote_evaluated(settings: Settings, task: str, log: Any = print, move: Mov
     champion after it and a summary of the rollout it started."""
     from ft_pipeline.training.evaluation import latest_evaluation
 
-    task = checked_name(task)
+    task = checked_model_key(task)
     with alias_lock(settings, task):
         evaluation = latest_evaluation(settings, task)
         if evaluation is None:
@@ -161,7 +161,7 @@ def _move_now(settings: Settings, task: str, version: int, reason: str) -> tuple
 
 def rollback(settings: Settings, task: str, to_version: int | None = None, reason: str = "manual rollback") -> tuple[int, int]:
     """Move the champion back to `to_version` (default: the champion before the current one); returns (from, to)."""
-    task = checked_name(task)
+    task = checked_model_key(task)
     with alias_lock(settings, task):
         before = current_champion(settings, task)
         if before is None:

@@ -13,8 +13,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ft_pipeline.core.io import checked_name, read_jsonl, write_json_atomic
+from ft_pipeline.core.io import read_jsonl, write_json_atomic
 from ft_pipeline.core.lineage import adapter_dir, adapter_versions, dataset_dir, read_adapter_config
+from ft_pipeline.core.segments import checked_model_key, split_model_key
 
 CHRF_ORDER = 6
 CHRF_BETA = 2.0
@@ -76,13 +77,22 @@ def paired_test(candidate: list[float], other: list[float]) -> dict[str, Any]:
     }
 
 
+# (test, verdict, who) of each rival a candidate must beat when it is there: the task's (or segment's) own champion,
+# and for a segment its task's champion, the model the segment is served by until it has one of its own
+RIVALS = (
+    ("vs_base", "beats_base", "the base model"),
+    ("vs_champion", "beats_champion", "the champion"),
+    ("vs_task_champion", "beats_task_champion", "the task's champion"),
+)
+
+
 def gate(
     scores: dict[str, dict[str, Any]], tests: dict[str, dict[str, Any]], p_threshold: float, tolerance: float
 ) -> dict[str, dict[str, Any] | None]:
-    """Each rival's verdict: `beats_base`, and `beats_champion` (None when there is no champion to compare with);
-    a verdict holds whether it `passed` and the reasons."""
+    """Each rival's verdict: `beats_base`, `beats_champion` and for a segment `beats_task_champion` (None when there is
+    no such champion to compare with); a verdict holds whether it `passed` and the reasons."""
     verdicts: dict[str, dict[str, Any] | None] = {}
-    for key, name, rival in (("vs_base", "beats_base", "the base model"), ("vs_champion", "beats_champion", "the champion")):
+    for key, name, rival in RIVALS:
         if key not in tests:
             verdicts[name] = None
             continue
@@ -94,18 +104,20 @@ def gate(
             else f"does not beat {rival}: p={p_value:.3g} >= {p_threshold}"
         ]
         verdicts[name] = {"passed": passed, "p_value": p_value, "reasons": reasons}
-    champion_verdict = verdicts["beats_champion"]
-    if champion_verdict is not None:
-        candidate_chrf, champion_chrf = scores["candidate"]["chrf"], scores["champion"]["chrf"]
+    for key, name, rival in RIVALS[1:]:
+        champion_verdict = verdicts[name]
+        if champion_verdict is None:
+            continue
+        candidate_chrf, champion_chrf = scores["candidate"]["chrf"], scores[key.removeprefix("vs_")]["chrf"]
         if candidate_chrf is not None and champion_chrf is not None:
             if candidate_chrf < champion_chrf - tolerance:
                 champion_verdict["passed"] = False
                 champion_verdict["reasons"].append(
-                    f"generations worse than the champion's: chrF {candidate_chrf:.1f} < {champion_chrf:.1f} - {tolerance}"
+                    f"generations worse than {rival}'s: chrF {candidate_chrf:.1f} < {champion_chrf:.1f} - {tolerance}"
                 )
             else:
                 champion_verdict["reasons"].append(
-                    f"generations not worse than the champion's: chrF {candidate_chrf:.1f} vs {champion_chrf:.1f} (tolerance {tolerance})"
+                    f"generations not worse than {rival}'s: chrF {candidate_chrf:.1f} vs {champion_chrf:.1f} (tolerance {tolerance})"
                 )
     return verdicts
 
@@ -119,14 +131,14 @@ def decide(
     for verdict in verdicts.values():
         if verdict is not None:
             reasons += verdict["reasons"]
-    if verdicts["beats_champion"] is None:
+    if verdicts["beats_champion"] is None and verdicts["beats_task_champion"] is None:
         reasons.append("no other champion to compare with: beating the base model is enough")
     return all(v["passed"] for v in verdicts.values() if v is not None), reasons
 
 
 def evaluation_path(settings: Any, task: str, version: int) -> Path:
     """evaluations/<task>/<version>.json."""
-    return settings.evaluations_dir / checked_name(task) / f"{int(version)}.json"
+    return settings.evaluations_dir / checked_model_key(task) / f"{int(version)}.json"
 
 
 def read_evaluation(settings: Any, task: str, version: int) -> dict[str, Any] | None:
@@ -219,7 +231,8 @@ def evaluate_candidate(
     from ft_pipeline.training.data import encode_all
     from ft_pipeline.training.lora import resolve_device
 
-    task = checked_name(task)
+    task = checked_model_key(task)
+    parent, segment = split_model_key(task)
     versions = adapter_versions(settings.adapters_dir, task)
     if version is None:
         if not versions:
@@ -242,6 +255,16 @@ def evaluate_candidate(
             # a LoRA adapter only means something on the base it was trained on: the old champion cannot be scored here
             rival_note = f"champion v{rival} was trained on another base model and is not compared"
             rival = None
+    # a segment must also beat what serves it today: its task's champion, judged on the segment's own test split
+    task_rival = current_champion(settings, parent) if segment is not None else None
+    if task_rival is not None:
+        try:
+            check_adapter_base(
+                read_adapter_config(settings.adapters_dir, parent, task_rival), identity, f"{parent} v{task_rival}"
+            )
+        except BaseModelMismatch:
+            rival_note = f"task champion {parent} v{task_rival} was trained on another base model and is not compared"
+            task_rival = None
 
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
@@ -263,6 +286,11 @@ def evaluate_candidate(
         model.set_adapter("champion")
         scores["champion"] = score_model(model, tokenizer, examples, gen_rows, settings, device)
         tests["vs_champion"] = paired_test(scores["candidate"]["losses"], scores["champion"]["losses"])
+    if task_rival is not None:
+        model.load_adapter(str(adapter_dir(settings.adapters_dir, parent, task_rival)), adapter_name="task_champion")
+        model.set_adapter("task_champion")
+        scores["task_champion"] = score_model(model, tokenizer, examples, gen_rows, settings, device)
+        tests["vs_task_champion"] = paired_test(scores["candidate"]["losses"], scores["task_champion"]["losses"])
 
     verdicts = gate(scores, tests, settings.promotion_p_value, settings.generation_tolerance)
     promoted, reasons = decide(scores, tests, settings.promotion_p_value, settings.generation_tolerance)
@@ -280,6 +308,7 @@ def evaluate_candidate(
         "base_identity": identity,
         "champion_before": champion,
         "champion_compared": rival,
+        "task_champion_compared": {"task": parent, "version": task_rival} if task_rival is not None else None,
         "example_ids": [e.id for e in examples],
         "n_examples": len(examples),
         "n_dropped": dropped,
@@ -300,7 +329,12 @@ def evaluate_candidate(
 def summary_metrics(result: dict[str, Any]) -> dict[str, float]:
     """The evaluation's numbers as flat metrics (loss, chrF, p-values, effect sizes) for MLflow and Dagster."""
     metrics: dict[str, float] = {}
-    for who, prefix in (("candidate", "eval"), ("base", "base_eval"), ("champion", "champion_eval")):
+    for who, prefix in (
+        ("candidate", "eval"),
+        ("base", "base_eval"),
+        ("champion", "champion_eval"),
+        ("task_champion", "task_champion_eval"),
+    ):
         score = result["scores"].get(who)
         if score is None:
             continue

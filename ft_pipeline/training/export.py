@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ft_pipeline.core.io import checked_name, replace_dir_atomic, write_json_atomic
+from ft_pipeline.core.io import replace_dir_atomic, write_json_atomic
 from ft_pipeline.core.lineage import adapter_dir, read_adapter_config
+from ft_pipeline.core.segments import checked_model_key
 from ft_pipeline.settings import Settings
 
 FORMATS = ("merged", "ollama", "vllm")
@@ -94,7 +95,7 @@ def export_adapter(
     returns the export's manifest. `out` must not exist or be empty, unless `force` replaces it."""
     from ft_pipeline.training.status import chosen_version
 
-    task = checked_name(task)
+    task = checked_model_key(task)
     if fmt not in FORMATS:
         raise ValueError(f"format {fmt!r} must be one of {', '.join(FORMATS)}")
     out = Path(out).expanduser().resolve()

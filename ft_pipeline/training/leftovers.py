@@ -6,9 +6,9 @@ import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
-from ft_pipeline.core.io import checked_name
 from ft_pipeline.core.lineage import adapter_dir
 from ft_pipeline.core.scratch import sweep
+from ft_pipeline.core.segments import checked_model_key
 from ft_pipeline.settings import Settings
 from ft_pipeline.training.tracking import client, experiment_name, registered_model_name
 
@@ -45,7 +45,7 @@ def finish_dead_trainings(settings: Settings, task: str) -> Leftovers:
     Called with the task's training lock held, so no training of this task is alive: a RUNNING run of its
     experiment, or a version whose adapter folder never arrived, belongs to a process that died.
     """
-    task = checked_name(task)
+    task = checked_model_key(task)
     found = Leftovers()
     # staging folders of any task whose owner died: their lock tells, not the task
     found.staging_removed = [str(p) for p in sweep(settings.root, ADAPTER_SCRATCH)]

@@ -20,9 +20,17 @@ from typing import Any
 import torch
 
 from ft_pipeline.core.io import atomic_path, checked_name, read_jsonl, replace_dir_atomic, write_json_atomic
-from ft_pipeline.core.lineage import ADAPTER_CONFIG, adapter_dir, dataset_dir, latest_adapter, read_dataset_manifest
+from ft_pipeline.core.lineage import (
+    ADAPTER_CONFIG,
+    adapter_dir,
+    dataset_dir,
+    latest_adapter,
+    read_adapter_config,
+    read_dataset_manifest,
+)
 from ft_pipeline.core.locks import hold
 from ft_pipeline.core.scratch import scratch_dir
+from ft_pipeline.core.segments import checked_model_key, split_model_key
 from ft_pipeline.settings import Settings
 from ft_pipeline.training.data import IGNORE, Example, collate, encode_all, length_grouped_batches
 
@@ -340,6 +348,44 @@ def _save_checkpoint(
         torch.save(state, tmp)
 
 
+def warm_start_source(settings: Settings, key: str, identity: dict[str, Any], log: Log) -> dict[str, Any] | None:
+    """The adapter a segment's training starts from: its task's champion when FT_SEGMENT_WARM_START is on and that
+    champion has this LoRA shape and base; None (a fresh adapter) otherwise, with the reason logged."""
+    from ft_pipeline.training.base_model import BaseModelMismatch, check_adapter_base
+    from ft_pipeline.training.champion import current_champion
+
+    task, segment = split_model_key(key)
+    if segment is None or not settings.segment_warm_start:
+        return None
+    version = current_champion(settings, task)
+    if version is None:
+        log(f"{key}: task {task} has no champion yet; the adapter starts from scratch")
+        return None
+    config = read_adapter_config(settings.adapters_dir, task, version)
+    try:
+        check_adapter_base(config, identity, f"task champion {task} v{version}")
+    except BaseModelMismatch as exc:
+        log(f"{key}: not starting from {task} v{version}: {exc}")
+        return None
+    shape = ("lora_r", "lora_alpha", "lora_target_modules")
+    if any(config.get(name) != getattr(settings, name) for name in shape):
+        log(f"{key}: {task} v{version} has another LoRA shape ({', '.join(shape)}); the adapter starts from scratch")
+        return None
+    return {"task": task, "version": version, "hash": config.get("fingerprint")}
+
+
+def load_warm_start(model: Any, settings: Settings, source: dict[str, Any]) -> None:
+    """Copy the weights of the warm-start adapter into `model`'s fresh LoRA modules of the same shape."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = load_file(str(adapter_dir(settings.adapters_dir, source["task"], source["version"]) / "adapter_model.safetensors"))
+    result: Any = set_peft_model_state_dict(model, weights)  # torch's incompatible-keys pair
+    missing = [name for name in result.missing_keys if "lora_" in name]
+    if missing or result.unexpected_keys:
+        raise ValueError(f"warm start from {source['task']} v{source['version']}: the adapter's weights do not fit {missing[:3]}")
+
+
 def hyperparameters(settings: Settings) -> dict[str, Any]:
     """The knobs that decide what a training run learns."""
     return {name: getattr(settings, name) for name in HYPERPARAMETERS}
@@ -357,7 +403,7 @@ def validation_ok(report_path: Path) -> tuple[bool, str]:
 
 def checkpoint_dir(settings: Settings, task: str, dataset_version: str) -> Path:
     """Where a task's interrupted training on one dataset version keeps its checkpoint."""
-    return settings.root / "checkpoints" / checked_name(task) / checked_name(str(dataset_version), "dataset version")
+    return settings.root / "checkpoints" / checked_model_key(task) / checked_name(str(dataset_version), "dataset version")
 
 
 def train_task(settings: Settings, task: str, log: Log = print, tags: dict[str, str] | None = None) -> TrainResult:
@@ -368,7 +414,7 @@ def train_task(settings: Settings, task: str, log: Log = print, tags: dict[str, 
     """
     from ft_pipeline.training.leftovers import finish_dead_trainings
 
-    task = checked_name(task)
+    task = checked_model_key(task)
     with hold(settings.root, f"train-{task}"):
         leftovers = finish_dead_trainings(settings, task)
         if leftovers:
@@ -412,6 +458,7 @@ def _train_locked(settings: Settings, task: str, log: Log, tags: dict[str, str] 
         "n_dev": len(dev),
         "dropped_examples": dropped,
         "device": device,
+        "warm_start": warm_start_source(settings, task, identity, log),
     }
     fingerprint = hashlib.sha256(json.dumps([hyper, lineage], sort_keys=True, default=str).encode()).hexdigest()
     latest = latest_adapter(settings.adapters_dir, task)
@@ -426,6 +473,8 @@ def _train_locked(settings: Settings, task: str, log: Log, tags: dict[str, str] 
 
     torch.manual_seed(settings.seed)  # LoRA init and dropout draw from it
     model = wrap_lora(model, settings)
+    if lineage["warm_start"] is not None:
+        load_warm_start(model, settings, lineage["warm_start"])
     trainable, total = trainable_parameters(model)
     modules = target_modules(model.get_base_model(), settings.lora_target_modules)
     run_tags = {k: str(v) for k, v in (tags or {}).items()}

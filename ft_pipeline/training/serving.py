@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ft_pipeline.core.io import checked_name
 from ft_pipeline.core.lineage import adapter_dir, read_adapter_config
+from ft_pipeline.core.segments import checked_model_key
 from ft_pipeline.settings import Settings
 
 
@@ -35,7 +35,7 @@ def generate(settings: Settings, task: str, prompt: str, max_new_tokens: int = 1
     from ft_pipeline.training.champion import current_champion
     from ft_pipeline.training.lora import resolve_device
 
-    task = checked_name(task)
+    task = checked_model_key(task)
     device = resolve_device(settings.device)
     champion = current_champion(settings, task)
     source = None

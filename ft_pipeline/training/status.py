@@ -7,10 +7,11 @@ import json
 from typing import Any
 
 from ft_pipeline.core.freshness import new_examples_count
-from ft_pipeline.core.io import TASK_NAME, checked_name, partition_dates, table_glob
+from ft_pipeline.core.io import TASK_NAME, partition_dates, table_glob
 from ft_pipeline.core.lineage import adapter_versions, latest_adapter, read_adapter_config
 from ft_pipeline.core.patterns import check_findings
 from ft_pipeline.core.retrain import SETTLEMENTS
+from ft_pipeline.core.segments import checked_model_key
 from ft_pipeline.settings import Settings
 
 
@@ -99,7 +100,7 @@ def chosen_version(settings: Settings, task: str, version: int | None = None) ->
     """The adapter version asked for, by default the champion, else the newest; LookupError when the task has no such one."""
     from ft_pipeline.training.champion import current_champion
 
-    versions = adapter_versions(settings.adapters_dir, checked_name(task))
+    versions = adapter_versions(settings.adapters_dir, checked_model_key(task))
     if version is None:
         version = current_champion(settings, task) or (versions[-1] if versions else None)
     if version is None or int(version) not in versions:
@@ -113,7 +114,7 @@ def adapter_lineage(settings: Settings, task: str, version: int | None = None) -
     logged with its run."""
     from ft_pipeline.training.tracking import dataset_manifest
 
-    task = checked_name(task)
+    task = checked_model_key(task)
     version = chosen_version(settings, task, version)
     config = read_adapter_config(settings.adapters_dir, task, version)
     manifest = dataset_manifest(settings, config["mlflow_run_id"]) or {}

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ft_pipeline.core.io import checked_name
 from ft_pipeline.core.locks import hold
+from ft_pipeline.core.segments import checked_model_key
 from ft_pipeline.settings import Settings
 
 # A dataset's files as logged with each training run under `dataset/`: what lineage replays.
@@ -16,12 +16,12 @@ DATASET_ARTIFACTS = ("train.jsonl", "dev.jsonl", "test.jsonl", "preferences.json
 
 def experiment_name(task: str) -> str:
     """Name of a task's MLflow experiment."""
-    return f"ft_pipeline/{checked_name(task)}"
+    return f"ft_pipeline/{checked_model_key(task)}"
 
 
 def registered_model_name(task: str) -> str:
     """Name of a task's registered model."""
-    return f"ft_pipeline.{checked_name(task)}"
+    return f"ft_pipeline.{checked_model_key(task)}"
 
 
 def client(settings: Settings) -> Any:
@@ -62,7 +62,7 @@ def ensure_experiment(settings: Settings, task: str) -> str:
             # the artifacts on whichever machine trained, out of reach of every other
             return mlflow_client.create_experiment(experiment_name(task))
         # Explicit, or artifacts would land in ./mlruns of whatever the current directory is.
-        location = (settings.artifact_root / checked_name(task)).as_uri()
+        location = (settings.artifact_root / checked_model_key(task)).as_uri()
         return mlflow_client.create_experiment(experiment_name(task), artifact_location=location)
 
 
