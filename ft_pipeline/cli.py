@@ -75,9 +75,17 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     """Print per-task data, retrain and champion status, and the pattern report's failing alert checks."""
-    from ft_pipeline.training.status import report_alerts, task_status
+    from ft_pipeline.training.status import report_alerts, segment_status, task_status
 
+    if args.segment and not args.task:
+        raise ValueError("--segment needs --task")
     rows, alerts = task_status(settings), report_alerts(settings)
+    if args.task:
+        rows = [row for row in rows if row["task"] == args.task]
+        if not rows:
+            raise LookupError(f"no task {args.task!r} in the lake, the datasets or the adapters")
+        if args.segment:
+            rows[0]["segments"] = segment_status(settings, args.task, args.segment)
     rollouts = rollout_states(settings, [row["task"] for row in rows])
     if args.json:
         print(json.dumps({"tasks": rows, "alerts": alerts, "rollouts": rollouts}, indent=2, default=str))
@@ -92,6 +100,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             f"{row['task']:<20} {row['settled']:>8} {row['new_examples']:>6} {row['until_retrain']:>10} "
             f"{row.get('champion_version') or '-':>9}  {row.get('last_trained') or '-':<32}  {base}"
         )
+        if args.task:
+            print_segments(row, settings)
     if rollouts:
         print("\nrollouts:")
     for task, state in rollouts.items():
@@ -105,6 +115,27 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         for finding in findings:
             print(f"  FAILED {name}: {finding}")
     return 0
+
+
+def print_segments(row: dict, settings: Settings) -> None:
+    """The segments table of one task's status row."""
+    if not settings.segment_by:
+        print("  segments: off (set FT_SEGMENT_BY)")
+        return
+    segments = row.get("segments") or []
+    print(f"\n  segments by {settings.segment_by}: {len(segments)}")
+    print(
+        f"  {'segment':<24} {'settled':>8} {'new':>5} {'to train':>8} {'champion':>9} {'eval loss':>9}  quality avg/min/max  top topics"
+    )
+    for seg in segments:
+        scores, quality = seg["champion_scores"] or {}, seg["quality"]
+        spread = "/".join("-" if quality[k] is None else f"{quality[k]:.2f}" for k in ("mean", "min", "max"))
+        loss = f"{scores['loss']:.3f}" if scores.get("loss") is not None else "-"
+        topics = ", ".join(f"{t['topic']} ({t['n']})" for t in seg["top_topics"]) or "-"
+        print(
+            f"  {seg['segment']:<24} {seg['settled']:>8} {seg['new_examples']:>5} {seg['until_retrain']:>8} "
+            f"{seg['champion_version'] or '-':>9} {loss:>9}  {spread:<19}  {topics}"
+        )
 
 
 def rollout_states(settings: Settings, tasks: list[str]) -> dict[str, dict]:
@@ -206,10 +237,12 @@ def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
-    """Answer a prompt with the task's champion adapter (the base model when there is none)."""
-    from ft_pipeline.training.serving import generate
+    """Answer a prompt with the segment's champion, else the task's, else the base model; stderr says which answered."""
+    from ft_pipeline.training.serving import answer
 
-    print(generate(settings, args.task, args.prompt, max_new_tokens=args.max_new_tokens))
+    reply = answer(settings, args.task, args.prompt, max_new_tokens=args.max_new_tokens, segment=args.segment)
+    print(reply.text)
+    print(f"answered by {reply.served_by}", file=sys.stderr)
     return 0
 
 
@@ -276,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="per-task examples, retrain countdown and champion")
     status.add_argument("--json", action="store_true")
+    status.add_argument("--task", help="one task, with a row per segment (FT_SEGMENT_BY)")
+    status.add_argument("--segment", help="with --task: only this segment (its value or key)")
     status.set_defaults(func=cmd_status)
 
     lineage = sub.add_parser("lineage", help="what an adapter was built from: dataset, watermark, log ids, base, runs")
@@ -306,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("task")
     generate.add_argument("prompt")
     generate.add_argument("--max-new-tokens", type=int, default=128)
+    generate.add_argument(
+        "--segment", help="the user, agent or topic (FT_SEGMENT_BY) asking: its own champion answers when it has one"
+    )
     generate.set_defaults(func=cmd_generate)
 
     export = sub.add_parser("export", help="write a task's adapter for other engines: merged model, Ollama, vLLM")

@@ -9,7 +9,7 @@ from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, Se
 from ft_pipeline.core import manifest
 from ft_pipeline.core.feedback import stale_days
 from ft_pipeline.core.ingest import inbox_dates, inbox_files
-from ft_pipeline.core.retrain import RetrainState, due_retrains, retrain_run_key, scan_settlements
+from ft_pipeline.core.retrain import RetrainState, due_retrains, qualified, retrain_run_key, scan_settlements
 from ft_pipeline.core.spool import recover_spools
 from ft_pipeline.inflight import tasks_in_progress
 from ft_pipeline.jobs import ingest_job, resettle_job, retrain_job, rollout_job
@@ -69,19 +69,21 @@ def feedback_sensor(context: SensorEvaluationContext, pipeline: PipelineResource
     job=retrain_job,
     minimum_interval_seconds=60,
     default_status=DefaultSensorStatus.RUNNING,
-    description="Retrains a task once it has retrain_threshold settled examples newer than its latest adapter's data.",
+    description="Retrains a task, or a segment of one (FT_SEGMENT_BY), once it has retrain_threshold settled examples "
+    "newer than its latest adapter's data.",
 )
 def retrain_sensor(context: SensorEvaluationContext, pipeline: PipelineResource) -> SensorResult:
     """Counts new settled examples per task from the cursor on, and requests retrains and new task partitions."""
     settings = pipeline.settings()
     state = RetrainState.from_json(context.cursor)
-    scan = scan_settlements(state, settings.lake_dir, settings.adapters_dir)
+    scan = scan_settlements(state, settings.lake_dir, settings.adapters_dir, settings.segment_by)
     busy = tasks_in_progress(context.instance, settings, scan.counts)
-    due = due_retrains(state, scan, settings.retrain_threshold, busy)
+    due = due_retrains(state, scan, settings.retrain_threshold, busy, settings.segment_min_examples)
     if busy:
         context.log.info(f"not requesting tasks being trained now: {', '.join(sorted(busy))}")
     known = set(context.instance.get_dynamic_partitions(task_partitions.name))
-    new_tasks = sorted(set(scan.counts) - known)
+    # a segment gets its partition (and its own metadata, checks and history in the UI) once it first qualifies
+    new_tasks = sorted(set(qualified(scan, settings.segment_min_examples)) - known)
     context.log.info(
         f"read {scan.files_read} settlements file(s); new examples: "
         + ", ".join(f"{c.task}={c.count}" for c in scan.counts.values())

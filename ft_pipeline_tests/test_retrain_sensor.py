@@ -106,7 +106,7 @@ def test_a_tick_reads_only_new_files(instance, settings, monkeypatch):
     cursor = tick(instance, settings, None).cursor
     read: list[str] = []
     count_file = retrain._count_file
-    monkeypatch.setattr(retrain, "_count_file", lambda path, wm: read.append(path.parent.name) or count_file(path, wm))
+    monkeypatch.setattr(retrain, "_count_file", lambda path, *rest: read.append(path.parent.name) or count_file(path, *rest))
 
     cursor = tick(instance, settings, cursor).cursor
     assert read == []

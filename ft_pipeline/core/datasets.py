@@ -462,7 +462,6 @@ def build_task_dataset(settings: Any, task: str, tokenizer: Any) -> dict[str, An
     new_examples = sum(1 for t in ingested if trained_until is None or (t is not None and t > trained_until))
     manifest = {
         "task": key,
-        "segment": {"task": task, "by": settings.segment_by, "key": segment} if segment is not None else None,
         "version": version,
         "n_train": len(splits["train"]),
         "n_dev": len(splits["dev"]),
@@ -471,6 +470,7 @@ def build_task_dataset(settings: Any, task: str, tokenizer: Any) -> dict[str, An
         "split": {"group_by": settings.split_group_by, "dev_share": settings.dev_share, "test_share": settings.test_share},
         "data_watermark": watermark.isoformat() if watermark else None,
         "built_at": datetime.now(UTC).isoformat(),
+        **({"segment": {"task": task, "by": settings.segment_by, "key": segment}} if segment is not None else {}),
     }
     write_json_atomic(manifest, folder / DATASET_MANIFEST)
     return {

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 
 from ft_pipeline.core.io import partition_dates, partition_file
 from ft_pipeline.core.lineage import adapter_watermark, parse_time
+from ft_pipeline.core.segments import SEPARATOR, is_segment, segment_keys
 
 SETTLEMENTS = "settlements"
 
@@ -64,20 +65,39 @@ def _signature(path: Path) -> list[int]:
     return [stat.st_mtime_ns, stat.st_size, stat.st_ino]
 
 
-def _count_file(path: Path, watermark: Callable[[str], str | None]) -> dict[str, list]:
-    """Per task in one settlements file: max ingested_at and the rows newer than the task's adapter watermark."""
-    table = pq.read_table(path, columns=["task", "ingested_at"])
-    result: dict[str, list] = {}
-    for task in pc.unique(table["task"]).drop_null().to_pylist():
-        times = table.filter(pc.equal(table["task"], task))["ingested_at"]
-        wm = watermark(task)
-        newer = times if wm is None else times.filter(pc.greater(times, pa.scalar(parse_time(wm), type=times.type)))
-        result[task] = [pc.max(times).as_py().isoformat(), pc.count(newer).as_py()]
-    return result
+def _count_file(path: Path, watermark: Callable[[str], str | None], segment_by: str = "") -> dict[str, list]:
+    """Per task, and per segment of `segment_by` when set, in one settlements file: max ingested_at and the rows newer
+    than that model key's adapter watermark."""
+    table = pq.read_table(path, columns=["task", "ingested_at", *([segment_by] if segment_by else [])])
+    counts = _count_keys(table["task"], table["ingested_at"], watermark)
+    if segment_by:
+        counts.update(_count_keys(_segment_model_keys(table["task"], table[segment_by]), table["ingested_at"], watermark))
+    return counts
 
 
-def scan_settlements(state: RetrainState, lake_dir: Path, adapters_dir: Path) -> Scan:
-    """Bring `state` up to date with the lake and the adapters, reading only files that changed or hold new rows."""
+def _segment_model_keys(tasks: pa.ChunkedArray, values: pa.ChunkedArray) -> pa.ChunkedArray:
+    """`<task>.<segment>` per row (null where the value makes no segment key), keys computed once per distinct value."""
+    distinct = pc.unique(values).drop_null()
+    keys = segment_keys(distinct.to_pylist())
+    per_value = pa.array([keys[v] for v in distinct.to_pylist()], type=pa.string())
+    segments = pc.take(per_value, pc.index_in(values, value_set=distinct))
+    return pc.binary_join_element_wise(tasks, segments, SEPARATOR)
+
+
+def _count_keys(keys: pa.ChunkedArray, times: pa.ChunkedArray, watermark: Callable[[str], str | None]) -> dict[str, list]:
+    """Per model key: the newest ingested_at and the rows newer than the key's watermark, counted column-wise."""
+    table = pa.table({"key": keys, "at": times}).filter(pc.is_valid(keys))
+    names = pc.unique(table["key"])
+    marks = pa.array([parse_time(watermark(k)) for k in names.to_pylist()], type=times.type)
+    row_marks = pc.take(marks, pc.index_in(table["key"], value_set=names))
+    newer = pc.or_kleene(pc.is_null(row_marks), pc.greater(table["at"], row_marks))
+    grouped = table.append_column("new", pc.cast(newer, pa.int64())).group_by("key").aggregate([("at", "max"), ("new", "sum")])
+    return {row["key"]: [row["at_max"].isoformat(), int(row["new_sum"])] for row in grouped.to_pylist()}
+
+
+def scan_settlements(state: RetrainState, lake_dir: Path, adapters_dir: Path, segment_by: str = "") -> Scan:
+    """Bring `state` up to date with the lake and the adapters, reading only files that changed or hold new rows;
+    with `segment_by`, each segment of a task is counted too, under its model key `<task>.<segment>`."""
     # A file is read when it is new, when it was rewritten, or when its task's adapter watermark moved below the
     # newest row the file holds for that task; every other file keeps its counts, so cost follows new data.
     present = {date: partition_file(lake_dir, SETTLEMENTS, date) for date in partition_dates(lake_dir, SETTLEMENTS)}
@@ -100,7 +120,7 @@ def scan_settlements(state: RetrainState, lake_dir: Path, adapters_dir: Path) ->
 
     for date in to_read:
         path = present[date]
-        state.files[date] = {"sig": _signature(path), "tasks": _count_file(path, watermark)}
+        state.files[date] = {"sig": _signature(path), "tasks": _count_file(path, watermark, segment_by)}
     state.watermarks = watermarks
     return Scan(counts=_totals(state), files_read=len(to_read))
 
@@ -131,15 +151,18 @@ def _totals(state: RetrainState) -> dict[str, TaskCount]:
     return {task: TaskCount(task, state.watermarks[task], counts[task], newest[task]) for task in sorted(counts)}
 
 
-def due_retrains(state: RetrainState, scan: Scan, threshold: int, busy: Collection[str] = ()) -> list[TaskCount]:
-    """Tasks whose new examples reached `threshold`, each once per adapter unless `threshold` more arrive; never a busy one."""
+def due_retrains(
+    state: RetrainState, scan: Scan, threshold: int, busy: Collection[str] = (), segment_minimum: int = 0
+) -> list[TaskCount]:
+    """Tasks (and segments) whose new examples reached `threshold`, each once per adapter unless `threshold` more arrive;
+    never a busy one; a segment without an adapter also needs `segment_minimum` examples."""
     # A request is remembered with the adapter watermark it was made against, so a retrain still running (or one
     # that failed) is not requested again every tick; a new adapter, or another `threshold` examples, re-arms it.
     # A task being trained right now (by a run this sensor did not request) is left unrequested and unremembered:
     # once that training ends, its new watermark decides whether the examples left over are due.
     due = []
     for task, count in scan.counts.items():
-        if count.count < threshold or task in busy:
+        if count.count < required(count, threshold, segment_minimum) or task in busy:
             continue
         last = state.requested.get(task)
         if last and last["wm"] == count.watermark and count.count - last["count"] < threshold:
@@ -147,6 +170,20 @@ def due_retrains(state: RetrainState, scan: Scan, threshold: int, busy: Collecti
         state.requested[task] = {"wm": count.watermark, "count": count.count}
         due.append(count)
     return due
+
+
+def required(count: TaskCount, threshold: int, segment_minimum: int) -> int:
+    """New examples a task or segment needs before it is trained: the threshold, and a segment's minimum before its first adapter."""
+    return max(threshold, segment_minimum) if is_segment(count.task) and count.watermark is None else threshold
+
+
+def qualified(scan: Scan, segment_minimum: int) -> list[str]:
+    """Model keys that have a partition of their own: every task, and each segment with `segment_minimum` examples."""
+    return sorted(
+        key
+        for key, count in scan.counts.items()
+        if not is_segment(key) or count.watermark is not None or count.count >= segment_minimum
+    )
 
 
 def retrain_run_key(count: TaskCount) -> str:

@@ -18,6 +18,7 @@ from ft_pipeline.core.schema import RAW_LOG_SCHEMA
 SEPARATOR = "."
 MODEL_KEY = re.compile(rf"(?P<task>{TASK_NAME.pattern[1:-1]})(?:\.(?P<segment>{TASK_NAME.pattern[1:-1]}))?")
 HASHED_PREFIX = "h-"
+HASHED = re.compile(r"h-[0-9a-f]{16}")
 PLACEHOLDER = re.compile(r"\[(?:" + "|".join(PII_TYPES) + r")\]")
 # fields a segment can be defined by: the contract's scalar names of who, what and how, not the texts or the ids
 SEGMENT_FIELDS = frozenset(
@@ -38,7 +39,8 @@ def segment_key(value: Any) -> str | None:
     text = str(value)
     if PLACEHOLDER.search(text) or redact(text)[0] != text:
         return None
-    if TASK_NAME.fullmatch(text) and not text.startswith(HASHED_PREFIX):
+    # a hashed key given back (as `status` shows it) is that key
+    if HASHED.fullmatch(text) or (TASK_NAME.fullmatch(text) and not text.startswith(HASHED_PREFIX)):
         return text
     return HASHED_PREFIX + hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 

@@ -15,7 +15,9 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -412,16 +414,54 @@ def load_tokenizer(settings: Any, source: str | None = None) -> Any:
     return _prepared(AutoTokenizer.from_pretrained(source or ensure_base_model(settings)))
 
 
+# the base models of an open `shared_base()` block, by (source, device)
+_SHARED: ContextVar[dict[tuple[str, str], tuple[Any, Any]] | None] = ContextVar("shared_base", default=None)
+
+
+@contextmanager
+def shared_base() -> Iterator[dict[tuple[str, str], tuple[Any, Any]]]:
+    """A block in which `load_base_model` loads each base once and hands the same model to every caller (the trainings
+    of many segments in one process); each caller takes its adapters out again with `release_base`."""
+    cache: dict[tuple[str, str], tuple[Any, Any]] = {}
+    token = _SHARED.set(cache)
+    try:
+        yield cache
+    finally:
+        _SHARED.reset(token)
+
+
+def release_base(model: Any) -> None:
+    """Take every adapter out of a peft-wrapped base again, so that the base is as loaded for its next user."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        model.unload()
+
+
+def _has_adapters(model: Any) -> bool:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return any(isinstance(module, BaseTunerLayer) for module in model.modules())
+
+
 def load_base_model(settings: Any, device: str = "cpu", source: str | None = None) -> tuple[Any, Any]:
-    """The base causal LM on `device` and its tokenizer (from `source` when given, else the settings' base)."""
+    """The base causal LM on `device` and its tokenizer (from `source` when given, else the settings' base); inside
+    `shared_base()`, the one already loaded."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as transformers_logging
 
     # A per-load progress bar drowns the step progress in the run log.
     transformers_logging.disable_progress_bar()
     source = source or ensure_base_model(settings)
+    cache = _SHARED.get()
+    # a user that failed before releasing it leaves adapters in the base: that copy is not handed out again
+    if cache is not None and (source, device) in cache and not _has_adapters(cache[(source, device)][0]):
+        return cache[(source, device)]
     model: Any = AutoModelForCausalLM.from_pretrained(source)
-    return model.to(device), _prepared(AutoTokenizer.from_pretrained(source))
+    loaded = model.to(device), _prepared(AutoTokenizer.from_pretrained(source))
+    if cache is not None:
+        cache[(source, device)] = loaded
+    return loaded
 
 
 def base_model_info(settings: Any, log: Callable[[str], None] = print) -> dict[str, Any]:

@@ -226,6 +226,7 @@ def evaluate_candidate(
         check_adapter_base,
         ensure_base_model,
         load_base_model,
+        release_base,
     )
     from ft_pipeline.training.champion import current_champion
     from ft_pipeline.training.data import encode_all
@@ -279,18 +280,19 @@ def evaluate_candidate(
 
     scores = {"base": score_model(model, tokenizer, examples, gen_rows, settings, device)}
     model = PeftModel.from_pretrained(model, str(adapter_dir(settings.adapters_dir, task, version)), adapter_name="candidate")
-    scores["candidate"] = score_model(model, tokenizer, examples, gen_rows, settings, device)
-    tests = {"vs_base": paired_test(scores["candidate"]["losses"], scores["base"]["losses"])}
-    if rival is not None:
-        model.load_adapter(str(adapter_dir(settings.adapters_dir, task, rival)), adapter_name="champion")
-        model.set_adapter("champion")
-        scores["champion"] = score_model(model, tokenizer, examples, gen_rows, settings, device)
-        tests["vs_champion"] = paired_test(scores["candidate"]["losses"], scores["champion"]["losses"])
-    if task_rival is not None:
-        model.load_adapter(str(adapter_dir(settings.adapters_dir, parent, task_rival)), adapter_name="task_champion")
-        model.set_adapter("task_champion")
-        scores["task_champion"] = score_model(model, tokenizer, examples, gen_rows, settings, device)
-        tests["vs_task_champion"] = paired_test(scores["candidate"]["losses"], scores["task_champion"]["losses"])
+    try:
+        scores["candidate"] = score_model(model, tokenizer, examples, gen_rows, settings, device)
+        tests = {"vs_base": paired_test(scores["candidate"]["losses"], scores["base"]["losses"])}
+        rivals = [("champion", task, rival), ("task_champion", parent, task_rival)]
+        for name, owner, rival_version in rivals:
+            if rival_version is None:
+                continue
+            model.load_adapter(str(adapter_dir(settings.adapters_dir, owner, rival_version)), adapter_name=name)
+            model.set_adapter(name)
+            scores[name] = score_model(model, tokenizer, examples, gen_rows, settings, device)
+            tests[f"vs_{name}"] = paired_test(scores["candidate"]["losses"], scores[name]["losses"])
+    finally:
+        release_base(model)
 
     verdicts = gate(scores, tests, settings.promotion_p_value, settings.generation_tolerance)
     promoted, reasons = decide(scores, tests, settings.promotion_p_value, settings.generation_tolerance)

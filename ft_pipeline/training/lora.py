@@ -423,7 +423,7 @@ def train_task(settings: Settings, task: str, log: Log = print, tags: dict[str, 
 
 
 def _train_locked(settings: Settings, task: str, log: Log, tags: dict[str, str] | None) -> TrainResult:
-    from ft_pipeline.training.base_model import base_identity, ensure_base_model, load_base_model
+    from ft_pipeline.training.base_model import base_identity, ensure_base_model, load_base_model, release_base
     from ft_pipeline.training.leftovers import ADAPTER_SCRATCH
     from ft_pipeline.training.pyfunc import save_model as save_pyfunc_model
     from ft_pipeline.training.tracking import DATASET_ARTIFACTS, Tracker, run_path
@@ -565,6 +565,8 @@ def _train_locked(settings: Settings, task: str, log: Log, tags: dict[str, str] 
         except BaseException as exc:
             tracker.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
             raise
+        finally:
+            release_base(model)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     metrics = {
         **summary,

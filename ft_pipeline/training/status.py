@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pyarrow as pa
+
 from ft_pipeline.core.freshness import new_examples_count
-from ft_pipeline.core.io import TASK_NAME, partition_dates, table_glob
-from ft_pipeline.core.lineage import adapter_versions, latest_adapter, read_adapter_config
+from ft_pipeline.core.io import TASK_NAME, checked_name, partition_dates, table_glob
+from ft_pipeline.core.lineage import adapter_versions, latest_adapter, parse_time, read_adapter_config
 from ft_pipeline.core.patterns import check_findings
 from ft_pipeline.core.retrain import SETTLEMENTS
-from ft_pipeline.core.segments import checked_model_key
+from ft_pipeline.core.segments import checked_model_key, checked_segment_field, model_key, segment_key, segment_keys
 from ft_pipeline.settings import Settings
 
 
@@ -54,7 +56,7 @@ def task_status(settings: Settings) -> list[dict[str, Any]]:
     tasks = set(settled)
     for folder in (settings.datasets_dir, settings.adapters_dir):
         if folder.is_dir():
-            tasks |= {p.name for p in folder.iterdir() if p.is_dir() and TASK_NAME.match(p.name)}
+            tasks |= {p.name for p in folder.iterdir() if p.is_dir() and TASK_NAME.fullmatch(p.name)}
     rows = []
     for task in sorted(tasks):
         new = new_examples_count(settings, task)
@@ -73,9 +75,82 @@ def task_status(settings: Settings) -> list[dict[str, Any]]:
                 "champion_version": champion,
                 "champion_base": champion_config.get("base_identity") if champion_config else None,
                 "champion_scores": champion_scores(evaluation) if evaluation else None,
+                **({"segments": segment_status(settings, task)} if settings.segment_by else {}),
             }
         )
     return rows
+
+
+def segment_status(settings: Settings, task: str, segment: str | None = None) -> list[dict[str, Any]]:
+    """One row per segment of a task (FT_SEGMENT_BY; only `segment` when given): settled examples, examples until its
+    next training, its last training and champion with scores, quality average/min/max and its top topics."""
+    import duckdb
+
+    from ft_pipeline.training.champion import current_champion
+    from ft_pipeline.training.evaluation import read_evaluation
+
+    task = checked_name(task)
+    if not settings.segment_by or not partition_dates(settings.lake_dir, SETTLEMENTS):
+        return []
+    field = checked_segment_field(settings.segment_by)
+    glob = table_glob(settings.lake_dir, SETTLEMENTS)
+    latest = f"""SELECT CAST({field} AS VARCHAR) AS value, * EXCLUDE ({field}) FROM read_parquet($glob, union_by_name = true)
+        WHERE task = $task AND {field} IS NOT NULL
+        QUALIFY row_number() OVER (PARTITION BY log_id ORDER BY ingested_at DESC) = 1"""
+    with duckdb.connect() as con:
+        con.execute(f"CREATE TEMP TABLE seg AS {latest}", {"glob": glob, "task": task})
+        keys = {
+            v: k for v, k in segment_keys(row[0] for row in con.execute("SELECT DISTINCT value FROM seg").fetchall()).items() if k
+        }
+        if segment is not None:
+            wanted = segment_key(segment)
+            keys = {v: k for v, k in keys.items() if k == wanted}
+        adapters = {value: latest_adapter(settings.adapters_dir, model_key(task, key)) for value, key in keys.items()}
+        marks = pa.table(
+            {
+                "value": list(keys),
+                "mark": pa.array(
+                    [parse_time((a or {}).get("data_watermark")) for a in adapters.values()], pa.timestamp("us", "UTC")
+                ),
+            }
+        )
+        con.register("marks", marks)
+        stats = con.execute(
+            """SELECT value, count(*) FILTER (WHERE final_text IS NOT NULL),
+                      count(*) FILTER (WHERE final_text IS NOT NULL AND (mark IS NULL OR ingested_at > mark)),
+                      avg(quality_score), min(quality_score), max(quality_score)
+               FROM seg JOIN marks USING (value) GROUP BY value"""
+        ).fetchall()
+        topics: dict[str, list[dict[str, Any]]] = {}
+        for value, topic, n in con.execute(
+            """SELECT value, topic, count(*) AS n FROM seg JOIN marks USING (value) WHERE topic IS NOT NULL
+               GROUP BY value, topic QUALIFY row_number() OVER (PARTITION BY value ORDER BY n DESC, topic) <= 3
+               ORDER BY value, n DESC, topic"""
+        ).fetchall():
+            topics.setdefault(value, []).append({"topic": topic, "n": int(n)})
+    rows = []
+    for value, settled, new, q_avg, q_min, q_max in stats:
+        key, adapter = model_key(task, keys[value]), adapters[value]
+        champion = current_champion(settings, key)
+        evaluation = read_evaluation(settings, key, champion) if champion is not None else None
+        needed = settings.retrain_threshold if adapter else max(settings.retrain_threshold, settings.segment_min_examples)
+        rows.append(
+            {
+                "segment": keys[value],
+                "model": key,
+                "settled": int(settled),
+                "new_examples": int(new),
+                "until_retrain": max(0, needed - int(new)),
+                "qualified": adapter is not None or int(settled) >= settings.segment_min_examples,
+                "latest_version": adapter["version"] if adapter else None,
+                "last_trained": adapter.get("trained_at") if adapter else None,
+                "champion_version": champion,
+                "champion_scores": champion_scores(evaluation) if evaluation else None,
+                "quality": {"mean": q_avg, "min": q_min, "max": q_max},
+                "top_topics": topics.get(value, []),
+            }
+        )
+    return sorted(rows, key=lambda row: (-row["settled"], row["segment"]))
 
 
 def report_alerts(settings: Settings) -> dict[str, Any]:
