@@ -67,7 +67,13 @@ def print_summary(settings: Settings) -> None:
 
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
-    """Train one task's adapter without Dagster."""
+    """Train one task's adapter, or its segments' adapters, without Dagster."""
+    if args.segments or args.segment:
+        from ft_pipeline.training.segments import train_segments
+
+        report = train_segments(settings, args.task, segments=args.segment, log=lambda msg: print(msg, flush=True))
+        print(json.dumps(report, indent=2, default=str))
+        return 1 if report["failed"] else 0
     from ft_pipeline.training.lora import main as train_main
 
     return train_main(["--task", args.task, "--data-dir", str(settings.root)])
@@ -305,6 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train one task's LoRA adapter without Dagster")
     train.add_argument("--task", required=True)
+    train.add_argument(
+        "--segments", action="store_true", help="train every due segment of the task (FT_SEGMENT_BY), base loaded once"
+    )
+    train.add_argument("--segment", action="append", help="train this segment (its key); repeatable")
     train.set_defaults(func=cmd_train)
 
     status = sub.add_parser("status", help="per-task examples, retrain countdown and champion")

@@ -15,6 +15,7 @@ from dagster import AssetKey, AssetSelection, DagsterInstance, Definitions, Runs
 from ft_pipeline.core import feedback
 from ft_pipeline.core.io import partition_dates
 from ft_pipeline.core.locks import LOCK_NAME, hold, is_free, lock_path
+from ft_pipeline.core.segments import model_key
 from ft_pipeline.inflight import IN_PROGRESS
 from ft_pipeline.settings import Settings
 
@@ -97,17 +98,22 @@ def day_blocks(dates: list[str]) -> list[list[str]]:
 
 
 def settled_tasks(settings: Settings) -> list[str]:
-    """Tasks that have at least one settled record in the lake."""
+    """Tasks that have at least one settled record in the lake, each followed by its segments (FT_SEGMENT_BY) with
+    FT_SEGMENT_MIN_EXAMPLES examples: a segment starts from its task's champion, so it trains after it."""
     import duckdb
 
+    from ft_pipeline.core.datasets import segment_counts
     from ft_pipeline.core.io import table_glob
 
     if not partition_dates(settings.lake_dir, "settlements"):
         return []
-    rows = duckdb.sql(
-        f"SELECT DISTINCT task FROM read_parquet('{table_glob(settings.lake_dir, 'settlements')}') ORDER BY task"
-    ).fetchall()
-    return [row[0] for row in rows]
+    rows = duckdb.sql(f"SELECT DISTINCT task FROM read_parquet('{table_glob(settings.lake_dir, 'settlements')}')").fetchall()
+    keys = [row[0] for row in rows]
+    if settings.segment_by:
+        counts = segment_counts(settings.lake_dir, settings.segment_by)
+        keys += [model_key(task, segment) for (task, segment), n in counts.items() if n >= settings.segment_min_examples]
+    # "<task>" sorts before every "<task>.<segment>"
+    return sorted(keys)
 
 
 def run_pipeline(

@@ -7,7 +7,7 @@ from pathlib import Path
 from ft_pipeline.core.io import partition_dates, partition_file
 from ft_pipeline.core.lineage import adapter_watermark, parse_time
 from ft_pipeline.core.retrain import SETTLEMENTS
-from ft_pipeline.core.segments import checked_model_key
+from ft_pipeline.core.segments import checked_model_key, split_model_key
 from ft_pipeline.settings import Settings
 
 
@@ -28,16 +28,24 @@ def files_touched_since(lake_dir: Path, watermark: str | None) -> list[Path]:
 
 
 def new_examples_count(settings: Settings, task: str) -> int:
-    """Settled examples of `task` ingested after the data watermark of its latest adapter (all of them before one)."""
+    """Settled examples of `task` (a task or `<task>.<segment>`) ingested after the data watermark of its latest adapter
+    (all of them before one)."""
     import duckdb
 
-    task = checked_model_key(task)
-    watermark = adapter_watermark(settings.adapters_dir, task)
+    from ft_pipeline.core.datasets import segment_values
+
+    key = checked_model_key(task)
+    task, segment = split_model_key(key)
+    watermark = adapter_watermark(settings.adapters_dir, key)
     files = [str(path) for path in files_touched_since(settings.lake_dir, watermark)]
     if not files:
         return 0
-    query = "SELECT count(*) FROM read_parquet(?) WHERE task = ?"
+    query = "SELECT count(*) FROM read_parquet(?, union_by_name = true) WHERE task = ?"
     params: list = [files, task]
+    if segment is not None:
+        # the field is a checked contract field name (segment_values checks it), so it is safe to name in the query
+        query += f" AND CAST({settings.segment_by} AS VARCHAR) IN (SELECT unnest(?::VARCHAR[]))"
+        params.append(segment_values(settings.lake_dir, settings.segment_by, segment, task))
     if watermark is not None:
         query += " AND ingested_at > CAST(? AS TIMESTAMPTZ)"
         params.append(parse_time(watermark).isoformat())

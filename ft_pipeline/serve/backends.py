@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ft_pipeline.core.lineage import adapter_dir, read_adapter_config
+from ft_pipeline.core.segments import model_key, segment_key
 from ft_pipeline.settings import Settings
 
 if TYPE_CHECKING:
@@ -41,8 +42,16 @@ class Route:
     fallback: str | None = None
     variant: str = "champion"  # the rollout arm that answered
     experiment_id: str | None = None  # the rollout's, when one is active
+    segment: str | None = None  # the segment whose own champion answers, when it has one
+
+    @property
+    def key(self) -> str:
+        """The model key the version belongs to: the task's, or its segment's."""
+        return model_key(self.task, self.segment)
 
 
+# the variant of calls a segment's own champion answered: outside every rollout arm of its task
+SEGMENT_VARIANT = "segment"
 # what a request's model may name: a task (its champion answers) or a runtime-loaded adapter, `<task>@<version>`
 MODEL_NAME = re.compile(r"(?P<task>[a-z0-9][a-z0-9_-]{0,63})(@(?P<version>[0-9]{1,9}))?")
 
@@ -110,11 +119,26 @@ class Champions:
             self._rollouts[task] = cached
         return cached[1]
 
+    def segment_of(self, task: str, unit: str | None) -> str | None:
+        """The segment of a request's user (FT_SEGMENT_BY=user_id) when that segment has an adapter of its own."""
+        from ft_pipeline.serve.rollout import USER_UNIT
+
+        if self.settings.segment_by != "user_id" or not unit or not unit.startswith(USER_UNIT):
+            return None
+        segment = segment_key(unit.removeprefix(USER_UNIT))
+        # a folder test first: most users have no model of their own, and the registry is not asked for each
+        if segment is None or not (self.settings.adapters_dir / model_key(task, segment)).is_dir():
+            return None
+        return segment
+
     def pick(self, task: str, unit: str | None, forced: str | None = None) -> Route:
-        """Which version serves a request: the champion, or during a rollout the arm of the request's unit (`forced`
-        names an arm instead); the route has no adapter yet."""
+        """Which version serves a request: its user's segment champion, else the task's champion, or during a rollout
+        the arm of the request's unit (`forced` names an arm instead); the route has no adapter yet."""
         from ft_pipeline.serve.rollout import CANDIDATE, arm
 
+        segment = self.segment_of(task, unit) if forced is None else None
+        if segment is not None and (own := self.champion(model_key(task, segment))) is not None:
+            return Route(task, own, variant=SEGMENT_VARIANT, segment=segment)
         champion, state = self.champion(task), self.rollout(task)
         if state is None:
             return Route(task, champion)
@@ -192,12 +216,12 @@ class InProcessBackend(Champions):
         version = route.version
         if version is None:
             return Route(task, None, None, "the task has no champion")
-        name = adapter_name(task, version)
+        name = adapter_name(route.key, version)
         if name not in self._loaded:
             try:
-                config = read_adapter_config(self.settings.adapters_dir, task, version)
-                check_adapter_base(config, self._identity, f"{route.variant} {task} v{version}")
-                self._use(name, str(adapter_dir(self.settings.adapters_dir, task, version)))
+                config = read_adapter_config(self.settings.adapters_dir, route.key, version)
+                check_adapter_base(config, self._identity, f"{route.variant} {route.key} v{version}")
+                self._use(name, str(adapter_dir(self.settings.adapters_dir, route.key, version)))
             except (BaseModelMismatch, OSError, ValueError, KeyError) as exc:
                 why = f"{route.variant} v{version} could not be loaded: {' '.join(str(exc).split())[:300]}"
                 return Route(task, None, None, why, route.variant, route.experiment_id)
@@ -364,10 +388,10 @@ class UpstreamBackend(Champions):
         version = route.version
         if version is None:
             return Route(task, None, None, "the task has no champion")
-        name = adapter_name(task, version)
+        name = adapter_name(route.key, version)
         with self._lock:
             if name not in self._loaded:
-                folder = adapter_dir(self.settings.adapters_dir, task, version)
+                folder = adapter_dir(self.settings.adapters_dir, route.key, version)
                 try:
                     answer = self.http.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": str(folder)})
                 except httpx.HTTPError as exc:

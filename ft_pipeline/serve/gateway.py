@@ -87,7 +87,12 @@ def call_record(
         "messages": [m for m in messages[:-1] if m["role"] != "system"],
         "output": completion.text,
         "decision": "pending",
-        "adapter_version": None if route.adapter is None else str(route.version),
+        # a segment's versions are numbered apart from its task's: "<task>.<segment>:<version>" keeps them apart
+        "adapter_version": None
+        if route.adapter is None
+        else f"{route.key}:{route.version}"
+        if route.segment
+        else str(route.version),
         "model": base,
         "variant": _variant(route),
         "latency_ms": round(latency_ms, 2),

@@ -72,10 +72,13 @@ def arm(task: str, version: int, unit: str, percent: float) -> str:
     return CANDIDATE if bucket(task, version, unit) < percent * BUCKETS / 100 else CHAMPION
 
 
+USER_UNIT = "user:"
+
+
 def unit_of(user: Any, messages: list[dict[str, str]]) -> str:
     """What a request is assigned by: its `user` (OpenAI's field), else a hash of its messages."""
     if isinstance(user, str) and user:
-        return f"user:{user}"
+        return f"{USER_UNIT}{user}"
     return "request:" + hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()
 
 
