@@ -16,7 +16,8 @@ from ft_pipeline.resources import PipelineResource
     asset=task_dataset,
     blocking=True,
     partitions_def=task_partitions,
-    description="validation.json of the task's dataset: no format errors, enough training examples, a test split, and "
+    description="validation.json of the task's dataset: no format errors, enough training examples (a segment: "
+    "FT_SEGMENT_MIN_EXAMPLES in all splits), a test split, and "
     "no id, group or prompt in two of the written train, dev and test files.",
 )
 def task_dataset_valid(context: AssetCheckExecutionContext, pipeline: PipelineResource) -> AssetCheckResult:
@@ -34,6 +35,7 @@ def task_dataset_valid(context: AssetCheckExecutionContext, pipeline: PipelineRe
             "n_dev": report["n_dev"],
             "n_test": report["n_test"],
             "min_train_examples": report["min_train_examples"],
+            "min_examples": report.get("min_examples", 0),
             "split_group_by": report["split_group_by"],
             "split_overlap": report["split_overlap"],
             "overlap": MetadataValue.json(report["overlap"]),
