@@ -1,5 +1,6 @@
 """Tests of the retrain sensor: threshold, per-task runs, cursor across restarts, new task partitions, cost."""
 
+from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -132,3 +133,37 @@ def test_a_task_being_trained_is_not_requested_until_that_training_ends(instance
     instance.report_run_failed(started)
     after = tick(instance, settings, busy.cursor)
     assert sorted(key for key, _ in runs(after)) == ["qa", "summarize"]
+
+
+def write_users(lake_dir: Path, date: str, *groups: tuple[str, str, int, int]) -> None:
+    """One settlements partition in the full settlements schema; each (task, user, n, start) adds n rows of that user."""
+    import pyarrow as pa
+
+    from ft_pipeline.core.io import partition_file, write_parquet_atomic
+    from ft_pipeline.core.settlements import SCHEMA
+    from ft_pipeline_tests.conftest import settlement
+    from ft_pipeline_tests.retrain_fixtures import T0
+
+    rows = [
+        settlement(f"{user}-{start + i}", task=task, user_id=user, ingested_at=T0 + timedelta(seconds=start + i))
+        for task, user, n, start in groups
+        for i in range(n)
+    ]
+    write_parquet_atomic(pa.Table.from_pylist(rows, schema=SCHEMA), partition_file(lake_dir, "settlements", date))
+
+
+def test_segments_retrain_at_the_threshold_one_segment_only(instance, tmp_path):
+    settings = Settings.from_env(data_dir=str(tmp_path), segment_by="user_id", segment_min_examples=30)
+    # the task has 99 examples in all, so it is due too; of its users only ana reaches 50, ben stays at 49
+    write_users(settings.lake_dir, "2024-03-01", ("qa", "ana", 40, 0), ("qa", "ben", 49, 100), ("qa", "kim@example.com", 9, 200))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FT_SEGMENT_BY", "user_id")
+        patch.setenv("FT_SEGMENT_MIN_EXAMPLES", "30")
+        first = tick(instance, settings, None)
+        # ben qualifies (49 >= 30) and gets his partition, but is not due before 50; PII never becomes a segment
+        assert runs(first) == [("qa", f"retrain:qa:{ingested_at(208)}")]
+        assert set(instance.get_dynamic_partitions(task_partitions.name)) == {"qa", "qa.ben", "qa.ana"}
+        write_users(settings.lake_dir, "2024-03-02", ("qa", "ana", 10, 40))
+        second = tick(instance, settings, first.cursor)
+    assert runs(second) == [("qa.ana", f"retrain:qa.ana:{ingested_at(49)}")]
+    assert second.run_requests[0].tags["ft_pipeline/new_examples"] == "50"

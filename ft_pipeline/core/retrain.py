@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from ft_pipeline.core.io import partition_dates, partition_file
 from ft_pipeline.core.lineage import adapter_watermark, parse_time
-from ft_pipeline.core.segments import SEPARATOR, is_segment, segment_keys
+from ft_pipeline.core.segments import SEPARATOR, checked_segment_field, is_segment, segment_keys
 
 SETTLEMENTS = "settlements"
 
@@ -98,6 +98,8 @@ def _count_keys(keys: pa.ChunkedArray, times: pa.ChunkedArray, watermark: Callab
 def scan_settlements(state: RetrainState, lake_dir: Path, adapters_dir: Path, segment_by: str = "") -> Scan:
     """Bring `state` up to date with the lake and the adapters, reading only files that changed or hold new rows;
     with `segment_by`, each segment of a task is counted too, under its model key `<task>.<segment>`."""
+    if segment_by:
+        checked_segment_field(segment_by)
     # A file is read when it is new, when it was rewritten, or when its task's adapter watermark moved below the
     # newest row the file holds for that task; every other file keeps its counts, so cost follows new data.
     present = {date: partition_file(lake_dir, SETTLEMENTS, date) for date in partition_dates(lake_dir, SETTLEMENTS)}

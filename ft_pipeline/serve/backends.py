@@ -60,6 +60,11 @@ class UpstreamError(RuntimeError):
     """The upstream server could not answer."""
 
 
+def _module_name(name: str) -> str:
+    """The name peft keeps an adapter under: torch module names cannot hold the `.` of a segment's model key."""
+    return name.replace(".", "+")
+
+
 def adapter_name(task: str, version: int) -> str:
     """The name a task's adapter version is loaded under, here and upstream."""
     return f"{task}@{version}"
@@ -185,7 +190,7 @@ class InProcessBackend(Champions):
                 raise LookupError(f"no adapter named {name!r} is loaded")
             if name in self._loaded:
                 del self._loaded[name]
-                self._model.delete_adapter(name)
+                self._model.delete_adapter(_module_name(name))
 
     def _ensure_base(self) -> None:
         if self._model is not None:
@@ -234,18 +239,18 @@ class InProcessBackend(Champions):
             self._load(name, path)
             self._loaded[name] = path
         self._loaded.move_to_end(name)
-        self._model.set_adapter(name)
+        self._model.set_adapter(_module_name(name))
         while len(self._loaded) > self.max_adapters:
             old, _ = self._loaded.popitem(last=False)
-            self._model.delete_adapter(old)
+            self._model.delete_adapter(_module_name(old))
 
     def _load(self, name: str, path: str) -> None:
         from peft import PeftModel
 
         if isinstance(self._model, PeftModel):
-            self._model.load_adapter(path, adapter_name=name)
+            self._model.load_adapter(path, adapter_name=_module_name(name))
         else:  # the first adapter wraps the base; later ones load beside it
-            self._model = PeftModel.from_pretrained(self._model, path, adapter_name=name)
+            self._model = PeftModel.from_pretrained(self._model, path, adapter_name=_module_name(name))
             self._model.eval()
 
     def _inputs(self, messages: list[dict[str, str]]) -> Any:

@@ -305,7 +305,7 @@ class Gateway:
 
 
 def _fingerprint(route: Route) -> str:
-    return f"{route.task}:v{route.version}" if route.adapter is not None else "base"
+    return f"{route.key}:v{route.version}" if route.adapter is not None else "base"
 
 
 def _usage(completion: Completion) -> dict[str, int]:

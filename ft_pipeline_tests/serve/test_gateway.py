@@ -25,11 +25,22 @@ def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("gateway")
     base = build_tiny_base(root / "base")
     settings = tiny_settings(root / "data", base)
-    for task in ("greet", "broken"):
+    for task in ("greet", "broken", "greet.u-seg"):
         promote(settings, task, train_adapter(settings, task, word="Goodbye"), "for the gateway test")
     (settings.adapters_dir / "broken" / "1" / "adapter_model.safetensors").unlink()
-    with running_server(settings.root, **ENV, FT_BASE_MODEL=str(base)) as url:
+    with running_server(settings.root, **ENV, FT_BASE_MODEL=str(base), FT_SEGMENT_BY="user_id") as url:
         yield settings, OpenAI(base_url=f"{url}/v1", api_key="unused-on-loopback", max_retries=0), url
+
+
+def logged_call(settings, log_id: str) -> dict:
+    """The call the gateway logged under `log_id`, once its spool is published into the inbox."""
+    for _ in range(200):  # the server publishes its spool within FT_SERVE_PUBLISH_SECONDS (1 s here)
+        lines = [json.loads(line) for p in settings.inbox_dir.glob("*.jsonl") for line in p.read_text().splitlines()]
+        call = next((line for line in lines if line["log_id"] == log_id), None)
+        if call:
+            return call
+        time.sleep(0.05)
+    raise AssertionError(f"call {log_id} never reached the inbox")
 
 
 def test_the_champion_answers_in_the_openai_schema(served):
@@ -47,6 +58,19 @@ def test_the_champion_answers_in_the_openai_schema(served):
     # greedy is deterministic: the same request gets the same answer
     again = client.chat.completions.create(model="greet", messages=GREETING, temperature=0, max_tokens=8)
     assert again.choices[0].message.content == answer.choices[0].message.content
+
+
+def test_a_user_with_a_model_of_their_own_gets_it_and_the_call_says_so(served):
+    settings, client, _ = served
+    answer = client.chat.completions.create(model="greet", messages=GREETING, temperature=0, max_tokens=4, user="u-seg")
+    served_by = answer.model_extra["ft_pipeline"]
+    assert answer.system_fingerprint == "greet.u-seg:v1" and served_by["adapter"] == "greet.u-seg@1"
+    assert served_by["variant"] == "segment" and answer.model == "greet"
+    other = client.chat.completions.create(model="greet", messages=GREETING, temperature=0, max_tokens=4, user="u-2")
+    assert other.system_fingerprint == "greet:v1"
+    # the logged call keeps its task; its adapter version names the segment's model, numbered apart from the task's
+    call = logged_call(settings, served_by["log_id"])
+    assert call["task"] == "greet" and call["adapter_version"] == "greet.u-seg:1" and call["user_id"] == "u-seg"
 
 
 def test_streaming_sends_the_same_answer_piece_by_piece_with_usage(served):
@@ -91,15 +115,7 @@ def test_models_lists_tasks_with_their_champions_and_bad_requests_get_openai_err
 def test_every_answer_reaches_the_inbox_as_a_pending_call(served):
     settings, client, _ = served
     answer = client.chat.completions.create(model="greet", messages=GREETING, temperature=0, max_tokens=8, user="u-2")
-    log_id = answer.model_extra["ft_pipeline"]["log_id"]
-    call = None
-    for _ in range(200):  # the server publishes its spool within FT_SERVE_PUBLISH_SECONDS (1 s here)
-        lines = [json.loads(line) for p in settings.inbox_dir.glob("*.jsonl") for line in p.read_text().splitlines()]
-        call = next((line for line in lines if line["log_id"] == log_id), None)
-        if call:
-            break
-        time.sleep(0.05)
-    assert call is not None
+    call = logged_call(settings, answer.model_extra["ft_pipeline"]["log_id"])
     assert call["task"] == "greet" and call["decision"] == "pending" and call["adapter_version"] == "1"
     assert call["prompt"] == "Greet Alice." and call["output"] == answer.choices[0].message.content
     assert call["user_id"] == "u-2" and call["completion_tokens"] == answer.usage.completion_tokens

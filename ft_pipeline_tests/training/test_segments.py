@@ -256,3 +256,18 @@ def test_segments_are_partitions_with_their_own_dataset_metadata_and_checks(trai
     (small,) = results["greet.tiny"].get_asset_check_evaluations()
     # below FT_SEGMENT_MIN_EXAMPLES: the blocking check stops its training
     assert not small.passed and "fewer than the 50 required" in small.metadata["problems"].value
+
+
+def test_trainings_in_one_process_share_one_base_and_get_it_back_as_loaded(trained):
+    from ft_pipeline.training.base_model import load_base_model, release_base, shared_base
+    from ft_pipeline.training.lora import wrap_lora
+
+    settings, _ = trained
+    with shared_base() as cache:
+        model, _ = load_base_model(settings)
+        assert load_base_model(settings)[0] is model and len(cache) == 1
+        release_base(wrap_lora(model, settings))
+        assert load_base_model(settings)[0] is model
+        wrap_lora(model, settings)  # a user that failed before releasing it
+        assert load_base_model(settings)[0] is not model
+    assert load_base_model(settings)[0] is not load_base_model(settings)[0]
