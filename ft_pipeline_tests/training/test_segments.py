@@ -271,3 +271,25 @@ def test_trainings_in_one_process_share_one_base_and_get_it_back_as_loaded(train
         wrap_lora(model, settings)  # a user that failed before releasing it
         assert load_base_model(settings)[0] is not model
     assert load_base_model(settings)[0] is not load_base_model(settings)[0]
+
+
+def test_the_cli_shows_a_tasks_segments_and_answers_as_a_segment(trained, capsys):
+    from ft_pipeline.cli import main
+
+    settings, _ = trained
+    env = {"FT_SEGMENT_BY": "user_id", "FT_SEGMENT_MIN_EXAMPLES": "50", "FT_BASE_MODEL": settings.base_model}
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in {**env, "FT_DEVICE": "cpu"}.items():
+            patch.setenv(key, value)
+        assert main(["--data-dir", settings.data_dir, "status", "--task", TASK, "--segment", "signer", "--json"]) == 0
+        (row,) = json.loads(capsys.readouterr().out)["tasks"]
+        assert [s["segment"] for s in row["segments"]] == ["signer"] and row["segments"][0]["champion_version"] == 1
+        assert main(["--data-dir", settings.data_dir, "status", "--task", TASK]) == 0
+        table = capsys.readouterr().out
+        assert "segments by user_id: 4" in table and "tiny" in table and "greeting (" in table
+        assert (
+            main(["--data-dir", settings.data_dir, "generate", TASK, "Greet anna.", "--segment", "tiny", "--max-new-tokens", "4"])
+            == 0
+        )
+        assert f"answered by {TASK} v1" in capsys.readouterr().err
+        assert main(["--data-dir", settings.data_dir, "status", "--segment", "signer"]) == 2
