@@ -9,6 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from ft_pipeline.core.io import partition_file, write_parquet_atomic
+from ft_pipeline.core.lineage import record_adapter
 from ft_pipeline_tests.conftest import SETTLEMENT_SCHEMA, settlement
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
@@ -32,8 +33,10 @@ def write_partition(lake_dir: Path, date: str, *groups: tuple[str, int, int]) ->
 
 
 def write_adapter(adapters_dir: Path, task: str, version: int, data_watermark: str) -> Path:
-    """A fake adapter folder holding only the training config that the lineage helpers read."""
+    """A fake adapter folder holding only the training config that the lineage helpers read, recorded in the index as
+    a training records it."""
     path = Path(adapters_dir) / task / str(version) / "training_config.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"data_watermark": data_watermark, "version": version}), encoding="utf-8")
+    record_adapter(adapters_dir, task, version, data_watermark)
     return path

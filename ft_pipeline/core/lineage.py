@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, overload
@@ -11,6 +12,7 @@ from ft_pipeline.core.segments import checked_model_key
 
 DATASET_MANIFEST = "manifest.json"
 ADAPTER_CONFIG = "training_config.json"
+ADAPTER_INDEX = "index.jsonl"
 
 
 def dataset_dir(datasets_dir: Path, task: str) -> Path:
@@ -50,6 +52,37 @@ def latest_adapter(adapters_dir: Path, task: str) -> dict[str, Any] | None:
     if not versions:
         return None
     return {**read_adapter_config(adapters_dir, task, versions[-1]), "version": versions[-1]}
+
+
+def record_adapter(adapters_dir: Path, task: str, version: int, watermark: str | None) -> None:
+    """Append a newly stored adapter to adapters/index.jsonl, the log the retrain counter follows new adapters by
+    (instead of asking every task's and segment's folder on each tick)."""
+    index = Path(adapters_dir) / ADAPTER_INDEX
+    line = json.dumps({"task": checked_model_key(task), "version": int(version), "data_watermark": watermark}) + "\n"
+    # one O_APPEND write per line: concurrent trainings never interleave or overwrite each other's lines
+    fd = os.open(index, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode("utf-8"))
+    finally:
+        os.close(fd)
+
+
+def adapters_since(adapters_dir: Path, offset: int) -> tuple[list[str], int] | None:
+    """The tasks of the adapters recorded after byte `offset` of the index, and its new end; None when the index is
+    shorter than `offset` (it was replaced), so the caller asks every folder again."""
+    index = Path(adapters_dir) / ADAPTER_INDEX
+    size = index.stat().st_size if index.is_file() else 0
+    if size < offset:
+        return None
+    if size == offset:
+        return [], offset
+    with open(index, "rb") as fh:
+        fh.seek(offset)
+        data = fh.read(size - offset)
+    # a line still being appended (no newline yet) is read on the next call
+    complete = data[: data.rfind(b"\n") + 1]
+    tasks = [json.loads(line)["task"] for line in complete.decode("utf-8").splitlines() if line.strip()]
+    return tasks, offset + len(complete)
 
 
 def adapter_watermark(adapters_dir: Path, task: str) -> str | None:

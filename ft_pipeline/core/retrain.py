@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ft_pipeline.core.io import partition_dates, partition_file
-from ft_pipeline.core.lineage import adapter_watermark, parse_time
+from ft_pipeline.core.lineage import adapter_watermark, adapters_since, parse_time
 from ft_pipeline.core.segments import SEPARATOR, checked_segment_field, is_segment, segment_keys
 
 SETTLEMENTS = "settlements"
@@ -27,9 +27,11 @@ class RetrainState:
     # files[date] = {"sig": [mtime_ns, size, inode], "tasks": {task: [max ingested_at iso, rows counted new]}}
     # watermarks[task]: the adapter watermark every count of that task was made against (None: no adapter yet)
     # requested[task] = {"wm": iso|None, "count": int}: the count at the last retrain request
+    # adapters_offset: how far adapters/index.jsonl was read (-1: not yet, every known task's folder is asked once)
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     watermarks: dict[str, str | None] = field(default_factory=dict)
     requested: dict[str, dict[str, Any]] = field(default_factory=dict)
+    adapters_offset: int = -1
 
     @classmethod
     def from_json(cls, text: str | None) -> RetrainState:
@@ -105,7 +107,11 @@ def scan_settlements(state: RetrainState, lake_dir: Path, adapters_dir: Path, se
     present = {date: partition_file(lake_dir, SETTLEMENTS, date) for date in partition_dates(lake_dir, SETTLEMENTS)}
     for gone in set(state.files) - set(present):
         del state.files[gone]
-    watermarks = {task: adapter_watermark(adapters_dir, task) for task in state.watermarks}
+    # only tasks and segments with a new adapter are asked for their watermark: the cost follows new adapters, not
+    # the number of segments
+    watermarks = dict(state.watermarks)
+    for task in _new_adapters(state, adapters_dir) & set(watermarks):
+        watermarks[task] = adapter_watermark(adapters_dir, task)
     moved = {task for task, wm in watermarks.items() if wm != state.watermarks[task]}
 
     to_read = []
@@ -125,6 +131,17 @@ def scan_settlements(state: RetrainState, lake_dir: Path, adapters_dir: Path, se
         state.files[date] = {"sig": _signature(path), "tasks": _count_file(path, watermark, segment_by)}
     state.watermarks = watermarks
     return Scan(counts=_totals(state), files_read=len(to_read))
+
+
+def _new_adapters(state: RetrainState, adapters_dir: Path) -> set[str]:
+    """Tasks with an adapter recorded in adapters/index.jsonl since the last scan; every known task on the first scan
+    or after the index was replaced. Moves the state's offset to the index's end, read before any watermark is."""
+    recorded = adapters_since(adapters_dir, state.adapters_offset) if state.adapters_offset >= 0 else None
+    if recorded is None:
+        _, state.adapters_offset = adapters_since(adapters_dir, 0) or ([], 0)
+        return set(state.watermarks)
+    tasks, state.adapters_offset = recorded
+    return set(tasks)
 
 
 def _refresh(entry: dict[str, Any], moved: set[str], watermarks: dict[str, str | None]) -> bool:

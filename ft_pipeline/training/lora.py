@@ -27,6 +27,7 @@ from ft_pipeline.core.lineage import (
     latest_adapter,
     read_adapter_config,
     read_dataset_manifest,
+    record_adapter,
 )
 from ft_pipeline.core.locks import hold
 from ft_pipeline.core.scratch import scratch_dir
@@ -552,6 +553,7 @@ def _train_locked(settings: Settings, task: str, log: Log, tags: dict[str, str] 
             tracker.log_artifact(staging / ADAPTER_CONFIG, "adapter")
             tracker.log_artifact(staging / ADAPTER_CONFIG)
             target = replace_dir_atomic(staging, adapter_dir(settings.adapters_dir, task, version))
+            record_adapter(settings.adapters_dir, task, version, manifest.get("data_watermark"))
             summary = {
                 "best_dev_loss": result.best_dev_loss,
                 "best_step": result.best_step,

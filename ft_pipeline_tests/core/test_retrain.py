@@ -122,3 +122,26 @@ def test_incremental_counts_match_the_full_query(tmp_path):
         == {task: new_examples_count(settings, task) for task in ("qa", "summarize")}
         == {"qa": 15, "summarize": 4}
     )
+
+
+def test_a_tick_asks_only_tasks_with_a_new_adapter_for_their_watermark(dirs, monkeypatch):
+    from ft_pipeline.core import retrain
+
+    lake, adapters = dirs
+    tasks = [f"qa.u{i:03d}" for i in range(200)]
+    write_partition(lake, "2024-03-01", *((task, 1, 10 * i) for i, task in enumerate(tasks)))
+    state = RetrainState()
+    scan_settlements(state, lake, adapters)
+    asked: list[str] = []
+    read = retrain.adapter_watermark
+    monkeypatch.setattr(retrain, "adapter_watermark", lambda folder, task: asked.append(task) or read(folder, task))
+
+    assert scan_settlements(state, lake, adapters).files_read == 0 and asked == []
+    write_adapter(adapters, "qa.u007", 1, ingested_at(70))
+    scan = scan_settlements(state, lake, adapters)
+    assert asked == ["qa.u007"] and scan.counts["qa.u007"].count == 0 and scan.counts["qa.u008"].count == 1
+    # an index that was replaced (shorter than read so far): every known task is asked once more
+    (adapters / "index.jsonl").write_text("")
+    asked.clear()
+    scan_settlements(state, lake, adapters)
+    assert sorted(asked) == sorted(tasks)
