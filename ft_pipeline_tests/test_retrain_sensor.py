@@ -167,3 +167,14 @@ def test_segments_retrain_at_the_threshold_one_segment_only(instance, tmp_path):
         second = tick(instance, settings, first.cursor)
     assert runs(second) == [("qa.ana", f"retrain:qa.ana:{ingested_at(49)}")]
     assert second.run_requests[0].tags["ft_pipeline/new_examples"] == "50"
+
+
+def test_switching_segments_on_counts_the_files_read_before_again(tmp_path):
+    from ft_pipeline.core.retrain import RetrainState, scan_settlements
+
+    lake, adapters = tmp_path / "lake", tmp_path / "adapters"
+    write_users(lake, "2024-03-01", ("qa", "ana", 5, 0))
+    state = RetrainState()
+    assert set(scan_settlements(state, lake, adapters).counts) == {"qa"}
+    scan = scan_settlements(state, lake, adapters, segment_by="user_id")
+    assert scan.files_read == 1 and scan.counts["qa.ana"].count == 5

@@ -32,6 +32,7 @@ class RetrainState:
     watermarks: dict[str, str | None] = field(default_factory=dict)
     requested: dict[str, dict[str, Any]] = field(default_factory=dict)
     adapters_offset: int = -1
+    segment_by: str = ""  # the FT_SEGMENT_BY the file counts were made with
 
     @classmethod
     def from_json(cls, text: str | None) -> RetrainState:
@@ -102,6 +103,10 @@ def scan_settlements(state: RetrainState, lake_dir: Path, adapters_dir: Path, se
     with `segment_by`, each segment of a task is counted too, under its model key `<task>.<segment>`."""
     if segment_by:
         checked_segment_field(segment_by)
+    if segment_by != state.segment_by:
+        # segments switched on, off or to another field: every file is counted again
+        state.files, state.segment_by = {}, segment_by
+        state.watermarks = {task: wm for task, wm in state.watermarks.items() if not is_segment(task)}
     # A file is read when it is new, when it was rewritten, or when its task's adapter watermark moved below the
     # newest row the file holds for that task; every other file keeps its counts, so cost follows new data.
     present = {date: partition_file(lake_dir, SETTLEMENTS, date) for date in partition_dates(lake_dir, SETTLEMENTS)}
