@@ -69,6 +69,11 @@ def split_model_key(key: str) -> tuple[str, str | None]:
     return match["task"], match["segment"]
 
 
+def task_of(key: str) -> str:
+    """The task a model key belongs to (itself for a task); what task-wide knobs, such as default system prompts, are keyed by."""
+    return split_model_key(key)[0]
+
+
 def is_segment(key: str) -> bool:
     """Whether a model key names a segment."""
     return split_model_key(key)[1] is not None

@@ -11,7 +11,7 @@ from typing import Any
 
 from ft_pipeline.core.io import replace_dir_atomic, write_json_atomic
 from ft_pipeline.core.lineage import adapter_dir, read_adapter_config
-from ft_pipeline.core.segments import checked_model_key
+from ft_pipeline.core.segments import checked_model_key, task_of
 from ft_pipeline.settings import Settings
 
 FORMATS = ("merged", "ollama", "vllm")
@@ -172,7 +172,7 @@ def _ollama(settings: Settings, task: str, base: str, adapter: Path, staging: Pa
     fmt = chat_format(tokenizer)
     _copy_adapter(adapter, staging / "adapter")
     stops = _stop_tokens(tokenizer, fmt)
-    system = settings.default_system_prompts.get(task)
+    system = settings.default_system_prompts.get(task_of(task))
     lines = [f"FROM {base}", "ADAPTER ./adapter", f'TEMPLATE """{_triple_quoted(fmt.go_template())}"""']
     if system:
         lines.append(f'SYSTEM """{_triple_quoted(system)}"""')

@@ -31,7 +31,7 @@ from ft_pipeline.core.lineage import (
 )
 from ft_pipeline.core.locks import hold
 from ft_pipeline.core.scratch import scratch_dir
-from ft_pipeline.core.segments import checked_model_key, split_model_key
+from ft_pipeline.core.segments import checked_model_key, split_model_key, task_of
 from ft_pipeline.settings import Settings
 from ft_pipeline.training.data import IGNORE, Example, collate, encode_all, length_grouped_batches
 
@@ -518,7 +518,7 @@ def _train_locked(settings: Settings, task: str, log: Log, tags: dict[str, str] 
                 adapter=staging,
                 identity=identity,
                 identity_cache=settings.models_dir / "identities",
-                system=settings.default_system_prompts.get(task),
+                system=settings.default_system_prompts.get(task_of(task)),
             )
             version = tracker.register(
                 task,
