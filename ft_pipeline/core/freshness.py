@@ -44,7 +44,7 @@ def new_examples_count(settings: Settings, task: str) -> int:
     params: list = [files, task]
     if segment is not None:
         # the field is a checked contract field name (segment_values checks it), so it is safe to name in the query
-        query += f" AND CAST({settings.segment_by} AS VARCHAR) IN (SELECT unnest(?::VARCHAR[]))"
+        query += f" AND final_text IS NOT NULL AND CAST({settings.segment_by} AS VARCHAR) IN (SELECT unnest(?::VARCHAR[]))"
         params.append(segment_values(settings.lake_dir, settings.segment_by, segment, task))
     if watermark is not None:
         query += " AND ingested_at > CAST(? AS TIMESTAMPTZ)"

@@ -71,10 +71,13 @@ def _signature(path: Path) -> list[int]:
 def _count_file(path: Path, watermark: Callable[[str], str | None], segment_by: str = "") -> dict[str, list]:
     """Per task, and per segment of `segment_by` when set, in one settlements file: max ingested_at and the rows newer
     than that model key's adapter watermark."""
-    table = pq.read_table(path, columns=["task", "ingested_at", *([segment_by] if segment_by else [])])
+    table = pq.read_table(path, columns=["task", "ingested_at", *([segment_by, "final_text"] if segment_by else [])])
     counts = _count_keys(table["task"], table["ingested_at"], watermark)
     if segment_by:
-        counts.update(_count_keys(_segment_model_keys(table["task"], table[segment_by]), table["ingested_at"], watermark))
+        # a segment counts examples, as its dataset's minimum does: settled records with an approved text
+        examples = table.filter(pc.is_valid(table["final_text"]))
+        keys = _segment_model_keys(examples["task"], examples[segment_by])
+        counts.update(_count_keys(keys, examples["ingested_at"], watermark))
     return counts
 
 
