@@ -135,7 +135,7 @@ def test_a_non_empty_out_is_kept_unless_forced_and_bad_names_never_become_paths(
     code, out = export(trained, tmp_path, "vllm", "--force")
     assert code == 0 and not (out / "keep.txt").exists() and (out / "lora_modules.txt").is_file()
     code = main(["--data-dir", str(trained.root), "export", "../greet", "--format", "vllm", "--out", str(tmp_path / "bad")])
-    assert code == 2 and "task name '../greet' must match" in capsys.readouterr().err
+    assert code == 2 and "model key '../greet' must be a task name" in capsys.readouterr().err
     assert export(trained, tmp_path, "vllm", "--version", "9", out="missing")[0] == 2
     assert "has no adapter v9" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists() and not (tmp_path / "missing").exists()
