@@ -38,6 +38,7 @@ bench: install
 	$(BIN)/python bench/patterns.py --rows-per-day 300
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/capture.py --records 20000
+	$(BIN)/python bench/segments.py --sizes 10,50,200
 	$(BIN)/python bench/serve.py --requests 24 --max-tokens 16 --rounds 5
 
 clean:
