@@ -39,6 +39,7 @@ bench: install
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/capture.py --records 20000
 	$(BIN)/python bench/serve.py --requests 24 --max-tokens 16 --rounds 5
+	$(BIN)/python bench/scale.py --tasks 4 --steps 30
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 CODE = ["-m", "ft_pipeline.definitions"]  # the daemon and the run submitter load the same code location
 TASK_TAG = "dagster-celery/task_id"
-DONE = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
+ENDED = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
 # trainings that fit in a test: a small built-in base model, a few steps, short generations
 TINY_TRAINING = {
     "FT_BUILTIN_PRETRAIN_STEPS": "10",
