@@ -30,8 +30,8 @@ def side(root: Path, workers: int, tasks: list[str], records: int, env: dict[str
         cluster.prepare(records=records, tasks=tasks, gpu_slots=workers)
         for n in range(workers):
             cluster.start_worker(f"w{n + 1}")
-        cluster.start_daemon()
         cluster.submit_retrains(tasks)
+        cluster.start_daemon()
         with cluster.instance() as instance:
             cluster.wait_until(instance, lambda c: sum(c.get(s, 0) for s in ENDED) == len(tasks), "every run's end")
             finished = instance.get_run_records(RunsFilter(job_name="retrain_job"))
@@ -41,7 +41,7 @@ def side(root: Path, workers: int, tasks: list[str], records: int, env: dict[str
                     e.message
                     for run_id in failed
                     for e in instance.all_logs(run_id)
-                    if e.dagster_event and e.dagster_event.is_failure
+                    if e.dagster_event and e.dagster_event.is_run_failure
                 ]
                 raise RuntimeError(f"runs failed: {failed}: {why}")
         starts = [r.start_time for r in finished if r.start_time]

@@ -27,13 +27,16 @@ BIN = Path(sys.executable).parent
 CODE = ["-m", "ft_pipeline.definitions"]  # the daemon and the run submitter load the same code location
 TASK_TAG = "dagster-celery/task_id"
 ENDED = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
-# trainings that fit in a test: a small built-in base model, a few steps, short generations
+# trainings that fit in a test: a small built-in base model, a few steps at a high learning rate (an adapter must
+# beat the base model on every test example by a wide margin, or the blocking gate fails the run), short generations
 TINY_TRAINING = {
     "FT_BUILTIN_PRETRAIN_STEPS": "10",
     "FT_BUILTIN_VOCAB_SIZE": "512",
-    "FT_MAX_STEPS": "4",
+    "FT_MAX_STEPS": "6",
+    "FT_LEARNING_RATE": "0.01",
     "FT_EVAL_EVERY": "2",
     "FT_MIN_TRAIN_EXAMPLES": "10",
+    "FT_TEST_SHARE": "0.2",  # 15 or more test examples a task at 600 demo records: the gate's test has room
     "FT_EVAL_GENERATION_SAMPLES": "2",
     "FT_EVAL_MAX_NEW_TOKENS": "4",
     "FT_TORCH_THREADS": "1",

@@ -25,11 +25,12 @@ def _ancestors(pid: int) -> set[int]:
 
 def test_retrains_run_on_two_workers_within_the_gpu_pool_across_a_daemon_restart(tmp_path):
     with running_cluster(tmp_path, TINY_TRAINING) as cluster:
-        cluster.prepare(records=240, tasks=TASKS, gpu_slots=2)
+        cluster.prepare(records=600, tasks=TASKS, gpu_slots=2)
         cluster.start_worker("w1")
         cluster.start_worker("w2")
-        cluster.start_daemon()
+        # all three wait in the queue before the daemon starts, however fast the first trainings end
         cluster.submit_retrains(TASKS)
+        cluster.start_daemon()
         with cluster.instance() as instance:
             # two trainings hold both gpu slots and the third waits in the queue: the daemon goes down and comes back
             cluster.wait_until(
