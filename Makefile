@@ -40,6 +40,7 @@ bench: install
 	$(BIN)/python bench/capture.py --records 20000
 	$(BIN)/python bench/segments.py --sizes 10,50,200
 	$(BIN)/python bench/serve.py --requests 24 --max-tokens 16 --rounds 5
+	$(BIN)/python bench/scale.py --tasks 4 --steps 30
 
 clean:
 	rm -rf $(VENV) build *.egg-info

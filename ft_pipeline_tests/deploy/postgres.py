@@ -12,8 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
-
+from ft_pipeline_tests.deploy.packages import installed
 from ft_pipeline_tests.processes import free_port
 
 
@@ -28,15 +27,7 @@ def _bin_dir() -> Path | None:
 
 def postgres_bin_dir() -> Path:
     """The Postgres server programs, installed from the distribution's packages when missing (as root); else a skip."""
-    found = _bin_dir()
-    if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "postgresql"]):
-            subprocess.run(command, env=env, capture_output=True, check=False)
-        found = _bin_dir()
-    if found is None:
-        pytest.skip("the Postgres server is not installed and could not be installed with apt-get")
-    return found
+    return installed(_bin_dir, "postgresql")
 
 
 @contextmanager
