@@ -337,7 +337,7 @@ def combined(lake_dir: Path, dates: list[str]) -> pa.Table:
     try:
         con.register("held", table)
         table_view(con, "fresh", [aggregates_path(lake_dir, d) for d in fresh], COLUMNS)
-        con.execute("CREATE TEMP TABLE pieces AS SELECT * FROM held UNION ALL SELECT * FROM fresh")
+        con.execute("CREATE TEMP VIEW pieces AS SELECT * FROM held UNION ALL SELECT * FROM fresh")
         newest = con.execute("SELECT max(day) FROM pieces WHERE section = 'totals'").fetchall()[0][0]
         horizon = (newest or date.min + timedelta(days=HORIZON_DAYS)) - timedelta(days=HORIZON_DAYS)
         cut = f"DATE '{horizon.isoformat()}'"

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import duckdb
+import numpy as np
 
 from ft_pipeline.core import aggregates
 from ft_pipeline.core.aggregates import TONE_MARKERS, WINDOWS
@@ -159,12 +160,24 @@ def _metrics(cond: str, suffix: str) -> str:
         sum(cost_sum) FILTER (WHERE {cond}) AS cost_usd{suffix}"""
 
 
-def _quantile(q: float) -> str:
-    """SQL for quantile_cont(latency_ms, q) of the value counts in `ranked`: the same interpolation between the
-    values at positions floor and ceil of (n - 1) * q."""
-    pos = f"((CAST(total AS DOUBLE) - 1) * {q})"
-    lo, hi = (f"min(value) FILTER (WHERE upto > {f}({pos}))" for f in ("floor", "ceil"))
-    return f"CASE WHEN floor(any_value({pos})) = ceil(any_value({pos})) THEN {lo} ELSE {lo} + (any_value({pos}) - floor(any_value({pos}))) * ({hi} - {lo}) END"
+def _quantiles(group: np.ndarray, value: np.ndarray, count: np.ndarray, groups: int, q: float) -> list[float | None]:
+    """quantile_cont(latency_ms, q) of each of `groups` groups from its value counts (rows sorted by group, then
+    value; every count positive): the interpolation between the values at positions floor and ceil of (n - 1) * q.
+    None for a group without values."""
+    upto = np.concatenate(([0], np.cumsum(count)))
+    ids = np.arange(groups)
+    before = upto[np.searchsorted(group, ids, side="left")]
+    total = upto[np.searchsorted(group, ids, side="right")] - before
+    pos = (total.astype(np.float64) - 1) * q
+    if not len(value):
+        return [None] * groups
+    # the value at a position: the first row whose cumulative count passes it
+    lo, hi = (
+        value[np.minimum(np.searchsorted(upto[1:], before + np.maximum(f(pos), 0), side="right"), len(value) - 1)]
+        for f in (np.floor, np.ceil)
+    )
+    result = np.where(np.floor(pos) == np.ceil(pos), lo, lo + (pos - np.floor(pos)) * (hi - lo))
+    return [float(r) if t > 0 else None for r, t in zip(result, total)]
 
 
 def _group_rows(con: duckdb.DuckDBPyConnection, min_n: int) -> list[dict]:
@@ -172,35 +185,30 @@ def _group_rows(con: duckdb.DuckDBPyConnection, min_n: int) -> list[dict]:
     # the groups listed, first: the latency distributions are ranked for those only, so a long tail of groups with a
     # record or two (most users) costs a count, not a sort of its values
     con.execute(
-        "CREATE TEMP TABLE listed AS SELECT dimension, key FROM agg WHERE section = 'groups' "
-        f"GROUP BY ALL HAVING coalesce(sum(n), 0) >= {int(min_n)}"
+        "CREATE TEMP TABLE listed AS SELECT dimension, key, row_number() OVER (ORDER BY dimension, key) - 1 AS g "
+        f"FROM agg WHERE section = 'groups' GROUP BY dimension, key HAVING coalesce(sum(n), 0) >= {int(min_n)}"
     )
     metrics = ",".join(_metrics(cond, suffix) for suffix, cond in SPANS.items())
     rows = _rows(
         con,
-        f"SELECT dimension, key, {metrics} FROM dated SEMI JOIN listed USING (dimension, key) "
-        "WHERE section = 'groups' GROUP BY dimension, key ORDER BY dimension, key",
+        f"SELECT g, dimension, key, {metrics} FROM dated JOIN listed USING (dimension, key) "
+        "WHERE section = 'groups' GROUP BY g, dimension, key ORDER BY g",
     )
-    spans = " UNION ALL ".join(
-        f"SELECT '{suffix}' AS suffix, dimension, key, value, sum(count) AS c FROM dated SEMI JOIN listed USING (dimension, key) "
-        f"WHERE section = 'latency' AND {cond} GROUP BY ALL"
-        for suffix, cond in SPANS.items()
-    )
-    latency = _rows(
-        con,
-        f"""
-        WITH ranked AS (
-            SELECT *, sum(c) OVER (PARTITION BY suffix, dimension, key ORDER BY value ROWS UNBOUNDED PRECEDING) AS upto,
-                   sum(c) OVER (PARTITION BY suffix, dimension, key) AS total
-            FROM ({spans}))
-        SELECT suffix, dimension, key, {_quantile(0.5)} AS p50, {_quantile(0.95)} AS p95 FROM ranked GROUP BY ALL""",
-    )
-    found = {(r["dimension"], r["key"], r["suffix"]): r for r in latency}
+    # one pass over the value counts gives every span's; the quantiles come from their cumulative counts
+    spans = ", ".join(f'coalesce(sum(count) FILTER (WHERE {cond}), 0) AS "c{suffix}"' for suffix, cond in SPANS.items())
+    counts = con.execute(
+        f"SELECT g, value, {spans} FROM dated JOIN listed USING (dimension, key) "
+        "WHERE section = 'latency' GROUP BY g, value ORDER BY g, value"
+    ).fetchnumpy()
+    groups = con.execute("SELECT count(*) FROM listed").fetchall()[0][0]
+    for suffix in SPANS:
+        kept = counts[f"c{suffix}"] > 0
+        group, value, count = (np.asarray(counts[c])[kept] for c in ("g", "value", f"c{suffix}"))
+        for name, q in (("p50", 0.5), ("p95", 0.95)):
+            for row, quantile in zip(rows, _quantiles(group, value, count, groups, q)):
+                row[f"latency_ms_{name}{suffix}"] = quantile
     for row in rows:
-        for suffix in SPANS:
-            quantiles = found.get((row["dimension"], row["key"], suffix), {})
-            row[f"latency_ms_p50{suffix}"] = quantiles.get("p50")
-            row[f"latency_ms_p95{suffix}"] = quantiles.get("p95")
+        del row["g"]
     return rows
 
 
