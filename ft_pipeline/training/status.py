@@ -94,8 +94,9 @@ def segment_status(settings: Settings, task: str, segment: str | None = None) ->
         return []
     field = checked_segment_field(settings.segment_by)
     glob = table_glob(settings.lake_dir, SETTLEMENTS)
-    latest = f"""SELECT CAST({field} AS VARCHAR) AS value, * EXCLUDE ({field}) FROM read_parquet($glob, union_by_name = true)
-        WHERE task = $task AND {field} IS NOT NULL
+    # only the columns the status reads: the texts stay in the files
+    latest = f"""SELECT CAST({field} AS VARCHAR) AS value, final_text IS NOT NULL AS example, ingested_at, quality_score, topic
+        FROM read_parquet($glob, union_by_name = true) WHERE task = $task AND {field} IS NOT NULL
         QUALIFY row_number() OVER (PARTITION BY log_id ORDER BY ingested_at DESC) = 1"""
     with duckdb.connect() as con:
         con.execute(f"CREATE TEMP TABLE seg AS {latest}", {"glob": glob, "task": task})
@@ -116,8 +117,8 @@ def segment_status(settings: Settings, task: str, segment: str | None = None) ->
         )
         con.register("marks", marks)
         stats = con.execute(
-            """SELECT value, count(*) FILTER (WHERE final_text IS NOT NULL),
-                      count(*) FILTER (WHERE final_text IS NOT NULL AND (mark IS NULL OR ingested_at > mark)),
+            """SELECT value, count(*) FILTER (WHERE example),
+                      count(*) FILTER (WHERE example AND (mark IS NULL OR ingested_at > mark)),
                       avg(quality_score), min(quality_score), max(quality_score)
                FROM seg JOIN marks USING (value) GROUP BY value"""
         ).fetchall()
