@@ -7,7 +7,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
+from ft_pipeline_tests.dagster_cli import stop_group
 from ft_pipeline_tests.deploy.postgres import running_postgres
 from ft_pipeline_tests.deploy.redis import running_redis
 from ft_pipeline_tests.mlflow_server import mlflow_server
@@ -47,17 +47,6 @@ def _start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Pop
     """A process in a session of its own (its children are stopped with it), writing to `log`."""
     with log.open("ab") as out:  # a file, not a pipe: a pipe nobody reads stops a chatty process once it is full
         return subprocess.Popen(command, env=env, cwd=log.parent, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM to the process's session, SIGKILL when it has not ended a minute later."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 @dataclass
@@ -95,7 +84,7 @@ class Cluster:
     def restart_daemon(self) -> None:
         """Stop the daemon and start a new one, as a release or a crash would."""
         assert self.daemon is not None
-        _stop(self.daemon)
+        stop_group(self.daemon)
         self.start_daemon()
 
     def instance(self) -> DagsterInstance:
@@ -193,7 +182,7 @@ def running_cluster(root: Path, extra_env: dict[str, str] | None = None) -> Iter
         def stop_all() -> None:
             for proc in [*cluster.workers.values(), cluster.daemon]:
                 if proc is not None:
-                    _stop(proc)
+                    stop_group(proc)
 
         stack.callback(stop_all)
         yield cluster
