@@ -18,9 +18,16 @@ from ft_pipeline.core.io import checked_date, partition_dates, partition_file, w
 from ft_pipeline.core.redaction import redact
 
 TABLE = "daily_aggregates"
-# Report windows in days back from the newest record's day; the rollup keeps day resolution within the longest.
+# Report windows in days back from the newest record's day; the rollup holds only days older than the longest.
 WINDOWS = {"7d": 7, "30d": 30, "90d": 90}
 HORIZON_DAYS = max(WINDOWS.values())
+# Days not in the rollup are read from their own files; FOLD_DAYS of them older than the longest window are folded in.
+FOLD_DAYS = 30
+# A group's latency values in the rollup stay exact up to this many distinct ones; past it each becomes the
+# representative of its logarithmic bucket, within LATENCY_ACCURACY of it (as in DDSketch), so the distribution grows
+# with the range of the latencies, not with the records.
+LATENCY_EXACT_VALUES = 2048
+LATENCY_ACCURACY = 0.005
 ROLLUP_META = b"ft_pipeline_rollup_days"
 DIMENSIONS = ("task", "agent", "topic", "reasoning_mode", "model", "adapter_version", "user_id", "experiment_id", "variant")
 # Columns the aggregates read, with the type they get when a table lacks them (older or hand-made files).
@@ -299,7 +306,7 @@ def refresh(lake_dir: Path) -> tuple[list[str], list[DayAggregates]]:
 
 
 def rollup_path(lake_dir: Path) -> Path:
-    """The rollup: every aggregated day added up, with the days it holds, so a report reads one file and the new days."""
+    """The rollup: the days folded so far added up, with the days it holds, so a report reads one file and the rest."""
     return Path(lake_dir) / TABLE / "rollup" / "part-0.parquet"
 
 
@@ -309,58 +316,81 @@ def _stamp(path: Path) -> list[int]:
     return [stat.st_mtime_ns, stat.st_size]
 
 
-def _read_rollup(lake_dir: Path) -> tuple[dict[str, list[int]], pa.Table | None]:
-    """The days the rollup holds (with their files' stamps) and its rows; nothing when there is no usable rollup."""
+def _held(lake_dir: Path) -> dict[str, list[int]]:
+    """The days the rollup holds, with their files' stamps, from its footer; none when there is no usable rollup."""
     path = rollup_path(lake_dir)
     if not path.is_file():
-        return {}, None
-    table = pq.read_table(path)
-    held = json.loads((table.schema.metadata or {}).get(ROLLUP_META, b"null"))
-    if not isinstance(held, dict) or table.schema.remove_metadata() != SCHEMA:
-        return {}, None
-    return held, table.replace_schema_metadata(None)
+        return {}
+    schema = pq.read_schema(path)
+    held = json.loads((schema.metadata or {}).get(ROLLUP_META, b"null"))
+    return held if isinstance(held, dict) and schema.remove_metadata() == SCHEMA else {}
 
 
-def combined(lake_dir: Path, dates: list[str]) -> pa.Table:
-    """The aggregates of `dates` added up, from the rollup plus the days new or changed since it was written; the
-    result becomes the new rollup. Days older than the longest window before the newest record's day are merged
-    into one day (they only count in the whole history), so the rollup grows with groups and values, not with days."""
+def _bucketed(value: str) -> str:
+    """SQL: the representative of the logarithmic bucket of positive `value` (the value itself otherwise)."""
+    gamma = (1 + LATENCY_ACCURACY) / (1 - LATENCY_ACCURACY)
+    return f"CASE WHEN {value} > 0 THEN 2 * pow({gamma}, ceil(ln({value}) / ln({gamma}))) / ({gamma} + 1) ELSE {value} END"
+
+
+def combine(con: duckdb.DuckDBPyConnection, lake_dir: Path, dates: list[str]) -> None:
+    """Table `agg` in `con`: the aggregates of `dates` added up, from the rollup plus the files of the days it does not
+    hold. Once FOLD_DAYS of those are older than the longest window before the newest record's day, they are folded
+    into the rollup, merged into one day (they only count in the whole history), so a report reads the rollup and the
+    files of the last HORIZON_DAYS + FOLD_DAYS days or fewer, and the rollup is rewritten once in FOLD_DAYS days."""
     stamps = {d: _stamp(p) for d in dates if (p := aggregates_path(lake_dir, d)).is_file()}
-    held, table = _read_rollup(lake_dir)
-    if table is None or any(stamps.get(d) != stamp for d, stamp in held.items()):
-        # a day the rollup holds was rewritten or removed: add everything up again
-        held, table = {}, SCHEMA.empty_table()
+    held = _held(lake_dir)
+    if any(stamps.get(d) != stamp for d, stamp in held.items()):
+        # a day the rollup holds was rewritten or removed: every day is read from its own file again
+        held = {}
     fresh = sorted(d for d in stamps if d not in held)
-    if not fresh:
-        return table
-    con = duckdb.connect()
-    try:
-        con.register("held", table)
-        table_view(con, "fresh", [aggregates_path(lake_dir, d) for d in fresh], COLUMNS)
-        con.execute("CREATE TEMP VIEW pieces AS SELECT * FROM held UNION ALL SELECT * FROM fresh")
-        newest = con.execute("SELECT max(day) FROM pieces WHERE section = 'totals'").fetchall()[0][0]
-        horizon = (newest or date.min + timedelta(days=HORIZON_DAYS)) - timedelta(days=HORIZON_DAYS)
-        cut = f"DATE '{horizon.isoformat()}'"
-
-        def keys(day: str) -> str:
-            return ", ".join(f"{day} AS day" if k == "day" else f'"{k}"' for k in KEYS)
-
-        sums = ", ".join(f'CAST(sum("{c}") AS {kind}) AS "{c}"' for c, kind in COLUMNS.items() if c not in KEYS)
-        # a day's rows after the horizon are unique by their keys (a day file holds each key once, and a fresh day is
-        # no held day): only the days merged into the horizon and the sections without a day are added up
-        merged = (
-            con.sql(f"""
-                SELECT {", ".join(f'"{c}"' for c in COLUMNS)} FROM pieces WHERE day > {cut}
-                UNION ALL BY NAME
-                SELECT {keys(cut)}, {sums} FROM pieces WHERE day <= {cut} GROUP BY ALL
-                UNION ALL BY NAME
-                SELECT {keys("day")}, {sums} FROM pieces WHERE day IS NULL GROUP BY ALL""")
-            .to_arrow_table()
-            .select(list(COLUMNS))
-            .cast(SCHEMA)
+    columns = ", ".join(f'"{c}"' for c in COLUMNS)
+    con.register("agg_schema", SCHEMA.empty_table())
+    sources = [f"SELECT {columns}, NULL::VARCHAR AS part FROM agg_schema"]
+    if held:
+        sources.append(f"SELECT {columns}, NULL AS part FROM read_parquet({literal(str(rollup_path(lake_dir)))})")
+    if fresh:
+        paths = ", ".join(literal(str(aggregates_path(lake_dir, d))) for d in fresh)
+        sources.append(
+            f"SELECT {columns}, regexp_extract(filename, 'date=([0-9-]+)', 1) AS part "
+            f"FROM read_parquet([{paths}], filename = true, hive_partitioning = false)"
         )
-    finally:
-        con.close()
-    held.update({d: stamps[d] for d in fresh})
-    write_parquet_atomic(merged.replace_schema_metadata({ROLLUP_META: json.dumps(held)}), rollup_path(lake_dir))
-    return merged
+    con.execute(f"CREATE TEMP TABLE agg AS {' UNION ALL '.join(sources)}")
+    con.unregister("agg_schema")
+    newest = con.execute("SELECT max(day) FROM agg WHERE section = 'totals'").fetchall()[0][0]
+    if newest is None:
+        return
+    cut = newest - timedelta(days=HORIZON_DAYS)
+    folded = [d for d in fresh if d <= cut.isoformat()]
+    if len(folded) < FOLD_DAYS:
+        return
+    _fold(con, cut, folded)
+    rollup = con.sql(f"SELECT {columns} FROM agg WHERE part IS NULL ORDER BY section, dimension, key, item, kind, value")
+    held = {**held, **{d: stamps[d] for d in folded}}
+    table = rollup.to_arrow_table().cast(SCHEMA).replace_schema_metadata({ROLLUP_META: json.dumps(held)})
+    write_parquet_atomic(table, rollup_path(lake_dir))
+
+
+def _fold(con: duckdb.DuckDBPyConnection, cut: date, folded: list[str]) -> None:
+    """Move the rows of days `folded` in `agg` into its rollup rows (part NULL), adding up what is dated `cut` or
+    earlier as one day `cut`; latency values of a group past LATENCY_EXACT_VALUES distinct ones become buckets."""
+    parts = ", ".join(literal(d) for d in folded)
+    day = f"DATE '{cut.isoformat()}'"
+    sums = ", ".join(f'CAST(sum("{c}") AS {kind}) AS "{c}"' for c, kind in COLUMNS.items() if c not in KEYS)
+    keys = ", ".join(f"{day} AS day" if k == "day" else f'"{k}"' for k in KEYS)
+    con.execute(f"""
+        CREATE TEMP TABLE folding AS
+        SELECT * FROM agg WHERE part IS NULL OR part IN ({parts});
+        DELETE FROM agg WHERE part IS NULL OR part IN ({parts});
+        CREATE TEMP TABLE large AS
+        SELECT dimension, key FROM folding WHERE section = 'latency' AND day <= {day}
+        GROUP BY ALL HAVING count(DISTINCT value) > {LATENCY_EXACT_VALUES};
+        INSERT INTO agg BY NAME
+        SELECT * REPLACE (NULL::VARCHAR AS part) FROM folding WHERE day > {day}
+        UNION ALL BY NAME
+        SELECT {keys}, {sums}, NULL AS part FROM (
+            SELECT f.* REPLACE (CASE WHEN l.key IS NULL THEN f.value ELSE {_bucketed("f.value")} END AS value)
+            FROM folding f LEFT JOIN large l ON f.section = 'latency' AND f.dimension = l.dimension AND f.key = l.key
+            WHERE f.day <= {day}) GROUP BY ALL
+        UNION ALL BY NAME
+        SELECT {", ".join(f'"{k}"' for k in KEYS)}, {sums}, NULL AS part FROM folding WHERE day IS NULL GROUP BY ALL;
+        DROP TABLE folding; DROP TABLE large""")

@@ -92,7 +92,7 @@ def build_report(settings: Settings) -> dict[str, Any]:
     dates, _ = aggregates.refresh(settings.lake_dir)
     con = duckdb.connect()
     try:
-        con.register("agg", aggregates.combined(settings.lake_dir, dates))
+        aggregates.combine(con, settings.lake_dir, dates)
         return _report(con, settings)
     finally:
         con.close()
@@ -297,26 +297,31 @@ def _alerts(group_rows: list[dict], settings: Settings) -> dict[str, list[dict]]
 def _edit_patterns(con: duckdb.DuckDBPyConnection, settings: Settings) -> dict:
     """Per agent (task when a record has no agent): phrases editors delete and add, and tone shifts."""
     edited = dict(con.execute("SELECT key, sum(count) FROM agg WHERE section = 'edited' GROUP BY key").fetchall())
+    # Words editors delete and add alike (numbers, reworded terms) are churn, not a habit of the model: a phrase counts
+    # one way when its support passes CHURN_RATIO times its supported count the other way. Only the PHRASE_CANDIDATES
+    # best supported of each scope and kind leave the database.
     counts = _rows(
         con,
-        """
-        SELECT key AS scope, kind, item AS phrase, sum(count) AS count
-        FROM agg WHERE section = 'ngrams' GROUP BY ALL HAVING sum(count) >= ?""",
+        f"""
+        WITH supported AS (
+            SELECT key AS scope, kind, item AS phrase, sum(count) AS count
+            FROM agg WHERE section = 'ngrams' GROUP BY ALL HAVING sum(count) >= ?)
+        SELECT s.scope, s.kind, s.phrase, s.count
+        FROM supported s LEFT JOIN supported o ON s.scope = o.scope AND s.phrase = o.phrase AND s.kind <> o.kind
+        WHERE s.count > {CHURN_RATIO} * coalesce(o.count, 0)
+        QUALIFY row_number() OVER (PARTITION BY s.scope, s.kind ORDER BY s.count DESC, s.phrase) <= {PHRASE_CANDIDATES}""",
         [settings.min_phrase_support],
     )
-    candidates: dict[tuple[str, str], dict[str, int]] = {}
+    one_way: dict[tuple[str, str], dict[str, int]] = {}
     for row in counts:
-        candidates.setdefault((row["scope"], row["kind"]), {})[row["phrase"]] = int(row["count"])
+        one_way.setdefault((row["scope"], row["kind"]), {})[row["phrase"]] = int(row["count"])
     tone = _tone_shifts(con)
     patterns = {}
     for scope, n_edited in sorted(edited.items()):
         key = redact(scope)[0]
         patterns[key] = {"edited": int(n_edited), "tone_shifts": tone.get(scope, [])}
-        for kind, opposite in (("deleted", "added"), ("added", "deleted")):
-            against = candidates.get((scope, opposite), {})
-            # Words editors delete and add alike (numbers, reworded terms) are churn, not a habit of the model.
-            one_way = {p: c for p, c in candidates.get((scope, kind), {}).items() if c > CHURN_RATIO * against.get(p, 0)}
-            phrases = longest_phrases(one_way)[: settings.report_top_phrases]
+        for kind in ("deleted", "added"):
+            phrases = longest_phrases(one_way.get((scope, kind), {}))[: settings.report_top_phrases]
             patterns[key][kind] = [{"text": p, "count": c, "rate": c / n_edited} for p, c in phrases]
     return patterns
 

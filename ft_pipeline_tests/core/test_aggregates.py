@@ -101,18 +101,65 @@ def test_integer_latencies_with_ties_give_the_exact_percentiles(tmp_path):
     assert report["groups"]["agent"]["a1"]["windows"]["7d"]["latency_ms_p95"] is not None
 
 
-def test_the_rollup_takes_new_days_one_by_one_past_the_longest_window(tmp_path):
+def held_days(settings: Settings) -> list[str]:
+    """The days the rollup holds, from its footer."""
+    return sorted(json.loads(pq.read_schema(aggregates.rollup_path(settings.lake_dir)).metadata[aggregates.ROLLUP_META]))
+
+
+def test_old_days_are_folded_into_the_rollup_once_enough_pass_the_longest_window(tmp_path):
     settings = Settings(data_dir=str(tmp_path))
-    write_days(settings.lake_dir, date(2024, 1, 1), 100)
+    first = date(2024, 1, 1)
+    # FOLD_DAYS - 1 days older than the longest window are read from their own files
+    write_days(settings.lake_dir, first, aggregates.HORIZON_DAYS + aggregates.FOLD_DAYS - 1)
     assert_equals_full_recomputation(settings)
-    held = json.loads(pq.read_schema(aggregates.rollup_path(settings.lake_dir)).metadata[aggregates.ROLLUP_META])
-    assert len(held) == 100
-    for offset in range(100, 103):
-        write_days(settings.lake_dir, date(2024, 1, 1) + timedelta(days=offset), 1)
+    assert not aggregates.rollup_path(settings.lake_dir).exists()
+    # one more: FOLD_DAYS of them, merged into one day of the rollup
+    write_days(settings.lake_dir, first + timedelta(days=aggregates.HORIZON_DAYS + aggregates.FOLD_DAYS - 1), 1)
+    assert_equals_full_recomputation(settings)
+    folded = [(first + timedelta(days=d)).isoformat() for d in range(aggregates.FOLD_DAYS)]
+    assert held_days(settings) == folded
+    rollup = pq.read_table(aggregates.rollup_path(settings.lake_dir))
+    assert {d.isoformat() for d in rollup.column("day").to_pylist() if d} == {folded[-1]}
+    # the next days are read from their files, the rollup as it is
+    stamp = aggregates.rollup_path(settings.lake_dir).stat().st_mtime_ns
+    for offset in range(1, 3):
+        write_days(settings.lake_dir, first + timedelta(days=aggregates.HORIZON_DAYS + aggregates.FOLD_DAYS - 1 + offset), 1)
         assert_equals_full_recomputation(settings)
-    # older days are merged into one: the rollup keeps day resolution only within the longest window
-    days = {d for d in pq.read_table(aggregates.rollup_path(settings.lake_dir)).column("day").to_pylist() if d}
-    assert len(days) == aggregates.HORIZON_DAYS + 1
+    assert aggregates.rollup_path(settings.lake_dir).stat().st_mtime_ns == stamp
+    # a held day rewritten: every day is read again and folded anew
+    write_raw_logs(settings.lake_dir, folded[3], [raw_log("late", timestamp=f"{folded[3]}T08:00:00+00:00", agent="a9")])
+    assert_equals_full_recomputation(settings)
+    assert len(held_days(settings)) == aggregates.FOLD_DAYS + 2
+
+
+def test_latency_of_a_large_group_in_the_rollup_is_kept_within_its_relative_accuracy(tmp_path):
+    settings = Settings(data_dir=str(tmp_path))
+    first = date(2024, 1, 1)
+    days = aggregates.HORIZON_DAYS + aggregates.FOLD_DAYS + 1
+    per_day = aggregates.LATENCY_EXACT_VALUES // aggregates.FOLD_DAYS + 10  # past the exact values in the folded days
+    for offset in range(days):
+        day = (first + timedelta(days=offset)).isoformat()
+        rows = [
+            # distinct latencies, old and new days alike spread over 100 to 1100 ms
+            raw_log(
+                f"{day}-{i}",
+                timestamp=f"{day}T12:00:00+00:00",
+                agent="big",
+                latency_ms=100 + (offset * per_day + i) * 7919 % 100003 / 100,
+            )
+            for i in range(per_day)
+        ]
+        write_raw_logs(settings.lake_dir, day, rows)
+    full, incremental = full_report(settings), build_report(settings)
+    assert held_days(settings)
+    off = differences(full["groups"], incremental["groups"])
+    # only the percentiles of the whole history take the buckets: every window lies after the folded days
+    assert off and all(".latency_ms_p" in d and "windows" not in d for d in off), off
+    for dimension, groups in full["groups"].items():
+        for key, group in groups.items():
+            for name in ("latency_ms_p50", "latency_ms_p95"):
+                exact, approx = group[name], incremental["groups"][dimension][key][name]
+                assert approx == pytest.approx(exact, rel=2 * aggregates.LATENCY_ACCURACY)
 
 
 def test_a_new_day_aggregates_that_day_only_and_a_rewritten_day_again(tmp_path):
