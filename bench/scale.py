@@ -3,9 +3,10 @@
     .venv/bin/python bench/scale.py --tasks 4 --steps 30
 
 Each side starts its own Postgres, Redis, MLflow server and Dagster daemon (the deploy test helpers), ingests the same
-demo logs, builds the same base model, then queues one retrain run per task with the gpu pool sized to the number of
-workers, each worker running one run at a time with `--torch-threads` torch threads. A side's time is from the first
-run's start to the last run's end, as the run records hold them; the ratio compares the two sides.
+demo logs and builds the same base model in runs on its workers, then queues one retrain run per task with the gpu pool
+sized to the number of workers, each worker running one run at a time with `--torch-threads` torch threads. A side's
+time is from the first retrain's start to the last one's end, as the run records hold them; the ratio compares the two
+sides.
 """
 
 from __future__ import annotations
@@ -18,32 +19,24 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the deploy test helpers start the servers
 
-from dagster import DagsterRunStatus, RunsFilter
+from dagster import RunsFilter
 
 from ft_pipeline.core.demo import TASKS
-from ft_pipeline_tests.deploy.cluster import ENDED, TINY_TRAINING, running_cluster
+from ft_pipeline_tests.deploy.cluster import TINY_TRAINING, running_cluster
 
 
 def side(root: Path, workers: int, tasks: list[str], records: int, env: dict[str, str]) -> dict:
     """Retrain every task on `workers` workers; the makespan and the mean run time, in seconds."""
     with running_cluster(root, env) as cluster:
-        cluster.prepare(records=records, tasks=tasks, gpu_slots=workers)
+        days = cluster.prepare(records=records, tasks=tasks, gpu_slots=workers)
         for n in range(workers):
             cluster.start_worker(f"w{n + 1}")
-        cluster.submit_retrains(tasks)
         cluster.start_daemon()
         with cluster.instance() as instance:
-            cluster.wait_until(instance, lambda c: sum(c.get(s, 0) for s in ENDED) == len(tasks), "every run's end")
+            cluster.ingest(instance, days)
+            cluster.submit_retrains(tasks)
+            cluster.wait_for_success(instance, "retrain_job", len(tasks), "the retrains")
             finished = instance.get_run_records(RunsFilter(job_name="retrain_job"))
-            failed = [r.dagster_run.run_id for r in finished if r.dagster_run.status != DagsterRunStatus.SUCCESS]
-            if failed:
-                why = [
-                    e.message
-                    for run_id in failed
-                    for e in instance.all_logs(run_id)
-                    if e.dagster_event and e.dagster_event.is_run_failure
-                ]
-                raise RuntimeError(f"runs failed: {failed}: {why}")
         starts = [r.start_time for r in finished if r.start_time]
         ends = [r.end_time for r in finished if r.end_time]
         runs = [r.end_time - r.start_time for r in finished if r.start_time and r.end_time]

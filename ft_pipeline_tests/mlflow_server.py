@@ -60,15 +60,20 @@ def assert_adapter_travels_through_the_server(url: str, server_dir: Path, work: 
     tracker.finish()
     shutil.rmtree(trainer_dir)
 
-    elsewhere = work / "elsewhere"
-    elsewhere.mkdir()
-    script = (
-        "import mlflow; "
-        f"mlflow.set_tracking_uri({url!r}); "
-        f"print(mlflow.artifacts.download_artifacts('models:/{registered_model_name('support')}/{version}', dst_path='.'))"
-    )
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    out = subprocess.run([sys.executable, "-c", script], cwd=elsewhere, env=env, capture_output=True, text=True, check=True)
-    downloaded = Path(out.stdout.strip().splitlines()[-1])
+    (downloaded,) = download_in_a_fresh_process(url, [f"models:/{registered_model_name('support')}/{version}"], work)
     assert json.loads((downloaded / "adapter_config.json").read_text()) == {"r": 8}
     assert any((server_dir / "artifacts").rglob("adapter_config.json")), "the artifact is kept by the server"
+
+
+def download_in_a_fresh_process(url: str, model_uris: list[str], work: Path) -> list[Path]:
+    """Each of `model_uris` downloaded through the server at `url` by a new process that knows only that URL: its working
+    folder a new empty one under `work`, its FT_DATA_DIR another, no other ft_pipeline, Dagster or MLflow variable."""
+    elsewhere, data_dir = work / "elsewhere", work / "elsewhere_data"
+    elsewhere.mkdir()
+    data_dir.mkdir()
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("FT_", "DAGSTER_", "MLFLOW_"))}
+    env.update(MLFLOW_TRACKING_URI=url, FT_DATA_DIR=str(data_dir), MLFLOW_DISABLE_TELEMETRY="true")
+    script = "import sys, mlflow\nfor i, uri in enumerate(sys.argv[1:]):\n    print(mlflow.artifacts.download_artifacts(uri, dst_path=str(i)))"
+    done = subprocess.run([sys.executable, "-c", script, *model_uris], cwd=elsewhere, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return [Path(line) for line in done.stdout.splitlines()[-len(model_uris) :]]

@@ -1,5 +1,5 @@
 """The production profile as processes on this machine: a Dagster instance on Postgres (deploy/dagster.yaml), an MLflow
-server, Redis, celery workers (deploy/celery.yaml) and the daemon, with retrain runs submitted to its queue."""
+server, Redis, celery workers (deploy/celery.yaml) and the daemon, with ingest and retrain runs submitted to its queue."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import DagsterInstance, DagsterRunStatus, RunRecord, RunsFilter
 
 from ft_pipeline_tests.dagster_cli import stop_group
 from ft_pipeline_tests.deploy.postgres import running_postgres
@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 CODE = ["-m", "ft_pipeline.definitions"]  # the daemon and the run submitter load the same code location
 TASK_TAG = "dagster-celery/task_id"
+ASSET_JOB = "__ASSET_JOB"  # Dagster's implicit job of every asset
 ENDED = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
 # trainings that fit in a test: a small built-in base model, a few steps at a high learning rate (an adapter must
 # beat the base model on every test example by a wide margin, or the blocking gate fails the run), short generations
@@ -81,58 +82,106 @@ class Cluster:
         """The Dagster daemon: the run queue, pools, run monitoring, sensors and schedules."""
         self.daemon = _start([str(BIN / "dagster-daemon"), "run", *CODE], self.env, self.root / "daemon.log")
 
-    def restart_daemon(self) -> None:
-        """Stop the daemon and start a new one, as a release or a crash would."""
+    def stop_daemon(self) -> None:
+        """Stop the daemon: queued runs wait in the queue until a daemon runs again."""
         assert self.daemon is not None
         stop_group(self.daemon)
+        self.daemon = None
+
+    def restart_daemon(self) -> None:
+        """Stop the daemon and start a new one, as a release or a crash would."""
+        self.stop_daemon()
         self.start_daemon()
 
     def instance(self) -> DagsterInstance:
         """The profile's Dagster instance, opened in this process."""
         return DagsterInstance.from_config(self.env["DAGSTER_HOME"])
 
-    def prepare(self, records: int, tasks: list[str], gpu_slots: int) -> None:
-        """Demo logs ingested and settled and the base model built (in process), one task partition per task, the gpu
-        pool at `gpu_slots`."""
-        cli = [sys.executable, "-m", "ft_pipeline.cli"]
-        self.cli(*cli, "demo", "--records", str(records), "--days", "2")
-        self.cli(*cli, "run", "--select", "raw_logs,settlements,base_model")
+    def prepare(self, records: int, tasks: list[str], gpu_slots: int) -> list[str]:
+        """Demo logs in the inbox, one task partition per task, the gpu pool at `gpu_slots`; the days the logs hold."""
+        from ft_pipeline.runner import data_dates
+        from ft_pipeline.settings import Settings
+
+        self.cli(sys.executable, "-m", "ft_pipeline.cli", "demo", "--records", str(records), "--days", "2")
+        # the daemon's inbox sensor would start an ingest of its own beside the ones launched by hand
+        self.cli(str(BIN / "dagster"), "sensor", "stop", "inbox_sensor", *CODE)
         with self.instance() as instance:
             instance.add_dynamic_partitions("tasks", tasks)
             instance.event_log_storage.set_concurrency_slots("gpu", gpu_slots)
+        return data_dates(Settings.from_env(self.env))
 
-    def submit_retrains(self, tasks: list[str]) -> None:
-        """Queue one retrain run per task as an operator would, from the CLI, in that order.
+    def launch(self, job: str, partition: str | None = None, ops: str | None = None) -> None:
+        """Queue a run of `job` (of `partition`, of the `ops` selection) as an operator would, from the CLI.
 
-        Each run executes its steps in the worker's process (the in_process executor): on a shared CPU a process per
+        The run executes its steps in the worker's process (the in_process executor): on a shared CPU a process per
         step, each importing torch, would cost more than the tiny trainings themselves.
         """
         config = json.dumps({"execution": {"config": {"in_process": {}}}})
-        for task in tasks:
-            tags = json.dumps({"dagster/partition": task})
-            self.cli(str(BIN / "dagster"), "job", "launch", *CODE, "-j", "retrain_job", "--tags", tags, "--config-json", config)
+        tags = json.dumps({"dagster/partition": partition} if partition else {})
+        selection = ["-o", ops] if ops else []
+        self.cli(str(BIN / "dagster"), "job", "launch", *CODE, "-j", job, *selection, "--tags", tags, "--config-json", config)
 
-    def runs_by_status(self, instance: DagsterInstance) -> dict[DagsterRunStatus, int]:
-        """How many of the instance's retrain runs are in each status."""
+    def ingest(self, instance: DagsterInstance, days: list[str]) -> list[RunRecord]:
+        """One ingest_job run a day, then the base model built from their settlements, every run on the workers (the
+        daemon running); their records, or RuntimeError with the failures when a run did not succeed."""
+        for day in days:
+            self.launch("ingest_job", day)
+        self.wait_for_success(instance, "ingest_job", len(days), "every ingest")
+        # base_model is in no job: a run of the implicit job of every asset, as the UI's Materialize button launches
+        self.launch(ASSET_JOB, ops="base_model")
+        self.wait_for_success(instance, ASSET_JOB, 1, "the base model")
+        return [record for job in ("ingest_job", ASSET_JOB) for record in instance.get_run_records(RunsFilter(job_name=job))]
+
+    def submit_retrains(self, tasks: list[str]) -> None:
+        """Stop the daemon, queue one retrain run per task in that order, and start the daemon again: every retrain
+        waits in the queue before the first is dequeued, however fast the first trainings end."""
+        self.stop_daemon()
+        for task in tasks:
+            self.launch("retrain_job", task)
+        self.start_daemon()
+
+    def runs_by_status(self, instance: DagsterInstance, job: str) -> dict[DagsterRunStatus, int]:
+        """How many of the instance's runs of `job` are in each status."""
         counts: dict[DagsterRunStatus, int] = {}
-        for run in instance.get_runs(RunsFilter(job_name="retrain_job")):
+        for run in instance.get_runs(RunsFilter(job_name=job)):
             counts[run.status] = counts.get(run.status, 0) + 1
         return counts
 
     def wait_until(
-        self, instance: DagsterInstance, done: Callable[[dict[DagsterRunStatus, int]], bool], what: str, timeout: float = 900
+        self,
+        instance: DagsterInstance,
+        job: str,
+        done: Callable[[dict[DagsterRunStatus, int]], bool],
+        what: str,
+        timeout: float = 900,
     ) -> None:
-        """Poll the runs until `done(counts)` holds; RuntimeError with the logs when a process died or it never held."""
+        """Poll the runs of `job` until `done(counts)` holds; RuntimeError with the logs when a process died or it never
+        held."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            counts = self.runs_by_status(instance)
+            counts = self.runs_by_status(instance, job)
             if done(counts):
                 return
             dead = [name for name, proc in {**self.workers, "daemon": self.daemon}.items() if proc and proc.poll() is not None]
             if dead:
                 raise RuntimeError(f"{', '.join(dead)} exited while waiting for {what}: {self.logs()}")
             time.sleep(0.5)
-        raise RuntimeError(f"no {what} after {timeout} s: {self.runs_by_status(instance)} {self.logs()}")
+        raise RuntimeError(f"no {what} after {timeout} s: {self.runs_by_status(instance, job)} {self.logs()}")
+
+    def wait_for_success(self, instance: DagsterInstance, job: str, runs: int, what: str) -> None:
+        """Wait until `runs` runs of `job` ended; RuntimeError with the failures when one of them did not succeed."""
+        self.wait_until(instance, job, lambda c: sum(c.get(s, 0) for s in ENDED) == runs, f"the end of {what}")
+        failed = [run.run_id for run in instance.get_runs(RunsFilter(job_name=job)) if run.status != DagsterRunStatus.SUCCESS]
+        if failed:
+            why = [
+                f"{e.step_key}: {e.dagster_event.step_failure_data.error.message}"
+                if e.dagster_event.is_step_failure
+                else e.message
+                for run_id in failed
+                for e in instance.all_logs(run_id)
+                if e.dagster_event and e.dagster_event.is_failure
+            ]
+            raise RuntimeError(f"{what}: runs {failed} did not succeed: {why} {self.logs()}")
 
     def logs(self) -> str:
         """The tail of every log under the root."""
@@ -169,6 +218,9 @@ def running_cluster(root: Path, extra_env: dict[str, str] | None = None) -> Iter
             "FT_CELERY_BACKEND_URL": f"{redis}/1",
             # the daemon's retrain sensor would queue retrains of its own beside the ones that are counted
             "FT_RETRAIN_THRESHOLD": "1000000000",
+            # and so would the schedules, were a test to cross their hour: a leap day's midnight is no test's
+            "FT_DAILY_INGEST_CRON": "0 0 29 2 *",
+            "FT_NIGHTLY_RETRAIN_CRON": "0 0 29 2 *",
             "DAGSTER_DISABLE_TELEMETRY": "true",
             "MLFLOW_DISABLE_TELEMETRY": "true",
             **(extra_env or {}),
