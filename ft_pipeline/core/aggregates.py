@@ -14,10 +14,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ft_pipeline.core.io import checked_date, partition_dates, partition_file, write_parquet_atomic
+from ft_pipeline.core.io import checked_date, partition_file, partition_stamps, write_parquet_atomic
 from ft_pipeline.core.redaction import redact
 
 TABLE = "daily_aggregates"
+# The lake tables a day's aggregates are computed from.
+SOURCES = ("raw_logs", "settlements")
 # Report windows in days back from the newest record's day; the rollup holds only days older than the longest.
 WINDOWS = {"7d": 7, "30d": 30, "90d": 90}
 HORIZON_DAYS = max(WINDOWS.values())
@@ -194,19 +196,20 @@ def aggregates_path(lake_dir: Path, date: str) -> Path:
     return partition_file(lake_dir, TABLE, date)
 
 
-def source_dates(lake_dir: Path) -> list[str]:
-    """Days that have a raw_logs or a settlements partition, sorted."""
-    return sorted(set(partition_dates(lake_dir, "raw_logs")) | set(partition_dates(lake_dir, "settlements")))
-
-
 def is_stale(lake_dir: Path, date: str) -> bool:
     """Whether a day's aggregates are missing or older than a lake file they were computed from."""
-    target = aggregates_path(lake_dir, date)
-    if not target.is_file():
-        return True
-    built = target.stat().st_mtime_ns
-    sources = [partition_file(lake_dir, table, date) for table in ("raw_logs", "settlements")]
-    return any(s.is_file() and s.stat().st_mtime_ns > built for s in sources)
+    stamp = {}
+    for table in (TABLE, *SOURCES):
+        path = partition_file(lake_dir, table, date)
+        if path.is_file():
+            stat = path.stat()
+            stamp[table] = [stat.st_mtime_ns, stat.st_size]
+    return _stale(stamp.get(TABLE), [stamp.get(table) for table in SOURCES])
+
+
+def _stale(built: list[int] | None, sources: list[list[int] | None]) -> bool:
+    """Whether aggregates stamped `built` are missing or older than a source file stamped in `sources`."""
+    return built is None or any(s is not None and s[0] > built[0] for s in sources)
 
 
 def table_view(con: duckdb.DuckDBPyConnection, name: str, files: list[Path], columns: dict[str, str]) -> None:
@@ -301,19 +304,14 @@ def _redacted(table: pa.Table, columns: tuple[str, ...]) -> pa.Table:
 
 def refresh(lake_dir: Path) -> tuple[list[str], list[DayAggregates]]:
     """Every day with lake data, and the aggregates written for the days whose aggregates were missing or stale."""
-    dates = source_dates(lake_dir)
-    return dates, [write_day(lake_dir, d) for d in dates if is_stale(lake_dir, d)]
+    built, *sources = (partition_stamps(lake_dir, table) for table in (TABLE, *SOURCES))
+    dates = sorted(set().union(*sources))
+    return dates, [write_day(lake_dir, d) for d in dates if _stale(built.get(d), [s.get(d) for s in sources])]
 
 
 def rollup_path(lake_dir: Path) -> Path:
     """The rollup: the days folded so far added up, with the days it holds, so a report reads one file and the rest."""
     return Path(lake_dir) / TABLE / "rollup" / "part-0.parquet"
-
-
-def _stamp(path: Path) -> list[int]:
-    """What tells one version of a day's aggregates file from another."""
-    stat = path.stat()
-    return [stat.st_mtime_ns, stat.st_size]
 
 
 def _held(lake_dir: Path) -> dict[str, list[int]]:
@@ -337,7 +335,8 @@ def combine(con: duckdb.DuckDBPyConnection, lake_dir: Path, dates: list[str]) ->
     hold. Once FOLD_DAYS of those are older than the longest window before the newest record's day, they are folded
     into the rollup, merged into one day (they only count in the whole history), so a report reads the rollup and the
     files of the last HORIZON_DAYS + FOLD_DAYS days or fewer, and the rollup is rewritten once in FOLD_DAYS days."""
-    stamps = {d: _stamp(p) for d in dates if (p := aggregates_path(lake_dir, d)).is_file()}
+    built = partition_stamps(lake_dir, TABLE)
+    stamps = {d: built[d] for d in dates if d in built}
     held = _held(lake_dir)
     if any(stamps.get(d) != stamp for d, stamp in held.items()):
         # a day the rollup holds was rewritten or removed: every day is read from its own file again

@@ -46,10 +46,26 @@ def partition_file(lake_dir: Path, table: str, date: str) -> Path:
 
 def partition_dates(lake_dir: Path, table: str) -> list[str]:
     """Dates of the partitions of `table` that hold a parquet file, sorted."""
-    base = Path(lake_dir) / table
-    if not base.is_dir():
-        return []
-    return sorted(p.name[5:] for p in base.glob("date=*") if (p / "part-0.parquet").is_file())
+    return list(partition_stamps(lake_dir, table))
+
+
+def partition_stamps(lake_dir: Path, table: str) -> dict[str, list[int]]:
+    """[mtime_ns, size] of the parquet file of each partition of `table`, by date, sorted: what tells one version of a
+    partition from another, from one listing of the table's folder (a lake of years has thousands)."""
+    stamps = {}
+    try:
+        entries = list(os.scandir(os.path.join(lake_dir, table)))
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    for entry in entries:
+        date = entry.name[5:]
+        if entry.name.startswith("date=") and PARTITION_DATE.fullmatch(date):
+            try:
+                stat = os.stat(os.path.join(entry.path, "part-0.parquet"))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            stamps[date] = [stat.st_mtime_ns, stat.st_size]
+    return dict(sorted(stamps.items()))
 
 
 def table_glob(lake_dir: Path, table: str) -> str:
