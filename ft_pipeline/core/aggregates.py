@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ft_pipeline.core.io import checked_date, partition_file, partition_stamps, write_parquet_atomic
+from ft_pipeline.core.io import checked_date, partition_file, partition_stamp, partition_stamps, write_parquet_atomic
 from ft_pipeline.core.redaction import redact
 
 TABLE = "daily_aggregates"
@@ -198,13 +198,8 @@ def aggregates_path(lake_dir: Path, date: str) -> Path:
 
 def is_stale(lake_dir: Path, date: str) -> bool:
     """Whether a day's aggregates are missing or older than a lake file they were computed from."""
-    stamp = {}
-    for table in (TABLE, *SOURCES):
-        path = partition_file(lake_dir, table, date)
-        if path.is_file():
-            stat = path.stat()
-            stamp[table] = [stat.st_mtime_ns, stat.st_size]
-    return _stale(stamp.get(TABLE), [stamp.get(table) for table in SOURCES])
+    built, *sources = (partition_stamp(lake_dir, table, date) for table in (TABLE, *SOURCES))
+    return _stale(built, sources)
 
 
 def _stale(built: list[int] | None, sources: list[list[int] | None]) -> bool:

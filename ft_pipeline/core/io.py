@@ -50,22 +50,23 @@ def partition_dates(lake_dir: Path, table: str) -> list[str]:
 
 
 def partition_stamps(lake_dir: Path, table: str) -> dict[str, list[int]]:
-    """[mtime_ns, size] of the parquet file of each partition of `table`, by date, sorted: what tells one version of a
-    partition from another, from one listing of the table's folder (a lake of years has thousands)."""
-    stamps = {}
+    """The stamp of each partition of `table` that holds a parquet file, by date, sorted, from one listing of the
+    table's folder (a lake of years has thousands)."""
     try:
         entries = list(os.scandir(os.path.join(lake_dir, table)))
     except (FileNotFoundError, NotADirectoryError):
         return {}
-    for entry in entries:
-        date = entry.name[5:]
-        if entry.name.startswith("date=") and PARTITION_DATE.fullmatch(date):
-            try:
-                stat = os.stat(os.path.join(entry.path, "part-0.parquet"))
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            stamps[date] = [stat.st_mtime_ns, stat.st_size]
-    return dict(sorted(stamps.items()))
+    dates = [e.name[5:] for e in entries if e.name.startswith("date=") and PARTITION_DATE.fullmatch(e.name[5:])]
+    return {date: stamp for date in sorted(dates) if (stamp := partition_stamp(lake_dir, table, date))}
+
+
+def partition_stamp(lake_dir: Path, table: str, date: str) -> list[int] | None:
+    """[mtime_ns, size] of one partition's parquet file, what tells one version of it from another; None without one."""
+    try:
+        stat = os.stat(partition_file(lake_dir, table, date))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return [stat.st_mtime_ns, stat.st_size]
 
 
 def table_glob(lake_dir: Path, table: str) -> str:
