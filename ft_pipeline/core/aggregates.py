@@ -20,17 +20,19 @@ from ft_pipeline.core.redaction import redact
 TABLE = "daily_aggregates"
 # The lake tables a day's aggregates are computed from.
 SOURCES = ("raw_logs", "settlements")
-# Report windows in days back from the newest record's day; the rollup holds only days older than the longest.
+# Report windows in days back from the newest record's day; the rollup holds the dated rows of days older than the
+# longest only.
 WINDOWS = {"7d": 7, "30d": 30, "90d": 90}
 HORIZON_DAYS = max(WINDOWS.values())
-# Days not in the rollup are read from their own files; FOLD_DAYS of them older than the longest window are folded in.
+# Days not in the rollup are read from their own files; once FOLD_DAYS of them are new or older than the longest
+# window, they are folded in.
 FOLD_DAYS = 30
 # A group's latency values in the rollup stay exact up to this many distinct ones; past it each becomes the
 # representative of its logarithmic bucket, within LATENCY_ACCURACY of it (as in DDSketch), so the distribution grows
 # with the range of the latencies, not with the records.
 LATENCY_EXACT_VALUES = 2048
 LATENCY_ACCURACY = 0.005
-ROLLUP_META = b"ft_pipeline_rollup_days"
+ROLLUP_META = b"ft_pipeline_rollup"
 DIMENSIONS = ("task", "agent", "topic", "reasoning_mode", "model", "adapter_version", "user_id", "experiment_id", "variant")
 # Columns the aggregates read, with the type they get when a table lacks them (older or hand-made files).
 RAW_COLUMNS = {
@@ -169,6 +171,31 @@ SECTIONS = {
                     FROM base GROUP BY ALL""",
     "experiments": f"""SELECT experiment_id AS key, variant AS item, {_DECISIONS}
                        FROM base WHERE experiment_id IS NOT NULL AND variant IS NOT NULL GROUP BY ALL""",
+}
+# Sections whose rows carry their day, which the windows (and the report's as_of) need; the others count over the
+# whole history only, so every day's rows of them are folded into the rollup.
+DATED = ("totals", "groups", "latency")
+# The large sections, each combined into a table of its own columns (`agg_<section>`); the rest share table `agg`.
+NARROW = {
+    "groups": (
+        "day",
+        "dimension",
+        "key",
+        "count",
+        "n",
+        "accepted",
+        "edited",
+        "rejected",
+        "retained_sum",
+        "retained_n",
+        "quality_sum",
+        "quality_n",
+        "confidence_sum",
+        "confidence_n",
+        "cost_sum",
+    ),
+    "latency": ("day", "dimension", "key", "value", "count"),
+    "ngrams": ("key", "kind", "item", "count"),
 }
 # What identifies a row of the aggregates; every other column adds up.
 KEYS = ("section", "day", "dimension", "key", "item", "kind", "attempt", "value")
@@ -309,14 +336,17 @@ def rollup_path(lake_dir: Path) -> Path:
     return Path(lake_dir) / TABLE / "rollup" / "part-0.parquet"
 
 
-def _held(lake_dir: Path) -> dict[str, list[int]]:
-    """The days the rollup holds, with their files' stamps, from its footer; none when there is no usable rollup."""
+def _held(lake_dir: Path) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+    """The days the rollup holds with every section and those it holds with the undated sections only, with their
+    files' stamps, from its footer; none when there is no usable rollup."""
     path = rollup_path(lake_dir)
     if not path.is_file():
-        return {}
+        return {}, {}
     schema = pq.read_schema(path)
     held = json.loads((schema.metadata or {}).get(ROLLUP_META, b"null"))
-    return held if isinstance(held, dict) and schema.remove_metadata() == SCHEMA else {}
+    if not isinstance(held, dict) or schema.remove_metadata() != SCHEMA:
+        return {}, {}
+    return held.get("whole", {}), held.get("undated", {})
 
 
 def _bucketed(value: str) -> str:
@@ -326,65 +356,103 @@ def _bucketed(value: str) -> str:
 
 
 def combine(con: duckdb.DuckDBPyConnection, lake_dir: Path, dates: list[str]) -> None:
-    """Table `agg` in `con`: the aggregates of `dates` added up, from the rollup plus the files of the days it does not
-    hold. Once FOLD_DAYS of those are older than the longest window before the newest record's day, they are folded
-    into the rollup, merged into one day (they only count in the whole history), so a report reads the rollup and the
-    files of the last HORIZON_DAYS + FOLD_DAYS days or fewer, and the rollup is rewritten once in FOLD_DAYS days."""
+    """Tables `agg` and `agg_<section>` (NARROW) in `con`: the aggregates of `dates` added up, from the rollup plus the
+    files of the days it does not hold. Once FOLD_DAYS days are new to the rollup or older than the longest window
+    before the newest record's day, they are folded in, so a report reads the rollup, the dated rows of at most
+    HORIZON_DAYS + FOLD_DAYS days and the rest of at most FOLD_DAYS, and the rollup is rewritten once in FOLD_DAYS days."""
     built = partition_stamps(lake_dir, TABLE)
     stamps = {d: built[d] for d in dates if d in built}
-    held = _held(lake_dir)
-    if any(stamps.get(d) != stamp for d, stamp in held.items()):
+    whole, undated = _held(lake_dir)
+    if any(stamps.get(d) != stamp for d, stamp in {**whole, **undated}.items()):
         # a day the rollup holds was rewritten or removed: every day is read from its own file again
-        held = {}
-    fresh = sorted(d for d in stamps if d not in held)
-    columns = ", ".join(f'"{c}"' for c in COLUMNS)
-    con.register("agg_schema", SCHEMA.empty_table())
-    sources = [f"SELECT {columns}, NULL::VARCHAR AS part FROM agg_schema"]
-    if held:
-        sources.append(f"SELECT {columns}, NULL AS part FROM read_parquet({literal(str(rollup_path(lake_dir)))})")
-    if fresh:
-        paths = ", ".join(literal(str(aggregates_path(lake_dir, d))) for d in fresh)
-        sources.append(
-            f"SELECT {columns}, regexp_extract(filename, 'date=([0-9-]+)', 1) AS part "
-            f"FROM read_parquet([{paths}], filename = true, hive_partitioning = false)"
-        )
-    con.execute(f"CREATE TEMP TABLE agg AS {' UNION ALL '.join(sources)}")
-    con.unregister("agg_schema")
+        whole, undated = {}, {}
+    _load(con, lake_dir, stamps, whole, undated)
     newest = con.execute("SELECT max(day) FROM agg WHERE section = 'totals'").fetchall()[0][0]
     if newest is None:
         return
     cut = newest - timedelta(days=HORIZON_DAYS)
-    folded = [d for d in fresh if d <= cut.isoformat()]
-    if len(folded) < FOLD_DAYS:
+    old = [d for d in stamps if d not in whole and d <= cut.isoformat()]
+    new = [d for d in stamps if d not in whole and d not in undated]
+    if max(len(old), len(new)) < FOLD_DAYS:
         return
-    _fold(con, cut, folded)
-    rollup = con.sql(f"SELECT {columns} FROM agg WHERE part IS NULL ORDER BY section, dimension, key, item, kind, value")
-    held = {**held, **{d: stamps[d] for d in folded}}
-    table = rollup.to_arrow_table().cast(SCHEMA).replace_schema_metadata({ROLLUP_META: json.dumps(held)})
-    write_parquet_atomic(table, rollup_path(lake_dir))
+    _fold(con, lake_dir, cut, {d: stamps[d] for d in old}, {d: stamps[d] for d in new}, whole, undated)
+    # the report reads what the next one will, so its numbers do not depend on when the rollup was rewritten
+    for table in ("agg", *(f"agg_{section}" for section in NARROW)):
+        con.execute(f"DROP TABLE {table}")
+    _load(con, lake_dir, stamps, *_held(lake_dir))
 
 
-def _fold(con: duckdb.DuckDBPyConnection, cut: date, folded: list[str]) -> None:
-    """Move the rows of days `folded` in `agg` into its rollup rows (part NULL), adding up what is dated `cut` or
-    earlier as one day `cut`; latency values of a group past LATENCY_EXACT_VALUES distinct ones become buckets."""
-    parts = ", ".join(literal(d) for d in folded)
+def _sources(lake_dir: Path, rollup: bool, days: dict[str, str]) -> str:
+    """SQL: the rows of every column of the rollup (when `rollup`) and of the files of `days`, each with the SQL
+    condition on `section` its rows are read under."""
+    columns = ", ".join(f'"{c}"' for c in COLUMNS)
+    sources = [f"SELECT {columns} FROM agg_schema"]
+    if rollup:
+        sources.append(f"SELECT {columns} FROM read_parquet({literal(str(rollup_path(lake_dir)))})")
+    for cond in sorted(set(days.values())):
+        paths = ", ".join(literal(str(aggregates_path(lake_dir, d))) for d, c in sorted(days.items()) if c == cond)
+        sources.append(f"SELECT {columns} FROM read_parquet([{paths}], hive_partitioning = false) WHERE {cond}")
+    return " UNION ALL ".join(sources)
+
+
+def _load(
+    con: duckdb.DuckDBPyConnection,
+    lake_dir: Path,
+    stamps: dict[str, list[int]],
+    whole: dict[str, list[int]],
+    undated: dict[str, list[int]],
+) -> None:
+    """Tables `agg` and `agg_<section>` in `con` from the rollup holding `whole` and `undated` and the files of the other
+    days of `stamps` (the dated rows only of a day whose others the rollup holds)."""
+    dated = f"section IN ({', '.join(map(literal, DATED))})"
+    days = {d: dated if d in undated else "true" for d in stamps if d not in whole}
+    con.register("agg_schema", SCHEMA.empty_table())
+    source = _sources(lake_dir, bool(whole or undated), days)
+    rest = ", ".join(literal(s) for s in SECTIONS if s not in NARROW)
+    con.execute(f"CREATE TEMP TABLE agg AS SELECT * FROM ({source}) WHERE section IN ({rest})")
+    for section, columns in NARROW.items():
+        select = ", ".join(f'"{c}"' for c in columns)
+        con.execute(f"CREATE TEMP TABLE agg_{section} AS SELECT {select} FROM ({source}) WHERE section = {literal(section)}")
+    con.unregister("agg_schema")
+
+
+def _fold(
+    con: duckdb.DuckDBPyConnection,
+    lake_dir: Path,
+    cut: date,
+    old: dict[str, list[int]],
+    new: dict[str, list[int]],
+    whole: dict[str, list[int]],
+    undated: dict[str, list[int]],
+) -> None:
+    """Rewrite the rollup with the rows of days `old` (older than the longest window) and the undated rows of days
+    `new` added in: dated rows dated `cut` or earlier add up as one day `cut`, undated rows as one; latency values of a
+    group past LATENCY_EXACT_VALUES distinct ones become buckets."""
+    dated = f"section IN ({', '.join(map(literal, DATED))})"
+    days = {d: ("true" if d in new else dated) if d in old else f"NOT {dated}" for d in {**old, **new}}
+    con.register("agg_schema", SCHEMA.empty_table())
+    con.execute(f"CREATE TEMP TABLE folding AS {_sources(lake_dir, bool(whole or undated), days)}")
+    con.unregister("agg_schema")
     day = f"DATE '{cut.isoformat()}'"
     sums = ", ".join(f'CAST(sum("{c}") AS {kind}) AS "{c}"' for c, kind in COLUMNS.items() if c not in KEYS)
     keys = ", ".join(f"{day} AS day" if k == "day" else f'"{k}"' for k in KEYS)
     con.execute(f"""
-        CREATE TEMP TABLE folding AS
-        SELECT * FROM agg WHERE part IS NULL OR part IN ({parts});
-        DELETE FROM agg WHERE part IS NULL OR part IN ({parts});
         CREATE TEMP TABLE large AS
         SELECT dimension, key FROM folding WHERE section = 'latency' AND day <= {day}
-        GROUP BY ALL HAVING count(DISTINCT value) > {LATENCY_EXACT_VALUES};
-        INSERT INTO agg BY NAME
-        SELECT * REPLACE (NULL::VARCHAR AS part) FROM folding WHERE day > {day}
+        GROUP BY ALL HAVING count(DISTINCT value) > {LATENCY_EXACT_VALUES}""")
+    columns = ", ".join(f'"{c}"' for c in COLUMNS)
+    rollup = con.sql(f"""
+        SELECT {columns} FROM (
+        SELECT * FROM folding WHERE day > {day}
         UNION ALL BY NAME
-        SELECT {keys}, {sums}, NULL AS part FROM (
+        SELECT {keys}, {sums} FROM (
             SELECT f.* REPLACE (CASE WHEN l.key IS NULL THEN f.value ELSE {_bucketed("f.value")} END AS value)
             FROM folding f LEFT JOIN large l ON f.section = 'latency' AND f.dimension = l.dimension AND f.key = l.key
             WHERE f.day <= {day}) GROUP BY ALL
         UNION ALL BY NAME
-        SELECT {", ".join(f'"{k}"' for k in KEYS)}, {sums}, NULL AS part FROM folding WHERE day IS NULL GROUP BY ALL;
-        DROP TABLE folding; DROP TABLE large""")
+        SELECT {", ".join(f'"{k}"' for k in KEYS)}, {sums} FROM folding WHERE day IS NULL GROUP BY ALL)
+        ORDER BY section, dimension, key, item, kind, value""")
+    held = {"whole": {**whole, **old}, "undated": {d: s for d, s in {**undated, **new}.items() if d not in old}}
+    table = rollup.to_arrow_table().cast(SCHEMA).replace_schema_metadata({ROLLUP_META: json.dumps(held)})
+    write_parquet_atomic(table, rollup_path(lake_dir))
+    con.execute("DROP TABLE folding; DROP TABLE large")

@@ -106,7 +106,7 @@ def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) 
 
 
 def _report(con: duckdb.DuckDBPyConnection, settings: Settings) -> dict[str, Any]:
-    """Assemble every section of the report from the `agg` view of daily aggregates."""
+    """Assemble every section of the report from the tables of daily aggregates that `aggregates.combine` made."""
     totals = _rows(
         con,
         """
@@ -126,9 +126,10 @@ def _report(con: duckdb.DuckDBPyConnection, settings: Settings) -> dict[str, Any
         "as_of": as_of.isoformat() if as_of else None,
         "totals": {k: int(v) for k, v in totals.items()},
     }
-    con.execute("""
-        CREATE TEMP VIEW dated AS
-        SELECT *, (SELECT max(day) FROM agg WHERE section = 'totals') - day AS days_back FROM agg""")
+    for section in ("groups", "latency"):
+        con.execute(f"""
+            CREATE TEMP VIEW dated_{section} AS
+            SELECT *, (SELECT max(day) FROM agg WHERE section = 'totals') - day AS days_back FROM agg_{section}""")
     group_rows = _group_rows(con, settings.report_min_group_n)
     report["groups"] = _groups(group_rows)
     report["groups_omitted"] = _omitted(con)
@@ -186,24 +187,25 @@ def _group_rows(con: duckdb.DuckDBPyConnection, min_n: int) -> list[dict]:
     # record or two (most users) costs a count, not a sort of its values
     con.execute(
         "CREATE TEMP TABLE listed AS SELECT dimension, key, row_number() OVER (ORDER BY dimension, key) - 1 AS g "
-        f"FROM agg WHERE section = 'groups' GROUP BY dimension, key HAVING coalesce(sum(n), 0) >= {int(min_n)}"
+        f"FROM agg_groups GROUP BY dimension, key HAVING coalesce(sum(n), 0) >= {int(min_n)}"
     )
-    metrics = ",".join(_metrics(cond, suffix) for suffix, cond in SPANS.items())
+    # a day's rows are in some of the spans: rows in the same ones add up first, so each span filters a few sums
+    flags = ", ".join(f'coalesce({cond}, false) AS "in{suffix}"' for suffix, cond in SPANS.items())
+    sums = ", ".join(f"sum({c}) AS {c}" for c in aggregates.NARROW["groups"] if c not in ("day", "dimension", "key"))
+    metrics = ",".join(_metrics(f'"in{suffix}"', suffix) for suffix in SPANS)
     rows = _rows(
         con,
-        f"SELECT g, dimension, key, {metrics} FROM dated JOIN listed USING (dimension, key) "
-        "WHERE section = 'groups' GROUP BY g, dimension, key ORDER BY g",
+        f"WITH spans AS (SELECT g, dimension, key, {flags}, {sums} FROM dated_groups JOIN listed USING (dimension, key) "
+        f"GROUP BY ALL) SELECT g, dimension, key, {metrics} FROM spans GROUP BY g, dimension, key ORDER BY g",
     )
-    # one pass over the value counts gives every span's; the quantiles come from their cumulative counts
-    spans = ", ".join(f'coalesce(sum(count) FILTER (WHERE {cond}), 0) AS "c{suffix}"' for suffix, cond in SPANS.items())
+    # the value counts in the order of their groups and values give every span's quantiles, each from the rows in it
     counts = con.execute(
-        f"SELECT g, value, {spans} FROM dated JOIN listed USING (dimension, key) "
-        "WHERE section = 'latency' GROUP BY g, value ORDER BY g, value"
+        f"SELECT g, value, count, {flags} FROM dated_latency JOIN listed USING (dimension, key) ORDER BY g, value"
     ).fetchnumpy()
     groups = con.execute("SELECT count(*) FROM listed").fetchall()[0][0]
     for suffix in SPANS:
-        kept = counts[f"c{suffix}"] > 0
-        group, value, count = (np.asarray(counts[c])[kept] for c in ("g", "value", f"c{suffix}"))
+        kept = np.asarray(counts[f"in{suffix}"])
+        group, value, count = (np.asarray(counts[c])[kept] for c in ("g", "value", "count"))
         for name, q in (("p50", 0.5), ("p95", 0.95)):
             for row, quantile in zip(rows, _quantiles(group, value, count, groups, q)):
                 row[f"latency_ms_{name}{suffix}"] = quantile
@@ -216,8 +218,8 @@ def _omitted(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     """Per dimension, the groups left out of `groups` for too few reviewed records."""
     return dict(
         con.execute(
-            "SELECT dimension, count(DISTINCT key) FROM agg WHERE section = 'groups' "
-            "AND (dimension, key) NOT IN (SELECT (dimension, key) FROM listed) GROUP BY ALL ORDER BY dimension"
+            "SELECT dimension, count(DISTINCT key) FROM agg_groups "
+            "WHERE (dimension, key) NOT IN (SELECT (dimension, key) FROM listed) GROUP BY ALL ORDER BY dimension"
         ).fetchall()
     )
 
@@ -305,7 +307,7 @@ def _edit_patterns(con: duckdb.DuckDBPyConnection, settings: Settings) -> dict:
         f"""
         WITH supported AS (
             SELECT key AS scope, kind, item AS phrase, sum(count) AS count
-            FROM agg WHERE section = 'ngrams' GROUP BY ALL HAVING sum(count) >= ?)
+            FROM agg_ngrams GROUP BY ALL HAVING sum(count) >= ?)
         SELECT s.scope, s.kind, s.phrase, s.count
         FROM supported s LEFT JOIN supported o ON s.scope = o.scope AND s.phrase = o.phrase AND s.kind <> o.kind
         WHERE s.count > {CHURN_RATIO} * coalesce(o.count, 0)
@@ -501,8 +503,8 @@ def _failure_reasons(con: duckdb.DuckDBPyConnection) -> dict:
         con,
         """
         WITH sized AS (
-            SELECT dimension, key, sum(count) AS records FROM agg
-            WHERE section = 'groups' AND dimension IN ('agent', 'topic') GROUP BY ALL
+            SELECT dimension, key, sum(count) AS records FROM agg_groups
+            WHERE dimension IN ('agent', 'topic') GROUP BY ALL
             UNION ALL SELECT 'overall', NULL, sum(count) FROM agg WHERE section = 'totals'),
         counted AS (SELECT dimension, key, item AS reason, sum(count) AS count FROM agg WHERE section = 'reasons' GROUP BY ALL)
         SELECT c.dimension, c.key, c.reason, CAST(s.records AS BIGINT) AS records, CAST(c.count AS BIGINT) AS count

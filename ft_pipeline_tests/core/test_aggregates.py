@@ -101,35 +101,42 @@ def test_integer_latencies_with_ties_give_the_exact_percentiles(tmp_path):
     assert report["groups"]["agent"]["a1"]["windows"]["7d"]["latency_ms_p95"] is not None
 
 
-def held_days(settings: Settings) -> list[str]:
-    """The days the rollup holds, from its footer."""
-    return sorted(json.loads(pq.read_schema(aggregates.rollup_path(settings.lake_dir)).metadata[aggregates.ROLLUP_META]))
+def held_days(settings: Settings) -> dict[str, list[str]]:
+    """The days the rollup holds with every section and with the undated ones only, from its footer."""
+    held = json.loads(pq.read_schema(aggregates.rollup_path(settings.lake_dir)).metadata[aggregates.ROLLUP_META])
+    return {part: sorted(days) for part, days in held.items()}
 
 
-def test_old_days_are_folded_into_the_rollup_once_enough_pass_the_longest_window(tmp_path, monkeypatch):
+def test_days_are_folded_into_the_rollup_once_enough_are_new_or_pass_the_longest_window(tmp_path, monkeypatch):
     monkeypatch.setattr(aggregates, "FOLD_DAYS", 5)  # fewer days for the same steps
     settings = Settings(data_dir=str(tmp_path))
     first = date(2024, 1, 1)
-    # FOLD_DAYS - 1 days older than the longest window are read from their own files
-    write_days(settings.lake_dir, first, aggregates.HORIZON_DAYS + aggregates.FOLD_DAYS - 1)
-    build_report(settings)
-    assert not aggregates.rollup_path(settings.lake_dir).exists()
-    # one more: FOLD_DAYS of them, merged into one day of the rollup
-    write_days(settings.lake_dir, first + timedelta(days=aggregates.HORIZON_DAYS + aggregates.FOLD_DAYS - 1), 1)
+    dates = [(first + timedelta(days=d)).isoformat() for d in range(aggregates.HORIZON_DAYS + aggregates.FOLD_DAYS)]
+    # FOLD_DAYS - 1 days are read from their own files
+    write_days(settings.lake_dir, first, aggregates.FOLD_DAYS - 1)
     assert_equals_full_recomputation(settings)
-    folded = [(first + timedelta(days=d)).isoformat() for d in range(aggregates.FOLD_DAYS)]
-    assert held_days(settings) == folded
+    assert not aggregates.rollup_path(settings.lake_dir).exists()
+    # FOLD_DAYS new days: their undated rows are folded, their dated rows stay in their files
+    write_days(settings.lake_dir, first + timedelta(days=aggregates.FOLD_DAYS - 1), 1)
+    assert_equals_full_recomputation(settings)
+    assert held_days(settings) == {"whole": [], "undated": dates[: aggregates.FOLD_DAYS]}
+    # as many new again: the days past the longest window are folded whole, their dated rows merged into one day
+    write_days(settings.lake_dir, first + timedelta(days=aggregates.FOLD_DAYS), aggregates.HORIZON_DAYS - 1)
+    assert_equals_full_recomputation(settings)
+    past = aggregates.FOLD_DAYS - 1
+    assert held_days(settings) == {"whole": dates[:past], "undated": dates[past:-1]}
     rollup = pq.read_table(aggregates.rollup_path(settings.lake_dir))
-    assert {d.isoformat() for d in rollup.column("day").to_pylist() if d} == {folded[-1]}
-    # the next days are read from their files, the rollup as it is
+    assert {d.isoformat() for d in rollup.column("day").to_pylist() if d} == {dates[past - 1]}
+    # the next day is read from its file, the rollup as it is
     stamp = aggregates.rollup_path(settings.lake_dir).stat().st_mtime_ns
-    write_days(settings.lake_dir, first + timedelta(days=aggregates.HORIZON_DAYS + aggregates.FOLD_DAYS), 1)
+    write_days(settings.lake_dir, first + timedelta(days=len(dates) - 1), 1)
     assert_equals_full_recomputation(settings)
     assert aggregates.rollup_path(settings.lake_dir).stat().st_mtime_ns == stamp
     # a held day rewritten: every day is read again and folded anew
-    write_raw_logs(settings.lake_dir, folded[3], [raw_log("late", timestamp=f"{folded[3]}T08:00:00+00:00", agent="a9")])
+    late = dates[3]
+    write_raw_logs(settings.lake_dir, late, [raw_log("late", timestamp=f"{late}T08:00:00+00:00", agent="a9")])
     assert_equals_full_recomputation(settings)
-    assert len(held_days(settings)) == aggregates.FOLD_DAYS + 1
+    assert held_days(settings) == {"whole": dates[: past + 1], "undated": dates[past + 1 :]}
 
 
 def test_latency_of_a_large_group_in_the_rollup_is_kept_within_its_relative_accuracy(tmp_path, monkeypatch):
