@@ -5,10 +5,10 @@
 Generates raw_logs days (the settlements benchmark's record generator: realistic text lengths, ~30% edited, 50k
 users) and settles each with the settlements stage, in a temporary data dir holding 365 days; a second data dir
 holds hard links to the last 30 of them. The report is built once on each, which writes every day's aggregates
-and, on 365 days, folds the days older than the longest window into the rollup. Then one new day is added to both,
-and the report is timed on each: the new day's aggregates, then the combine (the rollup plus the days after it).
-Each side is timed --repeats times, each from the state before the new day; the median is printed, with the ratio
-365 days / 30 days.
+and folds them into the rollup (on 365 days, whole for the days older than the longest window). Then one new day is
+added to both, and the report is timed on each: the new day's aggregates, then the combine (the rollup plus the days
+it does not hold). The sides are timed in turn, --repeats times each, each from the state before the new day; the
+medians are printed, with the ratio 365 days / 30 days.
 """
 
 from __future__ import annotations
@@ -72,27 +72,29 @@ def link_days(source: Settings, target: Settings, days: list[date]) -> None:
                 os.link(src, dst)
 
 
-def time_new_day(settings: Settings, day: date, repeats: int) -> dict[str, float]:
-    """Median seconds of the new day's aggregates and of the combine that builds the report, over `repeats` runs."""
-    aggregate, combine = [], []
+def snapshot(settings: Settings) -> Path | None:
+    """A copy of the rollup before the new day (None without one), from which each timed run starts."""
     rollup = aggregates.rollup_path(settings.lake_dir)
+    if not rollup.exists():
+        return None
     before = rollup.with_name("before-new-day.parquet")
-    if rollup.exists():  # 30 days are all within the longest window: nothing is folded into a rollup
-        shutil.copy2(rollup, before)
-    for _ in range(repeats):
-        # each run starts from the lake before the new day: the rollup without it, no aggregates of it
-        if before.exists():
-            shutil.copy2(before, rollup)
-        aggregates.aggregates_path(settings.lake_dir, day.isoformat()).unlink(missing_ok=True)
-        start = time.perf_counter()
-        aggregates.write_day(settings.lake_dir, day.isoformat())
-        middle = time.perf_counter()
-        report = build_report(settings)
-        end = time.perf_counter()
-        assert report["as_of"] == day.isoformat()
-        aggregate.append(middle - start)
-        combine.append(end - middle)
-    return {"aggregate": statistics.median(aggregate), "combine": statistics.median(combine)}
+    shutil.copy2(rollup, before)
+    return before
+
+
+def time_new_day(settings: Settings, day: date, before: Path | None) -> tuple[float, float]:
+    """Seconds of the new day's aggregates and of the combine that builds the report, from the lake before the new day:
+    the rollup `before`, no aggregates of the day."""
+    if before is not None:
+        shutil.copy2(before, aggregates.rollup_path(settings.lake_dir))
+    aggregates.aggregates_path(settings.lake_dir, day.isoformat()).unlink(missing_ok=True)
+    start = time.perf_counter()
+    aggregates.write_day(settings.lake_dir, day.isoformat())
+    middle = time.perf_counter()
+    report = build_report(settings)
+    end = time.perf_counter()
+    assert report["as_of"] == day.isoformat()
+    return middle - start, end - middle
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -119,7 +121,14 @@ def main(argv: list[str] | None = None) -> None:
 
         write_day(year, LAST, args.rows_per_day, pools, args.seed * 1000 + len(days) + 1)
         link_days(year, month, [LAST])
-        results = {label: time_new_day(settings, LAST, args.repeats) for label, settings in (("30", month), ("365", year))}
+        sides = {"30": month, "365": year}
+        befores = {label: snapshot(settings) for label, settings in sides.items()}
+        # the sides alternate, so a slow spell of the machine falls on both
+        runs = [[time_new_day(sides[label], LAST, befores[label]) for label in sides] for _ in range(args.repeats)]
+        results = {
+            label: {name: statistics.median(run[i][j] for run in runs) for j, name in enumerate(("aggregate", "combine"))}
+            for i, label in enumerate(sides)
+        }
         for label, r in results.items():
             print(
                 f"{label:>3} days + 1: {r['aggregate'] + r['combine']:.2f} s  (new day's aggregates {r['aggregate']:.2f} s, combine {r['combine']:.2f} s)"

@@ -14,7 +14,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ft_pipeline.core.io import checked_date, partition_file, partition_stamp, partition_stamps, write_parquet_atomic
+from ft_pipeline.core.io import (
+    PART_FILE,
+    checked_date,
+    partition_file,
+    partition_stamp,
+    partition_stamps,
+    write_parquet_atomic,
+)
 from ft_pipeline.core.redaction import redact
 
 TABLE = "daily_aggregates"
@@ -333,7 +340,7 @@ def refresh(lake_dir: Path) -> tuple[list[str], list[DayAggregates]]:
 
 def rollup_path(lake_dir: Path) -> Path:
     """The rollup: the days folded so far added up, with the days it holds, so a report reads one file and the rest."""
-    return Path(lake_dir) / TABLE / "rollup" / "part-0.parquet"
+    return Path(lake_dir) / TABLE / "rollup" / PART_FILE
 
 
 def _held(lake_dir: Path) -> tuple[dict[str, list[int]], dict[str, list[int]]]:

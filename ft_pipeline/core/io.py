@@ -17,6 +17,8 @@ import pyarrow.parquet as pq
 
 TASK_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 PARTITION_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+# The one file of each daily partition.
+PART_FILE = "part-0.parquet"
 
 
 def checked_name(name: str, what: str = "task") -> str:
@@ -41,7 +43,7 @@ def partition_dir(lake_dir: Path, table: str, date: str) -> Path:
 
 def partition_file(lake_dir: Path, table: str, date: str) -> Path:
     """The single parquet file that holds one daily partition."""
-    return partition_dir(lake_dir, table, date) / "part-0.parquet"
+    return partition_dir(lake_dir, table, date) / PART_FILE
 
 
 def partition_dates(lake_dir: Path, table: str) -> list[str]:
@@ -56,14 +58,19 @@ def partition_stamps(lake_dir: Path, table: str) -> dict[str, list[int]]:
         entries = list(os.scandir(os.path.join(lake_dir, table)))
     except (FileNotFoundError, NotADirectoryError):
         return {}
-    dates = [e.name[5:] for e in entries if e.name.startswith("date=") and PARTITION_DATE.fullmatch(e.name[5:])]
-    return {date: stamp for date in sorted(dates) if (stamp := partition_stamp(lake_dir, table, date))}
+    dated = sorted((e.name[5:], e.path) for e in entries if e.name.startswith("date=") and PARTITION_DATE.fullmatch(e.name[5:]))
+    return {date: stamp for date, folder in dated if (stamp := _stamp(os.path.join(folder, PART_FILE)))}
 
 
 def partition_stamp(lake_dir: Path, table: str, date: str) -> list[int] | None:
     """[mtime_ns, size] of one partition's parquet file, what tells one version of it from another; None without one."""
+    return _stamp(partition_file(lake_dir, table, date))
+
+
+def _stamp(path: str | Path) -> list[int] | None:
+    """[mtime_ns, size] of a file; None without one."""
     try:
-        stat = os.stat(partition_file(lake_dir, table, date))
+        stat = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
         return None
     return [stat.st_mtime_ns, stat.st_size]
