@@ -182,6 +182,7 @@ SECTIONS = {
 # Sections whose rows carry their day, which the windows (and the report's as_of) need; the others count over the
 # whole history only, so every day's rows of them are folded into the rollup.
 DATED = ("totals", "groups", "latency")
+DATED_ROWS = f"section IN ({', '.join(map(literal, DATED))})"
 # The large sections, each combined into a table of its own columns (`agg_<section>`); the rest share table `agg`.
 NARROW = {
     "groups": (
@@ -393,7 +394,9 @@ def _sources(lake_dir: Path, rollup: bool, days: dict[str, str]) -> str:
     """SQL: the rows of every column of the rollup (when `rollup`) and of the files of `days`, each with the SQL
     condition on `section` its rows are read under."""
     columns = ", ".join(f'"{c}"' for c in COLUMNS)
-    sources = [f"SELECT {columns} FROM agg_schema"]
+    typed = ", ".join(f'NULL::{kind} AS "{c}"' for c, kind in COLUMNS.items())
+    # no rows, but every column's type, so the tables exist without any file
+    sources = [f"SELECT {typed} WHERE false"]
     if rollup:
         sources.append(f"SELECT {columns} FROM read_parquet({literal(str(rollup_path(lake_dir)))})")
     for cond in sorted(set(days.values())):
@@ -411,16 +414,13 @@ def _load(
 ) -> None:
     """Tables `agg` and `agg_<section>` in `con` from the rollup holding `whole` and `undated` and the files of the other
     days of `stamps` (the dated rows only of a day whose others the rollup holds)."""
-    dated = f"section IN ({', '.join(map(literal, DATED))})"
-    days = {d: dated if d in undated else "true" for d in stamps if d not in whole}
-    con.register("agg_schema", SCHEMA.empty_table())
+    days = {d: DATED_ROWS if d in undated else "true" for d in stamps if d not in whole}
     source = _sources(lake_dir, bool(whole or undated), days)
     rest = ", ".join(literal(s) for s in SECTIONS if s not in NARROW)
     con.execute(f"CREATE TEMP TABLE agg AS SELECT * FROM ({source}) WHERE section IN ({rest})")
     for section, columns in NARROW.items():
         select = ", ".join(f'"{c}"' for c in columns)
         con.execute(f"CREATE TEMP TABLE agg_{section} AS SELECT {select} FROM ({source}) WHERE section = {literal(section)}")
-    con.unregister("agg_schema")
 
 
 def _fold(
@@ -435,11 +435,9 @@ def _fold(
     """Rewrite the rollup with the rows of days `old` (older than the longest window) and the undated rows of days
     `new` added in: dated rows dated `cut` or earlier add up as one day `cut`, undated rows as one; latency values of a
     group past LATENCY_EXACT_VALUES distinct ones become buckets."""
-    dated = f"section IN ({', '.join(map(literal, DATED))})"
-    days = {d: ("true" if d in new else dated) if d in old else f"NOT {dated}" for d in {**old, **new}}
-    con.register("agg_schema", SCHEMA.empty_table())
+    # an old day's undated rows are in the rollup already unless the day is new to it too
+    days = {d: ("true" if d in new else DATED_ROWS) if d in old else f"NOT {DATED_ROWS}" for d in {**old, **new}}
     con.execute(f"CREATE TEMP TABLE folding AS {_sources(lake_dir, bool(whole or undated), days)}")
-    con.unregister("agg_schema")
     day = f"DATE '{cut.isoformat()}'"
     sums = ", ".join(f'CAST(sum("{c}") AS {kind}) AS "{c}"' for c, kind in COLUMNS.items() if c not in KEYS)
     keys = ", ".join(f"{day} AS day" if k == "day" else f'"{k}"' for k in KEYS)
