@@ -27,7 +27,7 @@ from ft_pipeline.core.redaction import redact
 TABLE = "daily_aggregates"
 # The lake tables a day's aggregates are computed from.
 SOURCES = ("raw_logs", "settlements")
-# Report windows in days back from the newest record's day; the rollup holds the dated rows of days older than the
+# Report windows in days back from the newest record's day; the rollup holds the windowed rows of days older than the
 # longest only.
 WINDOWS = {"7d": 7, "30d": 30, "90d": 90}
 HORIZON_DAYS = max(WINDOWS.values())
@@ -179,10 +179,11 @@ SECTIONS = {
     "experiments": f"""SELECT experiment_id AS key, variant AS item, {_DECISIONS}
                        FROM base WHERE experiment_id IS NOT NULL AND variant IS NOT NULL GROUP BY ALL""",
 }
-# Sections whose rows carry their day, which the windows (and the report's as_of) need; the others count over the
-# whole history only, so every day's rows of them are folded into the rollup.
-DATED = ("totals", "groups", "latency")
-DATED_ROWS = f"section IN ({', '.join(map(literal, DATED))})"
+# Sections the windows need day by day: their rows stay in the day files until the day is older than the longest window.
+# The others count over the whole history (totals give the newest day too, which their rows keep), so at each fold
+# every day's rows of them go into the rollup.
+WINDOWED = ("groups", "latency")
+WINDOWED_ROWS = f"section IN ({', '.join(map(literal, WINDOWED))})"
 # The large sections, each combined into a table of its own columns (`agg_<section>`); the rest share table `agg`.
 NARROW = {
     "groups": (
@@ -345,8 +346,8 @@ def rollup_path(lake_dir: Path) -> Path:
 
 
 def _held(lake_dir: Path) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
-    """The days the rollup holds with every section and those it holds with the undated sections only, with their
-    files' stamps, from its footer; none when there is no usable rollup."""
+    """The days the rollup holds every row of and those it holds all but the windowed rows of, with their files'
+    stamps, from its footer; none when there is no usable rollup."""
     path = rollup_path(lake_dir)
     if not path.is_file():
         return {}, {}
@@ -354,7 +355,7 @@ def _held(lake_dir: Path) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
     held = json.loads((schema.metadata or {}).get(ROLLUP_META, b"null"))
     if not isinstance(held, dict) or schema.remove_metadata() != SCHEMA:
         return {}, {}
-    return held.get("whole", {}), held.get("undated", {})
+    return held.get("whole", {}), held.get("rest", {})
 
 
 def _bucketed(value: str) -> str:
@@ -366,24 +367,24 @@ def _bucketed(value: str) -> str:
 def combine(con: duckdb.DuckDBPyConnection, lake_dir: Path, dates: list[str]) -> None:
     """Tables `agg` and `agg_<section>` (NARROW) in `con`: the aggregates of `dates` added up, from the rollup plus the
     files of the days it does not hold. Once FOLD_DAYS days are new to the rollup or older than the longest window
-    before the newest record's day, they are folded in, so a report reads the rollup, the dated rows of at most
+    before the newest record's day, they are folded in, so a report reads the rollup, the windowed rows of at most
     HORIZON_DAYS + FOLD_DAYS days and the rest of at most FOLD_DAYS, and the rollup is rewritten once in FOLD_DAYS days."""
     built = partition_stamps(lake_dir, TABLE)
     stamps = {d: built[d] for d in dates if d in built}
-    whole, undated = _held(lake_dir)
-    if any(stamps.get(d) != stamp for d, stamp in {**whole, **undated}.items()):
+    whole, rest = _held(lake_dir)
+    if any(stamps.get(d) != stamp for d, stamp in {**whole, **rest}.items()):
         # a day the rollup holds was rewritten or removed: every day is read from its own file again
-        whole, undated = {}, {}
-    _load(con, lake_dir, stamps, whole, undated)
+        whole, rest = {}, {}
+    _load(con, lake_dir, stamps, whole, rest)
     newest = con.execute("SELECT max(day) FROM agg WHERE section = 'totals'").fetchall()[0][0]
     if newest is None:
         return
     cut = newest - timedelta(days=HORIZON_DAYS)
     old = [d for d in stamps if d not in whole and d <= cut.isoformat()]
-    new = [d for d in stamps if d not in whole and d not in undated]
+    new = [d for d in stamps if d not in whole and d not in rest]
     if max(len(old), len(new)) < FOLD_DAYS:
         return
-    _fold(con, lake_dir, cut, {d: stamps[d] for d in old}, {d: stamps[d] for d in new}, whole, undated)
+    _fold(con, lake_dir, cut, {d: stamps[d] for d in old}, {d: stamps[d] for d in new}, whole, rest)
     # the report reads what the next one will, so its numbers do not depend on when the rollup was rewritten
     for table in ("agg", *(f"agg_{section}" for section in NARROW)):
         con.execute(f"DROP TABLE {table}")
@@ -410,17 +411,22 @@ def _load(
     lake_dir: Path,
     stamps: dict[str, list[int]],
     whole: dict[str, list[int]],
-    undated: dict[str, list[int]],
+    rest: dict[str, list[int]],
 ) -> None:
-    """Tables `agg` and `agg_<section>` in `con` from the rollup holding `whole` and `undated` and the files of the other
-    days of `stamps` (the dated rows only of a day whose others the rollup holds)."""
-    days = {d: DATED_ROWS if d in undated else "true" for d in stamps if d not in whole}
-    source = _sources(lake_dir, bool(whole or undated), days)
-    rest = ", ".join(literal(s) for s in SECTIONS if s not in NARROW)
-    con.execute(f"CREATE TEMP TABLE agg AS SELECT * FROM ({source}) WHERE section IN ({rest})")
-    for section, columns in NARROW.items():
+    """Tables `agg` and `agg_<section>` in `con` from the rollup holding `whole` and `rest` and the files of the other
+    days of `stamps` (the windowed rows only of a day in `rest`)."""
+    tables: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+        f"agg_{section}": ((section,), columns) for section, columns in NARROW.items()
+    }
+    tables["agg"] = (tuple(s for s in SECTIONS if s not in NARROW), tuple(COLUMNS))
+    for table, (sections, columns) in tables.items():
+        windowed = any(s in WINDOWED for s in sections)
+        days = {d: WINDOWED_ROWS if d in rest else "true" for d in stamps if d not in whole and (windowed or d not in rest)}
         select = ", ".join(f'"{c}"' for c in columns)
-        con.execute(f"CREATE TEMP TABLE agg_{section} AS SELECT {select} FROM ({source}) WHERE section = {literal(section)}")
+        con.execute(
+            f"CREATE TEMP TABLE {table} AS SELECT {select} FROM ({_sources(lake_dir, bool(whole or rest), days)}) "
+            f"WHERE section IN ({', '.join(map(literal, sections))})"
+        )
 
 
 def _fold(
@@ -430,14 +436,14 @@ def _fold(
     old: dict[str, list[int]],
     new: dict[str, list[int]],
     whole: dict[str, list[int]],
-    undated: dict[str, list[int]],
+    rest: dict[str, list[int]],
 ) -> None:
-    """Rewrite the rollup with the rows of days `old` (older than the longest window) and the undated rows of days
-    `new` added in: dated rows dated `cut` or earlier add up as one day `cut`, undated rows as one; latency values of a
-    group past LATENCY_EXACT_VALUES distinct ones become buckets."""
-    # an old day's undated rows are in the rollup already unless the day is new to it too
-    days = {d: ("true" if d in new else DATED_ROWS) if d in old else f"NOT {DATED_ROWS}" for d in {**old, **new}}
-    con.execute(f"CREATE TEMP TABLE folding AS {_sources(lake_dir, bool(whole or undated), days)}")
+    """Rewrite the rollup with every row of days `old` (older than the longest window) and the rows but the windowed
+    ones of days `new` added in: rows dated `cut` or earlier add up as one day `cut`, undated rows as one; latency values
+    of a group past LATENCY_EXACT_VALUES distinct ones become buckets."""
+    # an old day's other rows are in the rollup already unless the day is new to it too
+    days = {d: ("true" if d in new else WINDOWED_ROWS) if d in old else f"NOT {WINDOWED_ROWS}" for d in {**old, **new}}
+    con.execute(f"CREATE TEMP TABLE folding AS {_sources(lake_dir, bool(whole or rest), days)}")
     day = f"DATE '{cut.isoformat()}'"
     sums = ", ".join(f'CAST(sum("{c}") AS {kind}) AS "{c}"' for c, kind in COLUMNS.items() if c not in KEYS)
     keys = ", ".join(f"{day} AS day" if k == "day" else f'"{k}"' for k in KEYS)
@@ -457,7 +463,7 @@ def _fold(
         UNION ALL BY NAME
         SELECT {", ".join(f'"{k}"' for k in KEYS)}, {sums} FROM folding WHERE day IS NULL GROUP BY ALL)
         ORDER BY section, dimension, key, item, kind, value""")
-    held = {"whole": {**whole, **old}, "undated": {d: s for d, s in {**undated, **new}.items() if d not in old}}
+    held = {"whole": {**whole, **old}, "rest": {d: s for d, s in {**rest, **new}.items() if d not in old}}
     table = rollup.to_arrow_table().cast(SCHEMA).replace_schema_metadata({ROLLUP_META: json.dumps(held)})
     write_parquet_atomic(table, rollup_path(lake_dir))
     con.execute("DROP TABLE folding; DROP TABLE large")

@@ -102,7 +102,7 @@ def test_integer_latencies_with_ties_give_the_exact_percentiles(tmp_path):
 
 
 def held_days(settings: Settings) -> dict[str, list[str]]:
-    """The days the rollup holds with every section and with the undated ones only, from its footer."""
+    """The days the rollup holds every row of and all but the windowed rows of, from its footer."""
     held = json.loads(pq.read_schema(aggregates.rollup_path(settings.lake_dir)).metadata[aggregates.ROLLUP_META])
     return {part: sorted(days) for part, days in held.items()}
 
@@ -116,17 +116,17 @@ def test_days_are_folded_into_the_rollup_once_enough_are_new_or_pass_the_longest
     write_days(settings.lake_dir, first, aggregates.FOLD_DAYS - 1)
     assert_equals_full_recomputation(settings)
     assert not aggregates.rollup_path(settings.lake_dir).exists()
-    # FOLD_DAYS new days: their undated rows are folded, their dated rows stay in their files
+    # FOLD_DAYS new days: their windowed rows stay in their files, the others are folded
     write_days(settings.lake_dir, first + timedelta(days=aggregates.FOLD_DAYS - 1), 1)
     assert_equals_full_recomputation(settings)
-    assert held_days(settings) == {"whole": [], "undated": dates[: aggregates.FOLD_DAYS]}
-    # as many new again: the days past the longest window are folded whole, their dated rows merged into one day
+    assert held_days(settings) == {"whole": [], "rest": dates[: aggregates.FOLD_DAYS]}
+    # as many new again: the days past the longest window are folded whole, their windowed rows merged into one day
     write_days(settings.lake_dir, first + timedelta(days=aggregates.FOLD_DAYS), aggregates.HORIZON_DAYS - 1)
     assert_equals_full_recomputation(settings)
     past = aggregates.FOLD_DAYS - 1
-    assert held_days(settings) == {"whole": dates[:past], "undated": dates[past:-1]}
-    rollup = pq.read_table(aggregates.rollup_path(settings.lake_dir))
-    assert {d.isoformat() for d in rollup.column("day").to_pylist() if d} == {dates[past - 1]}
+    assert held_days(settings) == {"whole": dates[:past], "rest": dates[past:-1]}
+    rollup = pq.read_table(aggregates.rollup_path(settings.lake_dir)).to_pylist()
+    assert {r["day"].isoformat() for r in rollup if r["section"] in aggregates.WINDOWED} == {dates[past - 1]}
     # the next day is read from its file, the rollup as it is
     stamp = aggregates.rollup_path(settings.lake_dir).stat().st_mtime_ns
     write_days(settings.lake_dir, first + timedelta(days=len(dates) - 1), 1)
@@ -136,7 +136,7 @@ def test_days_are_folded_into_the_rollup_once_enough_are_new_or_pass_the_longest
     late = dates[3]
     write_raw_logs(settings.lake_dir, late, [raw_log("late", timestamp=f"{late}T08:00:00+00:00", agent="a9")])
     assert_equals_full_recomputation(settings)
-    assert held_days(settings) == {"whole": dates[: past + 1], "undated": dates[past + 1 :]}
+    assert held_days(settings) == {"whole": dates[: past + 1], "rest": dates[past + 1 :]}
 
 
 def test_latency_of_a_large_group_in_the_rollup_is_kept_within_its_relative_accuracy(tmp_path, monkeypatch):
