@@ -384,11 +384,9 @@ def combine(con: duckdb.DuckDBPyConnection, lake_dir: Path, dates: list[str]) ->
     new = [d for d in stamps if d not in whole and d not in rest]
     if max(len(old), len(new)) < FOLD_DAYS:
         return
-    _fold(con, lake_dir, cut, {d: stamps[d] for d in old}, {d: stamps[d] for d in new}, whole, rest)
+    whole, rest = _fold(con, lake_dir, cut, {d: stamps[d] for d in old}, {d: stamps[d] for d in new}, whole, rest)
     # the report reads what the next one will, so its numbers do not depend on when the rollup was rewritten
-    for table in ("agg", *(f"agg_{section}" for section in NARROW)):
-        con.execute(f"DROP TABLE {table}")
-    _load(con, lake_dir, stamps, *_held(lake_dir))
+    _load(con, lake_dir, stamps, whole, rest)
 
 
 def _sources(lake_dir: Path, rollup: bool, days: dict[str, str]) -> str:
@@ -424,7 +422,7 @@ def _load(
         days = {d: WINDOWED_ROWS if d in rest else "true" for d in stamps if d not in whole and (windowed or d not in rest)}
         select = ", ".join(f'"{c}"' for c in columns)
         con.execute(
-            f"CREATE TEMP TABLE {table} AS SELECT {select} FROM ({_sources(lake_dir, bool(whole or rest), days)}) "
+            f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT {select} FROM ({_sources(lake_dir, bool(whole or rest), days)}) "
             f"WHERE section IN ({', '.join(map(literal, sections))})"
         )
 
@@ -437,10 +435,10 @@ def _fold(
     new: dict[str, list[int]],
     whole: dict[str, list[int]],
     rest: dict[str, list[int]],
-) -> None:
+) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
     """Rewrite the rollup with every row of days `old` (older than the longest window) and the rows but the windowed
     ones of days `new` added in: rows dated `cut` or earlier add up as one day `cut`, undated rows as one; latency values
-    of a group past LATENCY_EXACT_VALUES distinct ones become buckets."""
+    of a group past LATENCY_EXACT_VALUES distinct ones become buckets. Returns the days it holds, as `_held` does."""
     # an old day's other rows are in the rollup already unless the day is new to it too
     days = {d: ("true" if d in new else WINDOWED_ROWS) if d in old else f"NOT {WINDOWED_ROWS}" for d in {**old, **new}}
     con.execute(f"CREATE TEMP TABLE folding AS {_sources(lake_dir, bool(whole or rest), days)}")
@@ -467,3 +465,4 @@ def _fold(
     table = rollup.to_arrow_table().cast(SCHEMA).replace_schema_metadata({ROLLUP_META: json.dumps(held)})
     write_parquet_atomic(table, rollup_path(lake_dir))
     con.execute("DROP TABLE folding; DROP TABLE large")
+    return held["whole"], held["rest"]
