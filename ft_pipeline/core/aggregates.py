@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from ft_pipeline.core.io import (
     PART_FILE,
+    atomic_path,
     checked_date,
     partition_file,
     partition_stamp,
@@ -27,12 +28,10 @@ from ft_pipeline.core.redaction import redact
 TABLE = "daily_aggregates"
 # The lake tables a day's aggregates are computed from.
 SOURCES = ("raw_logs", "settlements")
-# Report windows in days back from the newest record's day; the rollup holds the windowed rows of days older than the
-# longest only.
+# Report windows in days back from the newest record's day; the rollup adds up the days older than the longest.
 WINDOWS = {"7d": 7, "30d": 30, "90d": 90}
 HORIZON_DAYS = max(WINDOWS.values())
-# Days not in the rollup are read from their own files; once FOLD_DAYS of them are new or older than the longest
-# window, they are folded in.
+# Days not in the rollup are read from their own files; once FOLD_DAYS of them are, they are folded in.
 FOLD_DAYS = 30
 # A group's latency values in the rollup stay exact up to this many distinct ones; past it each becomes the
 # representative of its logarithmic bucket, within LATENCY_ACCURACY of it (as in DDSketch), so the distribution grows
@@ -179,11 +178,6 @@ SECTIONS = {
     "experiments": f"""SELECT experiment_id AS key, variant AS item, {_DECISIONS}
                        FROM base WHERE experiment_id IS NOT NULL AND variant IS NOT NULL GROUP BY ALL""",
 }
-# Sections the windows need day by day: their rows stay in the day files until the day is older than the longest window.
-# The others count over the whole history (totals give the newest day too, which their rows keep), so at each fold
-# every day's rows of them go into the rollup.
-WINDOWED = ("groups", "latency")
-WINDOWED_ROWS = f"section IN ({', '.join(map(literal, WINDOWED))})"
 # The large sections, each combined into a table of its own columns (`agg_<section>`); the rest share table `agg`.
 NARROW = {
     "groups": (
@@ -345,17 +339,16 @@ def rollup_path(lake_dir: Path) -> Path:
     return Path(lake_dir) / TABLE / "rollup" / PART_FILE
 
 
-def _held(lake_dir: Path) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
-    """The days the rollup holds every row of and those it holds all but the windowed rows of, with their files'
-    stamps, from its footer; none when there is no usable rollup."""
+def _held(lake_dir: Path) -> dict[str, list[int]]:
+    """The days the rollup holds, with their files' stamps, from its footer; none when there is no usable rollup."""
     path = rollup_path(lake_dir)
     if not path.is_file():
-        return {}, {}
+        return {}
     schema = pq.read_schema(path)
     held = json.loads((schema.metadata or {}).get(ROLLUP_META, b"null"))
     if not isinstance(held, dict) or schema.remove_metadata() != SCHEMA:
-        return {}, {}
-    return held.get("whole", {}), held.get("rest", {})
+        return {}
+    return held.get("days", {})
 
 
 def _bucketed(value: str) -> str:
@@ -366,82 +359,61 @@ def _bucketed(value: str) -> str:
 
 def combine(con: duckdb.DuckDBPyConnection, lake_dir: Path, dates: list[str]) -> None:
     """Tables `agg` and `agg_<section>` (NARROW) in `con`: the aggregates of `dates` added up, from the rollup plus the
-    files of the days it does not hold. Once FOLD_DAYS days are new to the rollup or older than the longest window
-    before the newest record's day, they are folded in, so a report reads the rollup, the windowed rows of at most
-    HORIZON_DAYS + FOLD_DAYS days and the rest of at most FOLD_DAYS, and the rollup is rewritten once in FOLD_DAYS days."""
+    files of the days it does not hold. Once FOLD_DAYS days are not in the rollup, they are folded in, so a report
+    reads the rollup and fewer than FOLD_DAYS files, and the rollup is rewritten once in FOLD_DAYS days."""
     built = partition_stamps(lake_dir, TABLE)
     stamps = {d: built[d] for d in dates if d in built}
-    whole, rest = _held(lake_dir)
-    if any(stamps.get(d) != stamp for d, stamp in {**whole, **rest}.items()):
+    held = _held(lake_dir)
+    if any(stamps.get(d) != stamp for d, stamp in held.items()):
         # a day the rollup holds was rewritten or removed: every day is read from its own file again
-        whole, rest = {}, {}
-    _load(con, lake_dir, stamps, whole, rest)
+        held = {}
+    _load(con, lake_dir, stamps, held)
+    new = {d: stamp for d, stamp in stamps.items() if d not in held}
     newest = con.execute("SELECT max(day) FROM agg WHERE section = 'totals'").fetchall()[0][0]
-    if newest is None:
+    if len(new) < FOLD_DAYS or newest is None:
         return
-    cut = newest - timedelta(days=HORIZON_DAYS)
-    old = [d for d in stamps if d not in whole and d <= cut.isoformat()]
-    new = [d for d in stamps if d not in whole and d not in rest]
-    if max(len(old), len(new)) < FOLD_DAYS:
-        return
-    whole, rest = _fold(con, lake_dir, cut, {d: stamps[d] for d in old}, {d: stamps[d] for d in new}, whole, rest)
+    held = _fold(con, lake_dir, newest - timedelta(days=HORIZON_DAYS), new, held)
     # the report reads what the next one will, so its numbers do not depend on when the rollup was rewritten
-    _load(con, lake_dir, stamps, whole, rest)
+    _load(con, lake_dir, stamps, held)
 
 
-def _sources(lake_dir: Path, rollup: bool, days: dict[str, str]) -> str:
-    """SQL: the rows of every column of the rollup (when `rollup`) and of the files of `days`, each with the SQL
-    condition on `section` its rows are read under."""
+def _sources(lake_dir: Path, rollup: bool, days: list[str]) -> str:
+    """SQL: the rows of every column of the rollup (when `rollup`) and of the files of `days`."""
     columns = ", ".join(f'"{c}"' for c in COLUMNS)
     typed = ", ".join(f'NULL::{kind} AS "{c}"' for c, kind in COLUMNS.items())
     # no rows, but every column's type, so the tables exist without any file
     sources = [f"SELECT {typed} WHERE false"]
     if rollup:
         sources.append(f"SELECT {columns} FROM read_parquet({literal(str(rollup_path(lake_dir)))})")
-    for cond in sorted(set(days.values())):
-        paths = ", ".join(literal(str(aggregates_path(lake_dir, d))) for d, c in sorted(days.items()) if c == cond)
-        sources.append(f"SELECT {columns} FROM read_parquet([{paths}], hive_partitioning = false) WHERE {cond}")
+    if days:
+        paths = ", ".join(literal(str(aggregates_path(lake_dir, d))) for d in sorted(days))
+        sources.append(f"SELECT {columns} FROM read_parquet([{paths}], hive_partitioning = false)")
     return " UNION ALL ".join(sources)
 
 
-def _load(
-    con: duckdb.DuckDBPyConnection,
-    lake_dir: Path,
-    stamps: dict[str, list[int]],
-    whole: dict[str, list[int]],
-    rest: dict[str, list[int]],
-) -> None:
-    """Tables `agg` and `agg_<section>` in `con` from the rollup holding `whole` and `rest` and the files of the other
-    days of `stamps` (the windowed rows only of a day in `rest`)."""
+def _load(con: duckdb.DuckDBPyConnection, lake_dir: Path, stamps: dict[str, list[int]], held: dict[str, list[int]]) -> None:
+    """Tables `agg` and `agg_<section>` in `con` from the rollup holding `held` and the files of the other days of
+    `stamps`."""
     tables: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         f"agg_{section}": ((section,), columns) for section, columns in NARROW.items()
     }
     tables["agg"] = (tuple(s for s in SECTIONS if s not in NARROW), tuple(COLUMNS))
+    rows = _sources(lake_dir, bool(held), [d for d in stamps if d not in held])
     for table, (sections, columns) in tables.items():
-        windowed = any(s in WINDOWED for s in sections)
-        days = {d: WINDOWED_ROWS if d in rest else "true" for d in stamps if d not in whole and (windowed or d not in rest)}
         select = ", ".join(f'"{c}"' for c in columns)
         con.execute(
-            f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT {select} FROM ({_sources(lake_dir, bool(whole or rest), days)}) "
+            f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT {select} FROM ({rows}) "
             f"WHERE section IN ({', '.join(map(literal, sections))})"
         )
 
 
 def _fold(
-    con: duckdb.DuckDBPyConnection,
-    lake_dir: Path,
-    cut: date,
-    old: dict[str, list[int]],
-    new: dict[str, list[int]],
-    whole: dict[str, list[int]],
-    rest: dict[str, list[int]],
-) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
-    """Rewrite the rollup with every row of days `old` (older than the longest window) and the rows but the windowed
-    ones of days `new` added in: rows dated `cut` or earlier add up as one day `cut`, undated rows as one; latency values
-    of a group past LATENCY_EXACT_VALUES distinct ones become buckets. Returns the days it holds, as `_held` does."""
-    # an old day's other rows are in the rollup already unless the day is new to it too
-    days = {d: ("true" if d in new else WINDOWED_ROWS) if d in old else f"NOT {WINDOWED_ROWS}" for d in {**old, **new}}
-    con.execute(f"CREATE TEMP TABLE folding AS {_sources(lake_dir, bool(whole or rest), days)}")
+    con: duckdb.DuckDBPyConnection, lake_dir: Path, cut: date, new: dict[str, list[int]], held: dict[str, list[int]]
+) -> dict[str, list[int]]:
+    """Rewrite the rollup holding `held` with the rows of days `new` added in: rows dated `cut` (the longest window's
+    start) or earlier add up as one day `cut`, undated rows as one, later rows stay day by day; latency values of a
+    group past LATENCY_EXACT_VALUES distinct ones up to `cut` become buckets. Returns the days it holds, as `_held`."""
+    con.execute(f"CREATE TEMP TABLE folding AS {_sources(lake_dir, bool(held), list(new))}")
     day = f"DATE '{cut.isoformat()}'"
     sums = ", ".join(f'CAST(sum("{c}") AS {kind}) AS "{c}"' for c, kind in COLUMNS.items() if c not in KEYS)
     keys = ", ".join(f"{day} AS day" if k == "day" else f'"{k}"' for k in KEYS)
@@ -461,8 +433,15 @@ def _fold(
         UNION ALL BY NAME
         SELECT {", ".join(f'"{k}"' for k in KEYS)}, {sums} FROM folding WHERE day IS NULL GROUP BY ALL)
         ORDER BY section, dimension, key, item, kind, value""")
-    held = {"whole": {**whole, **old}, "rest": {d: s for d, s in {**rest, **new}.items() if d not in old}}
-    table = rollup.to_arrow_table().cast(SCHEMA).replace_schema_metadata({ROLLUP_META: json.dumps(held)})
-    write_parquet_atomic(table, rollup_path(lake_dir))
+    held = {**held, **new}
+    table = rollup.to_arrow_table().cast(SCHEMA)
+    # a row group per section: each table `_load` makes reads only its sections' (DuckDB skips the others by their
+    # statistics)
+    with (
+        atomic_path(rollup_path(lake_dir)) as tmp,
+        pq.ParquetWriter(tmp, SCHEMA.with_metadata({ROLLUP_META: json.dumps({"days": held})}), compression="zstd") as writer,
+    ):
+        for section in SECTIONS:
+            writer.write_table(table.filter(pc.equal(table["section"], section)))
     con.execute("DROP TABLE folding; DROP TABLE large")
-    return held["whole"], held["rest"]
+    return held

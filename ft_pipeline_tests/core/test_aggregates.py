@@ -101,42 +101,42 @@ def test_integer_latencies_with_ties_give_the_exact_percentiles(tmp_path):
     assert report["groups"]["agent"]["a1"]["windows"]["7d"]["latency_ms_p95"] is not None
 
 
-def held_days(settings: Settings) -> dict[str, list[str]]:
-    """The days the rollup holds every row of and all but the windowed rows of, from its footer."""
+def held_days(settings: Settings) -> list[str]:
+    """The days the rollup holds, from its footer."""
     held = json.loads(pq.read_schema(aggregates.rollup_path(settings.lake_dir)).metadata[aggregates.ROLLUP_META])
-    return {part: sorted(days) for part, days in held.items()}
+    return sorted(held["days"])
 
 
-def test_days_are_folded_into_the_rollup_once_enough_are_new_or_pass_the_longest_window(tmp_path, monkeypatch):
+def test_days_are_folded_into_the_rollup_once_enough_are_new_the_old_ones_as_one_day(tmp_path, monkeypatch):
     monkeypatch.setattr(aggregates, "FOLD_DAYS", 5)  # fewer days for the same steps
     settings = Settings(data_dir=str(tmp_path))
     first = date(2024, 1, 1)
-    dates = [(first + timedelta(days=d)).isoformat() for d in range(aggregates.HORIZON_DAYS + aggregates.FOLD_DAYS)]
+    dates = [(first + timedelta(days=d)).isoformat() for d in range(aggregates.HORIZON_DAYS + aggregates.FOLD_DAYS + 1)]
     # FOLD_DAYS - 1 days are read from their own files
     write_days(settings.lake_dir, first, aggregates.FOLD_DAYS - 1)
     assert_equals_full_recomputation(settings)
     assert not aggregates.rollup_path(settings.lake_dir).exists()
-    # FOLD_DAYS new days: their windowed rows stay in their files, the others are folded
+    # FOLD_DAYS new days are folded, day by day: all of them lie in the longest window
     write_days(settings.lake_dir, first + timedelta(days=aggregates.FOLD_DAYS - 1), 1)
     assert_equals_full_recomputation(settings)
-    assert held_days(settings) == {"whole": [], "rest": dates[: aggregates.FOLD_DAYS]}
-    # as many new again: the days past the longest window are folded whole, their windowed rows merged into one day
-    write_days(settings.lake_dir, first + timedelta(days=aggregates.FOLD_DAYS), aggregates.HORIZON_DAYS - 1)
-    assert_equals_full_recomputation(settings)
-    past = aggregates.FOLD_DAYS - 1
-    assert held_days(settings) == {"whole": dates[:past], "rest": dates[past:-1]}
-    rollup = pq.read_table(aggregates.rollup_path(settings.lake_dir)).to_pylist()
-    assert {r["day"].isoformat() for r in rollup if r["section"] in aggregates.WINDOWED} == {dates[past - 1]}
+    assert held_days(settings) == dates[: aggregates.FOLD_DAYS]
     # the next day is read from its file, the rollup as it is
     stamp = aggregates.rollup_path(settings.lake_dir).stat().st_mtime_ns
-    write_days(settings.lake_dir, first + timedelta(days=len(dates) - 1), 1)
+    write_days(settings.lake_dir, first + timedelta(days=aggregates.FOLD_DAYS), 1)
     assert_equals_full_recomputation(settings)
     assert aggregates.rollup_path(settings.lake_dir).stat().st_mtime_ns == stamp
+    # the days to the end of the longest window and past it: the days before the window add up as one day
+    write_days(settings.lake_dir, first + timedelta(days=aggregates.FOLD_DAYS + 1), aggregates.HORIZON_DAYS)
+    assert_equals_full_recomputation(settings)
+    assert held_days(settings) == dates
+    cut = aggregates.FOLD_DAYS  # the newest day is HORIZON_DAYS after this one
+    rollup = pq.read_table(aggregates.rollup_path(settings.lake_dir)).to_pylist()
+    assert {r["day"].isoformat() for r in rollup if r["section"] == "groups"} == set(dates[cut:])
     # a held day rewritten: every day is read again and folded anew
     late = dates[3]
     write_raw_logs(settings.lake_dir, late, [raw_log("late", timestamp=f"{late}T08:00:00+00:00", agent="a9")])
     assert_equals_full_recomputation(settings)
-    assert held_days(settings) == {"whole": dates[: past + 1], "rest": dates[past + 1 :]}
+    assert held_days(settings) == dates
 
 
 def test_latency_of_a_large_group_in_the_rollup_is_kept_within_its_relative_accuracy(tmp_path, monkeypatch):
