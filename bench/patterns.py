@@ -5,9 +5,9 @@
 Generates raw_logs days (the settlements benchmark's record generator: realistic text lengths, ~30% edited, 50k
 users) and settles each with the settlements stage, in a temporary data dir holding 365 days; a second data dir
 holds hard links to the last 30 of them. The report is built once on each, which writes every day's aggregates
-and folds them into the rollup (on 365 days, whole for the days older than the longest window). Then one new day is
-added to both, and the report is timed on each: the new day's aggregates, then the combine (the rollup plus the days
-it does not hold). The sides are timed in turn, --repeats times each, each from the state before the new day; the
+and folds them into the rollups (on 365 days, the days older than the longest window into the old one). Then one new
+day is added to both, and the report is timed on each: the new day's aggregates, then the combine (the rollups plus
+the day they do not hold). The sides are timed in turn, --repeats times each, each from the state before the new day; the
 medians are printed, with the ratio 365 days / 30 days.
 """
 
@@ -72,21 +72,20 @@ def link_days(source: Settings, target: Settings, days: list[date]) -> None:
                 os.link(src, dst)
 
 
-def snapshot(settings: Settings) -> Path | None:
-    """A copy of the rollup before the new day (None without one), from which each timed run starts."""
-    rollup = aggregates.rollup_path(settings.lake_dir)
-    if not rollup.exists():
-        return None
-    before = rollup.with_name("before-new-day.parquet")
-    shutil.copy2(rollup, before)
+def snapshot(settings: Settings) -> Path:
+    """A copy of the rollups before the new day, from which each timed run starts."""
+    rollups = aggregates.rollup_path(settings.lake_dir, aggregates.ROLLUPS[0]).parent
+    before = rollups.with_name("before-new-day")
+    shutil.copytree(rollups, before)
     return before
 
 
-def time_new_day(settings: Settings, day: date, before: Path | None) -> tuple[float, float]:
+def time_new_day(settings: Settings, day: date, before: Path) -> tuple[float, float]:
     """Seconds of the new day's aggregates and of the combine that builds the report, from the lake before the new day:
-    the rollup `before`, no aggregates of the day."""
-    if before is not None:
-        shutil.copy2(before, aggregates.rollup_path(settings.lake_dir))
+    the rollups `before`, no aggregates of the day."""
+    rollups = aggregates.rollup_path(settings.lake_dir, aggregates.ROLLUPS[0]).parent
+    shutil.rmtree(rollups)
+    shutil.copytree(before, rollups)
     aggregates.aggregates_path(settings.lake_dir, day.isoformat()).unlink(missing_ok=True)
     start = time.perf_counter()
     aggregates.write_day(settings.lake_dir, day.isoformat())

@@ -15,7 +15,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ft_pipeline.core.io import (
-    PART_FILE,
     atomic_path,
     checked_date,
     partition_file,
@@ -28,10 +27,14 @@ from ft_pipeline.core.redaction import redact
 TABLE = "daily_aggregates"
 # The lake tables a day's aggregates are computed from.
 SOURCES = ("raw_logs", "settlements")
-# Report windows in days back from the newest record's day; the rollup adds up the days older than the longest.
+# Report windows in days back from the newest record's day.
 WINDOWS = {"7d": 7, "30d": 30, "90d": 90}
 HORIZON_DAYS = max(WINDOWS.values())
-# Days not in the rollup are read from their own files; once FOLD_DAYS of them are, they are folded in.
+# The rollups: the days older than the longest window when they were folded, added up as one day, and the days of the
+# window (the windows read them day by day). Late feedback rewrites recent days, so it refolds only the second one,
+# from the window's files; a rewritten older day refolds both.
+ROLLUPS = ("old", "recent")
+# Days in no rollup are read from their own files; once FOLD_DAYS of them are, they are folded in.
 FOLD_DAYS = 30
 # A group's latency values in the rollup stay exact up to this many distinct ones; past it each becomes the
 # representative of its logarithmic bucket, within LATENCY_ACCURACY of it (as in DDSketch), so the distribution grows
@@ -334,14 +337,13 @@ def refresh(lake_dir: Path) -> tuple[list[str], list[DayAggregates]]:
     return dates, [write_day(lake_dir, d) for d in dates if _stale(built.get(d), [s.get(d) for s in sources])]
 
 
-def rollup_path(lake_dir: Path) -> Path:
-    """The rollup: the days folded so far added up, with the days it holds, so a report reads one file and the rest."""
-    return Path(lake_dir) / TABLE / "rollup" / PART_FILE
+def rollup_path(lake_dir: Path, name: str) -> Path:
+    """One of the ROLLUPS: the days folded into it added up, with the days it holds, so a report reads it and the rest."""
+    return Path(lake_dir) / TABLE / "rollup" / f"{name}.parquet"
 
 
-def _held(lake_dir: Path) -> dict[str, list[int]]:
-    """The days the rollup holds, with their files' stamps, from its footer; none when there is no usable rollup."""
-    path = rollup_path(lake_dir)
+def _held(path: Path) -> dict[str, list[int]]:
+    """The days a rollup holds, with their files' stamps, from its footer; none when it is missing or unusable."""
     if not path.is_file():
         return {}
     schema = pq.read_schema(path)
@@ -358,47 +360,66 @@ def _bucketed(value: str) -> str:
 
 
 def combine(con: duckdb.DuckDBPyConnection, lake_dir: Path, dates: list[str]) -> None:
-    """Tables `agg` and `agg_<section>` (NARROW) in `con`: the aggregates of `dates` added up, from the rollup plus the
-    files of the days it does not hold. Once FOLD_DAYS days are not in the rollup, they are folded in, so a report
-    reads the rollup and fewer than FOLD_DAYS files, and the rollup is rewritten once in FOLD_DAYS days."""
+    """Tables `agg` and `agg_<section>` (NARROW) in `con`: the aggregates of `dates` added up, from the ROLLUPS plus the
+    files of the days they do not hold. Once FOLD_DAYS days are in neither, they are folded in, so a report reads the
+    rollups and fewer than FOLD_DAYS files, and the rollups are rewritten once in FOLD_DAYS days."""
     built = partition_stamps(lake_dir, TABLE)
     stamps = {d: built[d] for d in dates if d in built}
-    held = _held(lake_dir)
-    if any(stamps.get(d) != stamp for d, stamp in held.items()):
-        # a day the rollup holds was rewritten or removed: every day is read from its own file again
-        held = {}
+    held = {name: _held(rollup_path(lake_dir, name)) for name in ROLLUPS}
+    # a rollup holding a day that was rewritten or removed is not read: its days are read from their own files again
+    held = {name: days if all(stamps.get(d) == stamp for d, stamp in days.items()) else {} for name, days in held.items()}
     _load(con, lake_dir, stamps, held)
-    new = {d: stamp for d, stamp in stamps.items() if d not in held}
     newest = con.execute("SELECT max(day) FROM agg WHERE section = 'totals'").fetchall()[0][0]
-    if len(new) < FOLD_DAYS or newest is None:
+    if newest is None:
         return
-    held = _fold(con, lake_dir, newest - timedelta(days=HORIZON_DAYS), new, held)
-    # the report reads what the next one will, so its numbers do not depend on when the rollup was rewritten
+    cut = newest - timedelta(days=HORIZON_DAYS)
+    if max(held["old"], default="") > cut.isoformat():
+        # the newest day moved back, so the old rollup's days are not all before the windows any more: they are read
+        # from their own files again
+        held["old"] = {}
+        _load(con, lake_dir, stamps, held)
+    if sum(not any(d in days for days in held.values()) for d in stamps) < FOLD_DAYS:
+        return
+    # the recent rollup is written first: a crash before the old one leaves days in neither (read from their files),
+    # never in both
+    recent = {d: stamp for d, stamp in stamps.items() if d > cut.isoformat()}
+    _fold(con, rollup_path(lake_dir, "recent"), _sources(lake_dir, {}, list(recent)), recent, cut)
+    held["recent"] = recent
+    old = {d: stamp for d, stamp in stamps.items() if d <= cut.isoformat() and d not in held["old"]}
+    if old:
+        sources = _sources(lake_dir, {"old": held["old"]}, list(old))
+        held["old"] = {**held["old"], **old}
+        # its rows add up as its newest day's, so it stays before the windows as long as that day does
+        _fold(con, rollup_path(lake_dir, "old"), sources, held["old"], date.fromisoformat(max(held["old"])))
+    elif not held["old"]:
+        rollup_path(lake_dir, "old").unlink(missing_ok=True)
+    # the report reads what the next one will, so its numbers do not depend on when the rollups were rewritten
     _load(con, lake_dir, stamps, held)
 
 
-def _sources(lake_dir: Path, rollup: bool, days: list[str]) -> str:
-    """SQL: the rows of every column of the rollup (when `rollup`) and of the files of `days`."""
+def _sources(lake_dir: Path, held: dict[str, dict[str, list[int]]], days: list[str]) -> str:
+    """SQL: the rows of every column of the rollups in `held` that hold days and of the files of `days`."""
     columns = ", ".join(f'"{c}"' for c in COLUMNS)
     typed = ", ".join(f'NULL::{kind} AS "{c}"' for c, kind in COLUMNS.items())
     # no rows, but every column's type, so the tables exist without any file
     sources = [f"SELECT {typed} WHERE false"]
-    if rollup:
-        sources.append(f"SELECT {columns} FROM read_parquet({literal(str(rollup_path(lake_dir)))})")
-    if days:
-        paths = ", ".join(literal(str(aggregates_path(lake_dir, d))) for d in sorted(days))
-        sources.append(f"SELECT {columns} FROM read_parquet([{paths}], hive_partitioning = false)")
+    paths = [literal(str(rollup_path(lake_dir, name))) for name, held_days in held.items() if held_days]
+    paths += [literal(str(aggregates_path(lake_dir, d))) for d in sorted(days)]
+    if paths:
+        sources.append(f"SELECT {columns} FROM read_parquet([{', '.join(paths)}], hive_partitioning = false)")
     return " UNION ALL ".join(sources)
 
 
-def _load(con: duckdb.DuckDBPyConnection, lake_dir: Path, stamps: dict[str, list[int]], held: dict[str, list[int]]) -> None:
-    """Tables `agg` and `agg_<section>` in `con` from the rollup holding `held` and the files of the other days of
+def _load(
+    con: duckdb.DuckDBPyConnection, lake_dir: Path, stamps: dict[str, list[int]], held: dict[str, dict[str, list[int]]]
+) -> None:
+    """Tables `agg` and `agg_<section>` in `con` from the rollups holding `held` and the files of the other days of
     `stamps`."""
     tables: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         f"agg_{section}": ((section,), columns) for section, columns in NARROW.items()
     }
     tables["agg"] = (tuple(s for s in SECTIONS if s not in NARROW), tuple(COLUMNS))
-    rows = _sources(lake_dir, bool(held), [d for d in stamps if d not in held])
+    rows = _sources(lake_dir, held, [d for d in stamps if not any(d in days for days in held.values())])
     for table, (sections, columns) in tables.items():
         select = ", ".join(f'"{c}"' for c in columns)
         con.execute(
@@ -407,14 +428,12 @@ def _load(con: duckdb.DuckDBPyConnection, lake_dir: Path, stamps: dict[str, list
         )
 
 
-def _fold(
-    con: duckdb.DuckDBPyConnection, lake_dir: Path, cut: date, new: dict[str, list[int]], held: dict[str, list[int]]
-) -> dict[str, list[int]]:
-    """Rewrite the rollup holding `held` with the rows of days `new` added in: rows dated `cut` (the longest window's
-    start) or earlier add up as one day `cut`, undated rows as one, later rows stay day by day; latency values of a
-    group past LATENCY_EXACT_VALUES distinct ones up to `cut` become buckets. Returns the days it holds, as `_held`."""
-    con.execute(f"CREATE TEMP TABLE folding AS {_sources(lake_dir, bool(held), list(new))}")
-    day = f"DATE '{cut.isoformat()}'"
+def _fold(con: duckdb.DuckDBPyConnection, path: Path, sources: str, held: dict[str, list[int]], until: date) -> None:
+    """Write the rollup `path`, holding days `held`, from the rows of SQL `sources` added up: rows dated `until` or
+    earlier as one day `until`, undated rows as one, later rows day by day; latency values of a group past
+    LATENCY_EXACT_VALUES distinct ones up to `until` become buckets."""
+    con.execute(f"CREATE TEMP TABLE folding AS {sources}")
+    day = f"DATE '{until.isoformat()}'"
     sums = ", ".join(f'CAST(sum("{c}") AS {kind}) AS "{c}"' for c, kind in COLUMNS.items() if c not in KEYS)
     keys = ", ".join(f"{day} AS day" if k == "day" else f'"{k}"' for k in KEYS)
     con.execute(f"""
@@ -433,15 +452,13 @@ def _fold(
         UNION ALL BY NAME
         SELECT {", ".join(f'"{k}"' for k in KEYS)}, {sums} FROM folding WHERE day IS NULL GROUP BY ALL)
         ORDER BY section, dimension, key, item, kind, value""")
-    held = {**held, **new}
     table = rollup.to_arrow_table().cast(SCHEMA)
     # a row group per section: each table `_load` makes reads only its sections' (DuckDB skips the others by their
     # statistics)
     with (
-        atomic_path(rollup_path(lake_dir)) as tmp,
+        atomic_path(path) as tmp,
         pq.ParquetWriter(tmp, SCHEMA.with_metadata({ROLLUP_META: json.dumps({"days": held})}), compression="zstd") as writer,
     ):
         for section in SECTIONS:
             writer.write_table(table.filter(pc.equal(table["section"], section)))
     con.execute("DROP TABLE folding; DROP TABLE large")
-    return held

@@ -101,13 +101,18 @@ def test_integer_latencies_with_ties_give_the_exact_percentiles(tmp_path):
     assert report["groups"]["agent"]["a1"]["windows"]["7d"]["latency_ms_p95"] is not None
 
 
-def held_days(settings: Settings) -> list[str]:
-    """The days the rollup holds, from its footer."""
-    held = json.loads(pq.read_schema(aggregates.rollup_path(settings.lake_dir)).metadata[aggregates.ROLLUP_META])
+def held_days(settings: Settings, name: str) -> list[str]:
+    """The days a rollup holds, from its footer."""
+    held = json.loads(pq.read_schema(aggregates.rollup_path(settings.lake_dir, name)).metadata[aggregates.ROLLUP_META])
     return sorted(held["days"])
 
 
-def test_days_are_folded_into_the_rollup_once_enough_are_new_the_old_ones_as_one_day(tmp_path, monkeypatch):
+def stamps(settings: Settings) -> dict[str, int]:
+    """When each rollup was last written."""
+    return {name: aggregates.rollup_path(settings.lake_dir, name).stat().st_mtime_ns for name in aggregates.ROLLUPS}
+
+
+def test_days_are_folded_into_the_rollups_once_enough_are_new_and_a_late_rewrite_refolds_its_rollup(tmp_path, monkeypatch):
     monkeypatch.setattr(aggregates, "FOLD_DAYS", 5)  # fewer days for the same steps
     settings = Settings(data_dir=str(tmp_path))
     first = date(2024, 1, 1)
@@ -115,28 +120,54 @@ def test_days_are_folded_into_the_rollup_once_enough_are_new_the_old_ones_as_one
     # FOLD_DAYS - 1 days are read from their own files
     write_days(settings.lake_dir, first, aggregates.FOLD_DAYS - 1)
     assert_equals_full_recomputation(settings)
-    assert not aggregates.rollup_path(settings.lake_dir).exists()
-    # FOLD_DAYS new days are folded, day by day: all of them lie in the longest window
+    assert not aggregates.rollup_path(settings.lake_dir, "recent").exists()
+    # FOLD_DAYS new days are folded into the recent rollup: all of them lie in the longest window
     write_days(settings.lake_dir, first + timedelta(days=aggregates.FOLD_DAYS - 1), 1)
     assert_equals_full_recomputation(settings)
-    assert held_days(settings) == dates[: aggregates.FOLD_DAYS]
+    assert held_days(settings, "recent") == dates[: aggregates.FOLD_DAYS]
+    assert not aggregates.rollup_path(settings.lake_dir, "old").exists()
     # the next day is read from its file, the rollup as it is
-    stamp = aggregates.rollup_path(settings.lake_dir).stat().st_mtime_ns
+    before = aggregates.rollup_path(settings.lake_dir, "recent").stat().st_mtime_ns
     write_days(settings.lake_dir, first + timedelta(days=aggregates.FOLD_DAYS), 1)
     assert_equals_full_recomputation(settings)
-    assert aggregates.rollup_path(settings.lake_dir).stat().st_mtime_ns == stamp
-    # the days to the end of the longest window and past it: the days before the window add up as one day
+    assert aggregates.rollup_path(settings.lake_dir, "recent").stat().st_mtime_ns == before
+    # the days to the end of the longest window and past it: the days before the window go to the old rollup, as one day
     write_days(settings.lake_dir, first + timedelta(days=aggregates.FOLD_DAYS + 1), aggregates.HORIZON_DAYS)
     assert_equals_full_recomputation(settings)
-    assert held_days(settings) == dates
     cut = aggregates.FOLD_DAYS  # the newest day is HORIZON_DAYS after this one
-    rollup = pq.read_table(aggregates.rollup_path(settings.lake_dir)).to_pylist()
-    assert {r["day"].isoformat() for r in rollup if r["section"] == "groups"} == set(dates[cut:])
-    # a held day rewritten: every day is read again and folded anew
+    assert (held_days(settings, "old"), held_days(settings, "recent")) == (dates[: cut + 1], dates[cut + 1 :])
+    old = pq.read_table(aggregates.rollup_path(settings.lake_dir, "old")).to_pylist()
+    recent = pq.read_table(aggregates.rollup_path(settings.lake_dir, "recent")).to_pylist()
+    assert {r["day"].isoformat() for r in old if r["section"] == "groups"} == {dates[cut]}
+    assert {r["day"].isoformat() for r in recent if r["section"] == "groups"} == set(dates[cut + 1 :])
+    # late feedback on a recent day: only the recent rollup is folded again, from the window's files
+    written = stamps(settings)
+    late = dates[-3]
+    write_raw_logs(settings.lake_dir, late, [raw_log("late", timestamp=f"{late}T08:00:00+00:00", agent="a9")])
+    assert_equals_full_recomputation(settings)
+    assert stamps(settings)["old"] == written["old"] and stamps(settings)["recent"] != written["recent"]
+    # a rewritten old day: the old rollup is folded again too
+    written = stamps(settings)
     late = dates[3]
     write_raw_logs(settings.lake_dir, late, [raw_log("late", timestamp=f"{late}T08:00:00+00:00", agent="a9")])
     assert_equals_full_recomputation(settings)
-    assert held_days(settings) == dates
+    assert all(stamps(settings)[name] != written[name] for name in aggregates.ROLLUPS)
+    assert (held_days(settings, "old"), held_days(settings, "recent")) == (dates[: cut + 1], dates[cut + 1 :])
+
+
+def test_a_removed_newest_day_refolds_the_old_rollup_whose_days_entered_the_windows(tmp_path, monkeypatch):
+    monkeypatch.setattr(aggregates, "FOLD_DAYS", 5)
+    settings = Settings(data_dir=str(tmp_path))
+    first = date(2024, 1, 1)
+    days = aggregates.HORIZON_DAYS + aggregates.FOLD_DAYS
+    write_days(settings.lake_dir, first, days)
+    assert_equals_full_recomputation(settings)
+    assert held_days(settings, "old")
+    # the newest days are deleted: the old rollup's days now lie partly in the 90-day window
+    for offset in range(days - aggregates.FOLD_DAYS + 1, days):
+        for table in ("raw_logs", aggregates.TABLE):
+            partition_file(settings.lake_dir, table, (first + timedelta(days=offset)).isoformat()).unlink()
+    assert_equals_full_recomputation(settings)
 
 
 def test_latency_of_a_large_group_in_the_rollup_is_kept_within_its_relative_accuracy(tmp_path, monkeypatch):
@@ -160,7 +191,7 @@ def test_latency_of_a_large_group_in_the_rollup_is_kept_within_its_relative_accu
         ]
         write_raw_logs(settings.lake_dir, day, rows)
     full, incremental = full_report(settings), build_report(settings)
-    assert held_days(settings)
+    assert held_days(settings, "old")
     off = differences(full["groups"], incremental["groups"])
     # only the percentiles of the whole history take the buckets: every window lies after the folded days
     assert off and all(".latency_ms_p" in d and "windows" not in d for d in off), off
