@@ -98,7 +98,7 @@ def build_report(settings: Settings) -> dict[str, Any]:
         con.close()
 
 
-def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> list[dict]:
+def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list | dict | None = None) -> list[dict]:
     """Rows of a query as dicts."""
     cur = con.execute(sql, params or [])
     names = [d[0] for d in cur.description]
@@ -301,18 +301,27 @@ def _edit_patterns(con: duckdb.DuckDBPyConnection, settings: Settings) -> dict:
     edited = dict(con.execute("SELECT key, sum(count) FROM agg WHERE section = 'edited' GROUP BY key").fetchall())
     # Words editors delete and add alike (numbers, reworded terms) are churn, not a habit of the model: a phrase counts
     # one way when its support passes CHURN_RATIO times its supported count the other way. Only the PHRASE_CANDIDATES
-    # best supported of each scope and kind leave the database.
+    # best supported of each scope and kind leave the database; the PHRASE_CANDIDATES-th count of each, found without a
+    # sort, leaves only the phrases at or above it to be ranked.
     counts = _rows(
         con,
         f"""
-        WITH supported AS (
-            SELECT key AS scope, kind, item AS phrase, sum(count) AS count
-            FROM agg_ngrams GROUP BY ALL HAVING sum(count) >= ?)
-        SELECT s.scope, s.kind, s.phrase, s.count
-        FROM supported s LEFT JOIN supported o ON s.scope = o.scope AND s.phrase = o.phrase AND s.kind <> o.kind
-        WHERE s.count > {CHURN_RATIO} * coalesce(o.count, 0)
-        QUALIFY row_number() OVER (PARTITION BY s.scope, s.kind ORDER BY s.count DESC, s.phrase) <= {PHRASE_CANDIDATES}""",
-        [settings.min_phrase_support],
+        WITH pairs AS (
+            SELECT key AS scope, item AS phrase, coalesce(sum(count) FILTER (WHERE kind = 'deleted'), 0) AS deleted,
+                   coalesce(sum(count) FILTER (WHERE kind = 'added'), 0) AS added
+            FROM agg_ngrams GROUP BY ALL),
+        supported AS (
+            SELECT scope, phrase, CASE WHEN deleted >= $support THEN deleted ELSE 0 END AS deleted,
+                   CASE WHEN added >= $support THEN added ELSE 0 END AS added
+            FROM pairs),
+        one_way AS (
+            SELECT scope, 'deleted' AS kind, phrase, deleted AS count FROM supported WHERE deleted > {CHURN_RATIO} * added
+            UNION ALL
+            SELECT scope, 'added' AS kind, phrase, added AS count FROM supported WHERE added > {CHURN_RATIO} * deleted),
+        floors AS (SELECT scope, kind, list_min(max(count, {PHRASE_CANDIDATES})) AS floor FROM one_way GROUP BY ALL)
+        SELECT scope, kind, phrase, count FROM one_way JOIN floors USING (scope, kind) WHERE count >= floor
+        QUALIFY row_number() OVER (PARTITION BY scope, kind ORDER BY count DESC, phrase) <= {PHRASE_CANDIDATES}""",
+        {"support": settings.min_phrase_support},
     )
     one_way: dict[tuple[str, str], dict[str, int]] = {}
     for row in counts:

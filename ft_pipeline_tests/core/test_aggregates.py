@@ -9,7 +9,7 @@ from datetime import UTC, date, datetime, timedelta
 import pyarrow.parquet as pq
 import pytest
 
-from ft_pipeline.core import aggregates
+from ft_pipeline.core import aggregates, patterns
 from ft_pipeline.core.demo import write_demo_inbox
 from ft_pipeline.core.ingest import ingest
 from ft_pipeline.core.io import partition_dates, partition_file
@@ -244,3 +244,11 @@ def test_a_day_without_data_writes_a_valid_empty_partition_and_reruns_are_idempo
 def test_a_bad_partition_date_is_refused(tmp_path):
     with pytest.raises(ValueError, match="YYYY-MM-DD"):
         aggregates.write_day(tmp_path, "../2024-01-01")
+
+
+def test_the_best_supported_phrases_cut_among_ties_as_the_full_recomputation_does(tmp_path, monkeypatch):
+    # few candidates, so the cut falls among the planted phrases' many equal counts
+    monkeypatch.setattr(patterns, "PHRASE_CANDIDATES", 3)
+    write_planted_lake(tmp_path)
+    report = assert_equals_full_recomputation(Settings.from_env(data_dir=str(tmp_path)))
+    assert any(p["deleted"] or p["added"] for p in report["edit_patterns"].values())
