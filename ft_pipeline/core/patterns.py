@@ -4,6 +4,7 @@ failure reasons, A/B experiments, alerts and recommendations, combined with Duck
 from __future__ import annotations
 
 import heapq
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +20,8 @@ from ft_pipeline.settings import Settings
 # Suffix of each set of group aggregates: the whole history, each window (days back from the newest record's
 # day), and the days before the last 7, which regressions and alerts compare with the 7-day window.
 SPANS = {"": "true", **{f"_{w}": f"days_back < {d}" for w, d in WINDOWS.items()}, "_before": "days_back >= 7"}
+# The spans listed with latency percentiles; the days before the last 7 are compared by their rates and means only.
+PERCENTILE_SPANS = ("", *(f"_{w}" for w in WINDOWS))
 # A phrase is folded into a longer one that contains it when the longer one has this share of its support.
 MERGE_SHARE = 0.8
 # Phrases of one agent and kind the folding considers, the best supported first: a report lists ten or so.
@@ -181,6 +184,11 @@ def _quantiles(group: np.ndarray, value: np.ndarray, count: np.ndarray, groups: 
     return [float(r) if t > 0 else None for r, t in zip(result, total)]
 
 
+def _flags(suffixes: Iterable[str]) -> str:
+    """SQL: whether a row of `dated_groups` or `dated_latency` is in each span of `suffixes`, as columns `in<suffix>`."""
+    return ", ".join(f'coalesce({SPANS[suffix]}, false) AS "in{suffix}"' for suffix in suffixes)
+
+
 def _group_rows(con: duckdb.DuckDBPyConnection, min_n: int) -> list[dict]:
     """One row per (dimension, key) with at least `min_n` reviewed records, with the aggregates of every span."""
     # the groups listed, first: the latency distributions are ranked for those only, so a long tail of groups with a
@@ -190,7 +198,7 @@ def _group_rows(con: duckdb.DuckDBPyConnection, min_n: int) -> list[dict]:
         f"FROM agg_groups GROUP BY dimension, key HAVING coalesce(sum(n), 0) >= {int(min_n)}"
     )
     # a day's rows are in some of the spans: rows in the same ones add up first, so each span filters a few sums
-    flags = ", ".join(f'coalesce({cond}, false) AS "in{suffix}"' for suffix, cond in SPANS.items())
+    flags = _flags(SPANS)
     sums = ", ".join(f"sum({c}) AS {c}" for c in aggregates.NARROW["groups"] if c not in ("day", "dimension", "key"))
     metrics = ",".join(_metrics(f'"in{suffix}"', suffix) for suffix in SPANS)
     rows = _rows(
@@ -200,10 +208,10 @@ def _group_rows(con: duckdb.DuckDBPyConnection, min_n: int) -> list[dict]:
     )
     # the value counts in the order of their groups and values give every span's quantiles, each from the rows in it
     counts = con.execute(
-        f"SELECT g, value, count, {flags} FROM dated_latency JOIN listed USING (dimension, key) ORDER BY g, value"
+        f"SELECT g, value, count, {_flags(PERCENTILE_SPANS)} FROM dated_latency JOIN listed USING (dimension, key) ORDER BY g, value"
     ).fetchnumpy()
     groups = con.execute("SELECT count(*) FROM listed").fetchall()[0][0]
-    for suffix in SPANS:
+    for suffix in PERCENTILE_SPANS:
         kept = np.asarray(counts[f"in{suffix}"])
         group, value, count = (np.asarray(counts[c])[kept] for c in ("g", "value", "count"))
         for name, q in (("p50", 0.5), ("p95", 0.95)):
