@@ -393,6 +393,10 @@ def combine(con: duckdb.DuckDBPyConnection, lake_dir: Path, dates: list[str]) ->
         _fold(con, rollup_path(lake_dir, "old"), sources, held["old"], date.fromisoformat(max(held["old"])))
     elif not held["old"]:
         rollup_path(lake_dir, "old").unlink(missing_ok=True)
+    # what no rollup is (the single rollup of earlier versions) would double a day for a reader of every parquet file
+    for stale in rollup_path(lake_dir, "old").parent.glob("*.parquet"):
+        if stale.stem not in ROLLUPS:
+            stale.unlink()
     # the report reads what the next one will, so its numbers do not depend on when the rollups were rewritten
     _load(con, lake_dir, stamps, held)
 

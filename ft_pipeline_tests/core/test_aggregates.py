@@ -54,10 +54,14 @@ def ingested(settings: Settings) -> Settings:
     return settings
 
 
-def test_planted_patterns_report_equals_the_full_recomputation(tmp_path):
+def test_planted_patterns_report_equals_the_full_recomputation(tmp_path, monkeypatch):
     write_planted_lake(tmp_path)
     report = assert_equals_full_recomputation(Settings.from_env(data_dir=str(tmp_path)))
     assert report["regressions"] and report["edit_patterns"] and report["experiments"]
+    # few phrase candidates, so the cut falls among the planted phrases' many equal counts
+    monkeypatch.setattr(patterns, "PHRASE_CANDIDATES", 3)
+    report = assert_equals_full_recomputation(Settings.from_env(data_dir=str(tmp_path)))
+    assert any(p["deleted"] or p["added"] for p in report["edit_patterns"].values())
 
 
 def test_demo_report_equals_the_full_recomputation(tmp_path):
@@ -112,7 +116,9 @@ def stamps(settings: Settings) -> dict[str, int]:
     return {name: aggregates.rollup_path(settings.lake_dir, name).stat().st_mtime_ns for name in aggregates.ROLLUPS}
 
 
-def test_days_are_folded_into_the_rollups_once_enough_are_new_and_a_late_rewrite_refolds_its_rollup(tmp_path, monkeypatch):
+def test_days_are_folded_into_the_rollups_once_enough_are_new_and_a_rewritten_or_removed_day_refolds_its_rollup(
+    tmp_path, monkeypatch
+):
     monkeypatch.setattr(aggregates, "FOLD_DAYS", 5)  # fewer days for the same steps
     settings = Settings(data_dir=str(tmp_path))
     first = date(2024, 1, 1)
@@ -121,11 +127,15 @@ def test_days_are_folded_into_the_rollups_once_enough_are_new_and_a_late_rewrite
     write_days(settings.lake_dir, first, aggregates.FOLD_DAYS - 1)
     assert_equals_full_recomputation(settings)
     assert not aggregates.rollup_path(settings.lake_dir, "recent").exists()
-    # FOLD_DAYS new days are folded into the recent rollup: all of them lie in the longest window
+    # FOLD_DAYS new days are folded into the recent rollup: all of them lie in the longest window; an earlier
+    # version's single rollup goes
+    earlier = aggregates.rollup_path(settings.lake_dir, "part")
+    earlier.parent.mkdir(parents=True)
+    earlier.write_bytes(b"PAR1")
     write_days(settings.lake_dir, first + timedelta(days=aggregates.FOLD_DAYS - 1), 1)
     assert_equals_full_recomputation(settings)
     assert held_days(settings, "recent") == dates[: aggregates.FOLD_DAYS]
-    assert not aggregates.rollup_path(settings.lake_dir, "old").exists()
+    assert not aggregates.rollup_path(settings.lake_dir, "old").exists() and not earlier.exists()
     # the next day is read from its file, the rollup as it is
     before = aggregates.rollup_path(settings.lake_dir, "recent").stat().st_mtime_ns
     write_days(settings.lake_dir, first + timedelta(days=aggregates.FOLD_DAYS), 1)
@@ -153,20 +163,10 @@ def test_days_are_folded_into_the_rollups_once_enough_are_new_and_a_late_rewrite
     assert_equals_full_recomputation(settings)
     assert all(stamps(settings)[name] != written[name] for name in aggregates.ROLLUPS)
     assert (held_days(settings, "old"), held_days(settings, "recent")) == (dates[: cut + 1], dates[cut + 1 :])
-
-
-def test_a_removed_newest_day_refolds_the_old_rollup_whose_days_entered_the_windows(tmp_path, monkeypatch):
-    monkeypatch.setattr(aggregates, "FOLD_DAYS", 5)
-    settings = Settings(data_dir=str(tmp_path))
-    first = date(2024, 1, 1)
-    days = aggregates.HORIZON_DAYS + aggregates.FOLD_DAYS
-    write_days(settings.lake_dir, first, days)
-    assert_equals_full_recomputation(settings)
-    assert held_days(settings, "old")
-    # the newest days are deleted: the old rollup's days now lie partly in the 90-day window
-    for offset in range(days - aggregates.FOLD_DAYS + 1, days):
+    # the newest days deleted: the old rollup's days now reach into the 90-day window, so it is folded again
+    for day in dates[-(aggregates.FOLD_DAYS - 1) :]:
         for table in ("raw_logs", aggregates.TABLE):
-            partition_file(settings.lake_dir, table, (first + timedelta(days=offset)).isoformat()).unlink()
+            partition_file(settings.lake_dir, table, day).unlink()
     assert_equals_full_recomputation(settings)
 
 
@@ -244,11 +244,3 @@ def test_a_day_without_data_writes_a_valid_empty_partition_and_reruns_are_idempo
 def test_a_bad_partition_date_is_refused(tmp_path):
     with pytest.raises(ValueError, match="YYYY-MM-DD"):
         aggregates.write_day(tmp_path, "../2024-01-01")
-
-
-def test_the_best_supported_phrases_cut_among_ties_as_the_full_recomputation_does(tmp_path, monkeypatch):
-    # few candidates, so the cut falls among the planted phrases' many equal counts
-    monkeypatch.setattr(patterns, "PHRASE_CANDIDATES", 3)
-    write_planted_lake(tmp_path)
-    report = assert_equals_full_recomputation(Settings.from_env(data_dir=str(tmp_path)))
-    assert any(p["deleted"] or p["added"] for p in report["edit_patterns"].values())
