@@ -74,7 +74,7 @@ def link_days(source: Settings, target: Settings, days: list[date]) -> None:
 
 def snapshot(settings: Settings) -> Path:
     """A copy of the rollups before the new day, from which each timed run starts."""
-    rollups = aggregates.rollup_path(settings.lake_dir, aggregates.ROLLUPS[0]).parent
+    rollups = aggregates.rollup_dir(settings.lake_dir)
     before = rollups.with_name("before-new-day")
     shutil.copytree(rollups, before)
     return before
@@ -83,7 +83,7 @@ def snapshot(settings: Settings) -> Path:
 def time_new_day(settings: Settings, day: date, before: Path) -> tuple[float, float]:
     """Seconds of the new day's aggregates and of the combine that builds the report, from the lake before the new day:
     the rollups `before`, no aggregates of the day."""
-    rollups = aggregates.rollup_path(settings.lake_dir, aggregates.ROLLUPS[0]).parent
+    rollups = aggregates.rollup_dir(settings.lake_dir)
     shutil.rmtree(rollups)
     shutil.copytree(before, rollups)
     aggregates.aggregates_path(settings.lake_dir, day.isoformat()).unlink(missing_ok=True)

@@ -337,9 +337,19 @@ def refresh(lake_dir: Path) -> tuple[list[str], list[DayAggregates]]:
     return dates, [write_day(lake_dir, d) for d in dates if _stale(built.get(d), [s.get(d) for s in sources])]
 
 
+def rollup_dir(lake_dir: Path) -> Path:
+    """The folder of the ROLLUPS."""
+    return Path(lake_dir) / TABLE / "rollup"
+
+
 def rollup_path(lake_dir: Path, name: str) -> Path:
     """One of the ROLLUPS: the days folded into it added up, with the days it holds, so a report reads it and the rest."""
-    return Path(lake_dir) / TABLE / "rollup" / f"{name}.parquet"
+    return rollup_dir(lake_dir) / f"{name}.parquet"
+
+
+def _unheld(stamps: dict[str, list[int]], held: dict[str, dict[str, list[int]]]) -> list[str]:
+    """The days of `stamps` in none of the rollups of `held`."""
+    return [d for d in stamps if not any(d in days for days in held.values())]
 
 
 def _held(path: Path) -> dict[str, list[int]]:
@@ -378,7 +388,7 @@ def combine(con: duckdb.DuckDBPyConnection, lake_dir: Path, dates: list[str]) ->
         # from their own files again
         held["old"] = {}
         _load(con, lake_dir, stamps, held)
-    if sum(not any(d in days for days in held.values()) for d in stamps) < FOLD_DAYS:
+    if len(_unheld(stamps, held)) < FOLD_DAYS:
         return
     # the recent rollup is written first: a crash before the old one leaves days in neither (read from their files),
     # never in both
@@ -394,7 +404,7 @@ def combine(con: duckdb.DuckDBPyConnection, lake_dir: Path, dates: list[str]) ->
     elif not held["old"]:
         rollup_path(lake_dir, "old").unlink(missing_ok=True)
     # what no rollup is (the single rollup of earlier versions) would double a day for a reader of every parquet file
-    for stale in rollup_path(lake_dir, "old").parent.glob("*.parquet"):
+    for stale in rollup_dir(lake_dir).glob("*.parquet"):
         if stale.stem not in ROLLUPS:
             stale.unlink()
     # the report reads what the next one will, so its numbers do not depend on when the rollups were rewritten
@@ -423,7 +433,7 @@ def _load(
         f"agg_{section}": ((section,), columns) for section, columns in NARROW.items()
     }
     tables["agg"] = (tuple(s for s in SECTIONS if s not in NARROW), tuple(COLUMNS))
-    rows = _sources(lake_dir, held, [d for d in stamps if not any(d in days for days in held.values())])
+    rows = _sources(lake_dir, held, _unheld(stamps, held))
     for table, (sections, columns) in tables.items():
         select = ", ".join(f'"{c}"' for c in columns)
         con.execute(
