@@ -203,6 +203,8 @@ NARROW = {
     "latency": ("day", "dimension", "key", "value", "count"),
     "ngrams": ("key", "kind", "item", "count"),
 }
+# The tables of `combine` that a report reads in one query each.
+ONCE = ("agg_latency", "agg_ngrams")
 # What identifies a row of the aggregates; every other column adds up.
 KEYS = ("section", "day", "dimension", "key", "item", "kind", "attempt", "value")
 SCHEMA = pa.schema(
@@ -436,8 +438,10 @@ def _load(
     rows = _sources(lake_dir, held, _unheld(stamps, held))
     for table, (sections, columns) in tables.items():
         select = ", ".join(f'"{c}"' for c in columns)
+        # the report reads the latency values and the n-grams once: a view reads their row groups then, not a copy
+        kind = "VIEW" if table in ONCE else "TABLE"
         con.execute(
-            f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT {select} FROM ({rows}) "
+            f"CREATE OR REPLACE TEMP {kind} {table} AS SELECT {select} FROM ({rows}) "
             f"WHERE section IN ({', '.join(map(literal, sections))})"
         )
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from ft_pipeline.core import aggregates
 from ft_pipeline.core.aggregates import TONE_MARKERS, WINDOWS
+from ft_pipeline.core.locks import hold
 from ft_pipeline.core.redaction import redact
 from ft_pipeline.core.stats import compare_arms, rate, two_proportion_test
 from ft_pipeline.settings import Settings
@@ -92,13 +93,15 @@ RECOMMEND_MARKER_DELTA = 0.5
 def build_report(settings: Settings) -> dict[str, Any]:
     """The whole pattern report, combined from the daily aggregates of every day with lake data; days whose
     aggregates are missing or older than their lake files are aggregated first."""
-    dates, _ = aggregates.refresh(settings.lake_dir)
-    con = duckdb.connect()
-    try:
-        aggregates.combine(con, settings.lake_dir, dates)
-        return _report(con, settings)
-    finally:
-        con.close()
+    # one report at a time: another's fold rewrites the rollups and the day files this one reads
+    with hold(settings.root, "report"):
+        dates, _ = aggregates.refresh(settings.lake_dir)
+        con = duckdb.connect()
+        try:
+            aggregates.combine(con, settings.lake_dir, dates)
+            return _report(con, settings)
+        finally:
+            con.close()
 
 
 def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list | dict | None = None) -> list[dict]:
@@ -135,7 +138,7 @@ def _report(con: duckdb.DuckDBPyConnection, settings: Settings) -> dict[str, Any
             SELECT *, (SELECT max(day) FROM agg WHERE section = 'totals') - day AS days_back FROM agg_{section}""")
     group_rows = _group_rows(con, settings.report_min_group_n)
     report["groups"] = _groups(group_rows)
-    report["groups_omitted"] = _omitted(con)
+    report["groups_omitted"] = _omitted(con, settings.report_min_group_n)
     report["regressions"] = _regressions(group_rows, settings)
     report["alerts"] = _alerts(group_rows, settings)
     report["edit_patterns"] = _edit_patterns(con, settings)
@@ -193,42 +196,39 @@ def _group_rows(con: duckdb.DuckDBPyConnection, min_n: int) -> list[dict]:
     """One row per (dimension, key) with at least `min_n` reviewed records, with the aggregates of every span."""
     # the groups listed, first: the latency distributions are ranked for those only, so a long tail of groups with a
     # record or two (most users) costs a count, not a sort of its values
+    con.execute("CREATE TEMP TABLE sized AS SELECT dimension, key, coalesce(sum(n), 0) AS n FROM agg_groups GROUP BY ALL")
     con.execute(
         "CREATE TEMP TABLE listed AS SELECT dimension, key, row_number() OVER (ORDER BY dimension, key) - 1 AS g "
-        f"FROM agg_groups GROUP BY dimension, key HAVING coalesce(sum(n), 0) >= {int(min_n)}"
+        f"FROM sized WHERE n >= {int(min_n)}"
     )
     # a day's rows are in some of the spans: rows in the same ones add up first, so each span filters a few sums
     flags = _flags(SPANS)
     sums = ", ".join(f"sum({c}) AS {c}" for c in aggregates.NARROW["groups"] if c not in ("day", "dimension", "key"))
     metrics = ",".join(_metrics(f'"in{suffix}"', suffix) for suffix in SPANS)
-    rows = _rows(
-        con,
+    cur = con.execute(
         f"WITH spans AS (SELECT g, dimension, key, {flags}, {sums} FROM dated_groups JOIN listed USING (dimension, key) "
-        f"GROUP BY ALL) SELECT g, dimension, key, {metrics} FROM spans GROUP BY g, dimension, key ORDER BY g",
+        f"GROUP BY ALL) SELECT dimension, key, {metrics} FROM spans GROUP BY g, dimension, key ORDER BY g"
     )
+    names = [d[0] for d in cur.description]
+    rows = cur.fetchall()
     # the value counts in the order of their groups and values give every span's quantiles, each from the rows in it
     counts = con.execute(
         f"SELECT g, value, count, {_flags(PERCENTILE_SPANS)} FROM dated_latency JOIN listed USING (dimension, key) ORDER BY g, value"
     ).fetchnumpy()
-    groups = con.execute("SELECT count(*) FROM listed").fetchall()[0][0]
+    quantiles = []
     for suffix in PERCENTILE_SPANS:
         kept = np.asarray(counts[f"in{suffix}"])
         group, value, count = (np.asarray(counts[c])[kept] for c in ("g", "value", "count"))
         for name, q in (("p50", 0.5), ("p95", 0.95)):
-            for row, quantile in zip(rows, _quantiles(group, value, count, groups, q)):
-                row[f"latency_ms_{name}{suffix}"] = quantile
-    for row in rows:
-        del row["g"]
-    return rows
+            names.append(f"latency_ms_{name}{suffix}")
+            quantiles.append(_quantiles(group, value, count, len(rows), q))
+    return [dict(zip(names, (*row, *q))) for row, *q in zip(rows, *quantiles)]
 
 
-def _omitted(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+def _omitted(con: duckdb.DuckDBPyConnection, min_n: int) -> dict[str, int]:
     """Per dimension, the groups left out of `groups` for too few reviewed records."""
     return dict(
-        con.execute(
-            "SELECT dimension, count(DISTINCT key) FROM agg_groups "
-            "WHERE (dimension, key) NOT IN (SELECT (dimension, key) FROM listed) GROUP BY ALL ORDER BY dimension"
-        ).fetchall()
+        con.execute(f"SELECT dimension, count(key) FROM sized WHERE n < {int(min_n)} GROUP BY ALL ORDER BY dimension").fetchall()
     )
 
 

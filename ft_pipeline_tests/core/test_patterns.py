@@ -2,6 +2,7 @@
 
 import json
 import random
+import threading
 from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
 
@@ -10,6 +11,7 @@ import pytest
 
 from ft_pipeline.core import patterns
 from ft_pipeline.core.io import partition_file, write_parquet_atomic
+from ft_pipeline.core.locks import hold
 from ft_pipeline.core.patterns import (
     MERGE_SHARE,
     _regressions,
@@ -291,6 +293,19 @@ def test_empty_lake_gives_an_empty_report(tmp_path):
     assert report["totals"]["records"] == 0 and report["as_of"] is None
     assert report["groups"] == {} and report["experiments"] == {} and report["regressions"] == []
     assert render_markdown(report).startswith("# Pattern report")
+
+
+def test_a_report_waits_for_the_one_in_progress(tmp_path):
+    # another report's fold rewrites the rollups this one reads
+    settings = Settings.from_env(data_dir=str(tmp_path))
+    order = []
+    with hold(settings.root, "report"):
+        thread = threading.Thread(target=lambda: order.append(build_report(settings)["as_of"]))
+        thread.start()
+        thread.join(0.3)
+        order.append("first")
+    thread.join()
+    assert order == ["first", None]
 
 
 def test_longest_phrases_leaves_out_incidental_extensions():
