@@ -6,6 +6,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any
 
 import duckdb
@@ -23,6 +24,10 @@ from ft_pipeline.settings import Settings
 SPANS = {"": "true", **{f"_{w}": f"days_back < {d}" for w, d in WINDOWS.items()}, "_before": "days_back >= 7"}
 # The spans listed with latency percentiles; the days before the last 7 are compared by their rates and means only.
 PERCENTILE_SPANS = ("", *(f"_{w}" for w in WINDOWS))
+# The columns of a group's row that its rate block of a span is made of, in `_summary`'s order, and a getter of them
+# by span: the report builds a block for every listed group (thousands of users) and span.
+SUMMARY_FIELDS = "n accepted edited rejected mean_retained mean_quality mean_confidence latency_ms_p50 latency_ms_p95 cost_usd"
+SUMMARY_COLUMNS = {suffix: itemgetter(*(f"{c}{suffix}" for c in SUMMARY_FIELDS.split())) for suffix in PERCENTILE_SPANS}
 # A phrase is folded into a longer one that contains it when the longer one has this share of its support.
 MERGE_SHARE = 0.8
 # Phrases of one agent and kind the folding considers, the best supported first: a report lists ten or so.
@@ -234,16 +239,18 @@ def _omitted(con: duckdb.DuckDBPyConnection, min_n: int) -> dict[str, int]:
 
 def _summary(row: dict, suffix: str) -> dict:
     """The contract's rate block of one group and span."""
-    n = row[f"n{suffix}"]
+    n, accepted, edited, rejected, retained, quality, confidence, p50, p95, cost = SUMMARY_COLUMNS[suffix](row)
     return {
         "n": n,
-        "acceptance_rate": rate(row[f"accepted{suffix}"], n),
-        "edit_rate": rate(row[f"edited{suffix}"], n),
-        "rejection_rate": rate(row[f"rejected{suffix}"], n),
-        **{
-            k: row[f"{k}{suffix}"]
-            for k in ("mean_retained", "mean_quality", "mean_confidence", "latency_ms_p50", "latency_ms_p95", "cost_usd")
-        },
+        "acceptance_rate": rate(accepted, n),
+        "edit_rate": rate(edited, n),
+        "rejection_rate": rate(rejected, n),
+        "mean_retained": retained,
+        "mean_quality": quality,
+        "mean_confidence": confidence,
+        "latency_ms_p50": p50,
+        "latency_ms_p95": p95,
+        "cost_usd": cost,
     }
 
 
@@ -354,15 +361,13 @@ def longest_phrases(counts: dict[str, int]) -> list[tuple[str, int]]:
         # longer ones that absorb them (as well supported, within MERGE_SHARE), are among the best supported
         best = set(heapq.nsmallest(PHRASE_CANDIDATES, counts, key=lambda p: (-counts[p], p)))
         counts = {p: c for p, c in counts.items() if p in best}
+    subs = {phrase: _sub_phrases(phrase) for phrase in counts}
     absorbed = {
-        sub
-        for phrase, count in counts.items()
-        for sub in _sub_phrases(phrase)
-        if sub in counts and count >= MERGE_SHARE * counts[sub]
+        sub for phrase, count in counts.items() for sub in subs[phrase] if sub in counts and count >= MERGE_SHARE * counts[sub]
     }
     kept = {p: c for p, c in counts.items() if p not in absorbed and not all(w in STOPWORDS or w.isdigit() for w in p.split())}
     # A phrase that extends a listed one with far less support is that phrase plus incidental context.
-    listed = dict((p, c) for p, c in kept.items() if not any(sub in kept for sub in _sub_phrases(p)))
+    listed = dict((p, c) for p, c in kept.items() if not any(sub in kept for sub in subs[p]))
     return sorted(_stitch_windows(listed).items(), key=lambda pc: (-pc[1], -len(pc[0].split()), pc[0]))
 
 
