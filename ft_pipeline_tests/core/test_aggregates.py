@@ -6,17 +6,18 @@ import math
 import os
 from datetime import UTC, date, datetime, timedelta
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from ft_pipeline.core import aggregates, patterns
 from ft_pipeline.core.demo import write_demo_inbox
 from ft_pipeline.core.ingest import ingest
-from ft_pipeline.core.io import partition_dates, partition_file
+from ft_pipeline.core.io import partition_dates, partition_file, write_parquet_atomic
 from ft_pipeline.core.patterns import build_report
 from ft_pipeline.core.settlements import build_partition
 from ft_pipeline.settings import Settings
-from ft_pipeline_tests.core.test_patterns import write_planted_lake
+from ft_pipeline_tests.core.test_patterns import SETTLED_SCHEMA, write_planted_lake
 from ft_pipeline_tests.gsm8k import gsm8k_records
 from ft_pipeline_tests.lake_fixtures import raw_log, write_raw_logs
 from ft_pipeline_tests.pattern_oracle import full_report
@@ -81,7 +82,8 @@ def test_gsm8k_report_equals_the_full_recomputation(tmp_path):
 
 
 def write_days(lake, first: date, days: int) -> None:
-    """Raw logs of `days` days from `first`: a few agents, integer latencies with many ties, some retries."""
+    """Raw logs of `days` days from `first`: a few agents, integer latencies with many ties, some retries; the edited
+    ones settled with phrases that recur across days, some deleted and added alike."""
     for offset in range(days):
         day = first + timedelta(days=offset)
         rows = [
@@ -97,6 +99,20 @@ def write_days(lake, first: date, days: int) -> None:
             for i in range(3 + offset % 5)
         ]
         write_raw_logs(lake, day.isoformat(), rows)
+        settled = [
+            {
+                **{name: row[name] for name in ("log_id", "timestamp", "task", "decision", "agent", "output")},
+                "final_text": "Boil it.",
+                "retained": 0.5,
+                "deleted_spans": [f"as an ai model {offset % 4}", f"step {offset % 2}"],
+                "added_spans": [f"kindly note {(offset + i) % 3}", f"step {offset % 2}"],
+            }
+            for i, row in enumerate(rows)
+            if row["decision"] == "edited"
+        ]
+        write_parquet_atomic(
+            pa.Table.from_pylist(settled, schema=SETTLED_SCHEMA), partition_file(lake, "settlements", day.isoformat())
+        )
 
 
 def test_integer_latencies_with_ties_give_the_exact_percentiles(tmp_path):
@@ -146,6 +162,11 @@ def test_days_are_folded_into_the_rollups_once_enough_are_new_and_a_rewritten_or
     assert_equals_full_recomputation(settings)
     cut = aggregates.FOLD_DAYS  # the newest day is HORIZON_DAYS after this one
     assert (held_days(settings, "old"), held_days(settings, "recent")) == (dates[: cut + 1], dates[cut + 1 :])
+    # a crash between the two rollups' writes (the old one not written yet): the same report, and the next fold writes
+    # the old one
+    aggregates.rollup_path(settings.lake_dir, "old").unlink()
+    assert_equals_full_recomputation(settings)
+    assert held_days(settings, "old") == dates[: cut + 1]
     old = pq.read_table(aggregates.rollup_path(settings.lake_dir, "old")).to_pylist()
     recent = pq.read_table(aggregates.rollup_path(settings.lake_dir, "recent")).to_pylist()
     assert {r["day"].isoformat() for r in old if r["section"] == "groups"} == {dates[cut]}
@@ -156,6 +177,12 @@ def test_days_are_folded_into_the_rollups_once_enough_are_new_and_a_rewritten_or
     write_raw_logs(settings.lake_dir, late, [raw_log("late", timestamp=f"{late}T08:00:00+00:00", agent="a9")])
     assert_equals_full_recomputation(settings)
     assert stamps(settings)["old"] == written["old"] and stamps(settings)["recent"] != written["recent"]
+    # a rewritten old day before a fold is due: the old rollup is not read, its days' files are
+    monkeypatch.setattr(aggregates, "FOLD_DAYS", len(dates))
+    early = dates[2]
+    write_raw_logs(settings.lake_dir, early, [raw_log("early", timestamp=f"{early}T08:00:00+00:00", agent="a9")])
+    assert_equals_full_recomputation(settings)
+    monkeypatch.setattr(aggregates, "FOLD_DAYS", 5)
     # a rewritten old day: the old rollup is folded again too
     written = stamps(settings)
     late = dates[3]
