@@ -372,9 +372,10 @@ def _bucketed(value: str) -> str:
 
 
 def combine(con: duckdb.DuckDBPyConnection, lake_dir: Path, dates: list[str]) -> None:
-    """Tables `agg` and `agg_<section>` (NARROW; views for those in ONCE) in `con`: the aggregates of `dates` added up, from the ROLLUPS plus the
-    files of the days they do not hold. Once FOLD_DAYS days are in neither, they are folded in, so a report reads the
-    rollups and fewer than FOLD_DAYS files, and the rollups are rewritten once in FOLD_DAYS days."""
+    """Tables `agg` and `agg_<section>` (NARROW; views for those in ONCE) in `con`: the aggregates of `dates` added up,
+    from the ROLLUPS plus the files of the days they do not hold. Once FOLD_DAYS days are in neither, they are folded
+    in, so a report reads the rollups and fewer than FOLD_DAYS files, and the rollups are rewritten once in FOLD_DAYS
+    days."""
     built = partition_stamps(lake_dir, TABLE)
     stamps = {d: built[d] for d in dates if d in built}
     held = {name: _held(rollup_path(lake_dir, name)) for name in ROLLUPS}
@@ -429,8 +430,8 @@ def _sources(lake_dir: Path, held: dict[str, dict[str, list[int]]], days: list[s
 def _load(
     con: duckdb.DuckDBPyConnection, lake_dir: Path, stamps: dict[str, list[int]], held: dict[str, dict[str, list[int]]]
 ) -> None:
-    """Tables `agg` and `agg_<section>` (views for those in ONCE) in `con` from the rollups holding `held` and the files of the other days of
-    `stamps`."""
+    """Tables `agg` and `agg_<section>` (views for those in ONCE) in `con` from the rollups holding `held` and the files
+    of the other days of `stamps`."""
     tables: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         f"agg_{section}": ((section,), columns) for section, columns in NARROW.items()
     }

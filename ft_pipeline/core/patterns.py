@@ -26,8 +26,19 @@ SPANS = {"": "true", **{f"_{w}": f"days_back < {d}" for w, d in WINDOWS.items()}
 PERCENTILE_SPANS = ("", *(f"_{w}" for w in WINDOWS))
 # The columns of a group's row that its rate block of a span is made of, in `_summary`'s order, and a getter of them
 # by span: the report builds a block for every listed group (thousands of users) and span.
-SUMMARY_FIELDS = "n accepted edited rejected mean_retained mean_quality mean_confidence latency_ms_p50 latency_ms_p95 cost_usd"
-SUMMARY_COLUMNS = {suffix: itemgetter(*(f"{c}{suffix}" for c in SUMMARY_FIELDS.split())) for suffix in PERCENTILE_SPANS}
+SUMMARY_FIELDS: tuple[str, ...] = (
+    "n",
+    "accepted",
+    "edited",
+    "rejected",
+    "mean_retained",
+    "mean_quality",
+    "mean_confidence",
+    "latency_ms_p50",
+    "latency_ms_p95",
+    "cost_usd",
+)
+SUMMARY_COLUMNS = {suffix: itemgetter(*(f"{c}{suffix}" for c in SUMMARY_FIELDS)) for suffix in PERCENTILE_SPANS}
 # A phrase is folded into a longer one that contains it when the longer one has this share of its support.
 MERGE_SHARE = 0.8
 # Phrases of one agent and kind the folding considers, the best supported first: a report lists ten or so.

@@ -178,11 +178,12 @@ def test_days_are_folded_into_the_rollups_once_enough_are_new_and_a_rewritten_or
     assert_equals_full_recomputation(settings)
     assert stamps(settings)["old"] == written["old"] and stamps(settings)["recent"] != written["recent"]
     # a rewritten old day before a fold is due: the old rollup is not read, its days' files are
+    fold_days = aggregates.FOLD_DAYS
     monkeypatch.setattr(aggregates, "FOLD_DAYS", len(dates))
     early = dates[2]
     write_raw_logs(settings.lake_dir, early, [raw_log("early", timestamp=f"{early}T08:00:00+00:00", agent="a9")])
     assert_equals_full_recomputation(settings)
-    monkeypatch.setattr(aggregates, "FOLD_DAYS", 5)
+    monkeypatch.setattr(aggregates, "FOLD_DAYS", fold_days)
     # a rewritten old day: the old rollup is folded again too
     written = stamps(settings)
     late = dates[3]
