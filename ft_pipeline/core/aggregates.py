@@ -34,6 +34,10 @@ HORIZON_DAYS = max(WINDOWS.values())
 # window (the windows read them day by day). Late feedback rewrites recent days, so it refolds only the second one,
 # from the window's files; a rewritten older day refolds both.
 ROLLUPS = ("old", "recent")
+# The phrase totals: the n-grams of every day the rollups hold added up per scope and phrase, deleted and added side by
+# side, so a report joins the n-grams of the days in no rollup to them instead of grouping every rollup's n-grams again.
+PHRASES = "phrases"
+PHRASES_SCHEMA = pa.schema([("key", pa.string()), ("item", pa.string()), ("deleted", pa.int64()), ("added", pa.int64())])
 # Days in no rollup are read from their own files; once FOLD_DAYS of them are, they are folded in.
 FOLD_DAYS = 30
 # A group's latency values in the rollup stay exact up to this many distinct ones; past it each becomes the
@@ -354,13 +358,14 @@ def _unheld(stamps: dict[str, list[int]], held: dict[str, dict[str, list[int]]])
     return [d for d in stamps if not any(d in days for days in held.values())]
 
 
-def _held(path: Path) -> dict[str, list[int]]:
-    """The days a rollup holds, with their files' stamps, from its footer; none when it is missing or unusable."""
+def _held(path: Path, expected: pa.Schema = SCHEMA) -> dict[str, list[int]]:
+    """The days a rollup (or the phrase totals) holds, with their files' stamps, from its footer; none when it is
+    missing or unusable."""
     if not path.is_file():
         return {}
     schema = pq.read_schema(path)
     held = json.loads((schema.metadata or {}).get(ROLLUP_META, b"null"))
-    if not isinstance(held, dict) or schema.remove_metadata() != SCHEMA:
+    if not isinstance(held, dict) or schema.remove_metadata() != expected:
         return {}
     return held.get("days", {})
 
@@ -381,6 +386,7 @@ def combine(con: duckdb.DuckDBPyConnection, lake_dir: Path, dates: list[str]) ->
     held = {name: _held(rollup_path(lake_dir, name)) for name in ROLLUPS}
     # a rollup holding a day that was rewritten or removed is not read: its days are read from their own files again
     held = {name: days if all(stamps.get(d) == stamp for d, stamp in days.items()) else {} for name, days in held.items()}
+    _sum_phrases(con, lake_dir, held)
     _load(con, lake_dir, stamps, held)
     newest = con.execute("SELECT max(day) FROM agg WHERE section = 'totals'").fetchall()[0][0]
     if newest is None:
@@ -390,6 +396,7 @@ def combine(con: duckdb.DuckDBPyConnection, lake_dir: Path, dates: list[str]) ->
         # the newest day moved back, so the old rollup's days are not all before the windows any more: they are read
         # from their own files again
         held["old"] = {}
+        _sum_phrases(con, lake_dir, held)
         _load(con, lake_dir, stamps, held)
     if len(_unheld(stamps, held)) < FOLD_DAYS:
         return
@@ -408,8 +415,9 @@ def combine(con: duckdb.DuckDBPyConnection, lake_dir: Path, dates: list[str]) ->
         rollup_path(lake_dir, "old").unlink(missing_ok=True)
     # what no rollup is (the single rollup of earlier versions) would double a day for a reader of every parquet file
     for stale in rollup_dir(lake_dir).glob("*.parquet"):
-        if stale.stem not in ROLLUPS:
+        if stale.stem not in (*ROLLUPS, PHRASES):
             stale.unlink()
+    _sum_phrases(con, lake_dir, held)
     # the report reads what the next one will, so its numbers do not depend on when the rollups were rewritten
     _load(con, lake_dir, stamps, held)
 
@@ -427,24 +435,54 @@ def _sources(lake_dir: Path, held: dict[str, dict[str, list[int]]], days: list[s
     return " UNION ALL ".join(sources)
 
 
+def _sum_phrases(con: duckdb.DuckDBPyConnection, lake_dir: Path, held: dict[str, dict[str, list[int]]]) -> None:
+    """Rewrite the phrase totals from the rollups holding `held` unless they hold those days already (written after the
+    rollups, so a crash leaves them holding other days, and they are rewritten then)."""
+    path = rollup_path(lake_dir, PHRASES)
+    days = {d: stamp for held_days in held.values() for d, stamp in held_days.items()}
+    if _held(path, PHRASES_SCHEMA) == days:
+        return
+    if not days:
+        path.unlink(missing_ok=True)
+        return
+    totals = pivot(f"SELECT * FROM ({_sources(lake_dir, held, [])}) WHERE section = 'ngrams'")
+    table = con.sql(f"{totals} ORDER BY key, item").to_arrow_table().cast(PHRASES_SCHEMA)
+    with atomic_path(path) as tmp:
+        pq.write_table(table.replace_schema_metadata({ROLLUP_META: json.dumps({"days": days})}), tmp, compression="zstd")
+
+
+def pivot(ngrams: str) -> str:
+    """SQL: the n-gram rows of SQL `ngrams` added up per scope and phrase, deleted and added side by side."""
+    return f"""SELECT key, item, CAST(coalesce(sum(count) FILTER (WHERE kind = 'deleted'), 0) AS BIGINT) AS deleted,
+                      CAST(coalesce(sum(count) FILTER (WHERE kind = 'added'), 0) AS BIGINT) AS added
+               FROM ({ngrams}) GROUP BY ALL"""
+
+
 def _load(
     con: duckdb.DuckDBPyConnection, lake_dir: Path, stamps: dict[str, list[int]], held: dict[str, dict[str, list[int]]]
 ) -> None:
     """Tables `agg` and `agg_<section>` (views for those in ONCE) in `con` from the rollups holding `held` and the files
-    of the other days of `stamps`."""
+    of the other days of `stamps`, but for the n-grams: view `agg_ngrams` has the other days' only, and view `agg_phrases`
+    the phrase totals of the rollups' days."""
     tables: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         f"agg_{section}": ((section,), columns) for section, columns in NARROW.items()
     }
     tables["agg"] = (tuple(s for s in SECTIONS if s not in NARROW), tuple(COLUMNS))
-    rows = _sources(lake_dir, held, _unheld(stamps, held))
+    unheld = _unheld(stamps, held)
     for table, (sections, columns) in tables.items():
         select = ", ".join(f'"{c}"' for c in columns)
+        rows = _sources(lake_dir, {} if table == "agg_ngrams" else held, unheld)
         # the report reads the latency values and the n-grams once: a view reads their row groups then, not a copy
         kind = "VIEW" if table in ONCE else "TABLE"
         con.execute(
             f"CREATE OR REPLACE TEMP {kind} {table} AS SELECT {select} FROM ({rows}) "
             f"WHERE section IN ({', '.join(map(literal, sections))})"
         )
+    if any(held.values()):
+        phrases = f"SELECT * FROM read_parquet({literal(str(rollup_path(lake_dir, PHRASES)))})"
+    else:
+        phrases = "SELECT NULL::VARCHAR AS key, NULL::VARCHAR AS item, NULL::BIGINT AS deleted, NULL::BIGINT AS added WHERE false"
+    con.execute(f"CREATE OR REPLACE TEMP VIEW agg_phrases AS {phrases}")
 
 
 def _fold(con: duckdb.DuckDBPyConnection, path: Path, sources: str, held: dict[str, list[int]], until: date) -> None:

@@ -38,6 +38,14 @@ SUMMARY_FIELDS: tuple[str, ...] = (
     "latency_ms_p95",
     "cost_usd",
 )
+# The means of a span's rate block, each from its summed total and count; with the counts and the cost, the daily sums
+# a span adds up (`costed`: whether a day had a cost, so a span without one has none).
+SPAN_MEANS = {
+    "mean_retained": ("retained_sum", "retained_n"),
+    "mean_quality": ("quality_sum", "quality_n"),
+    "mean_confidence": ("confidence_sum", "confidence_n"),
+}
+SPAN_SUMS = ("n", "accepted", "edited", "rejected", *(c for pair in SPAN_MEANS.values() for c in pair), "cost_sum", "costed")
 SUMMARY_COLUMNS = {suffix: itemgetter(*(f"{c}{suffix}" for c in SUMMARY_FIELDS)) for suffix in PERCENTILE_SPANS}
 # A phrase is folded into a longer one that contains it when the longer one has this share of its support.
 MERGE_SHARE = 0.8
@@ -165,22 +173,17 @@ def _report(con: duckdb.DuckDBPyConnection, settings: Settings) -> dict[str, Any
     return report
 
 
-def _ratio(total: str, count: str, cond: str) -> str:
-    """SQL mean from summed totals and counts over the rows that satisfy `cond` (NULL without values)."""
-    return f"sum({total}) FILTER (WHERE {cond}) / nullif(sum({count}) FILTER (WHERE {cond}), 0)"
+def _span_sums(rows: dict[str, np.ndarray], suffix: str, groups: int) -> dict[str, np.ndarray]:
+    """Each column of `rows` (a listed group's daily sums, with their group number `g` and span flags) added up per
+    group over the rows in one span."""
+    kept = rows[f"in{suffix}"]
+    group = rows["g"][kept]
+    return {c: np.bincount(group, weights=rows[c][kept], minlength=groups) for c in SPAN_SUMS}
 
 
-def _metrics(cond: str, suffix: str) -> str:
-    """SQL aggregates of one group over the days that satisfy `cond`, named with `suffix`."""
-    counts = ",".join(
-        f"CAST(coalesce(sum({c}) FILTER (WHERE {cond}), 0) AS BIGINT) AS {c}{suffix}"
-        for c in ("n", "accepted", "edited", "rejected")
-    )
-    return f"""{counts},
-        {_ratio("retained_sum", "retained_n", cond)} AS mean_retained{suffix},
-        {_ratio("quality_sum", "quality_n", cond)} AS mean_quality{suffix},
-        {_ratio("confidence_sum", "confidence_n", cond)} AS mean_confidence{suffix},
-        sum(cost_sum) FILTER (WHERE {cond}) AS cost_usd{suffix}"""
+def _mean(total: np.ndarray, count: np.ndarray) -> list[float | None]:
+    """Sums divided by their counts, None where there is no value."""
+    return [t / c if c else None for t, c in zip(total.tolist(), count.astype(np.int64).tolist())]
 
 
 def _quantiles(group: np.ndarray, value: np.ndarray, count: np.ndarray, groups: int, q: float) -> list[float | None]:
@@ -217,28 +220,42 @@ def _group_rows(con: duckdb.DuckDBPyConnection, min_n: int) -> list[dict]:
         "CREATE TEMP TABLE listed AS SELECT dimension, key, row_number() OVER (ORDER BY dimension, key) - 1 AS g "
         f"FROM sized WHERE n >= {int(min_n)}"
     )
-    # a day's rows are in some of the spans: rows in the same ones add up first, so each span filters a few sums
-    flags = _flags(SPANS)
-    sums = ", ".join(f"sum({c}) AS {c}" for c in aggregates.NARROW["groups"] if c not in ("day", "dimension", "key"))
-    metrics = ",".join(_metrics(f'"in{suffix}"', suffix) for suffix in SPANS)
-    cur = con.execute(
-        f"WITH spans AS (SELECT g, dimension, key, {flags}, {sums} FROM dated_groups JOIN listed USING (dimension, key) "
-        f"GROUP BY ALL) SELECT dimension, key, {metrics} FROM spans GROUP BY g, dimension, key ORDER BY g"
-    )
-    names = [d[0] for d in cur.description]
-    rows = cur.fetchall()
+    keys = con.execute("SELECT dimension, key FROM listed ORDER BY g").fetchall()
+    # each span's sums are bincounts of the listed groups' daily rows in it: one pass per span over a few thousand rows,
+    # where DuckDB's filtered aggregates (a filter per metric and span) cost several times more
+    summed = ", ".join(f"coalesce({c}, 0) AS {c}" for c in SPAN_SUMS if c != "costed")
+    rows = {
+        name: np.asarray(column)
+        for name, column in con.execute(
+            f"SELECT g, {_flags(SPANS)}, {summed}, cost_sum IS NOT NULL AS costed "
+            "FROM dated_groups JOIN listed USING (dimension, key)"
+        )
+        .fetchnumpy()
+        .items()
+    }
+    names: list[str] = ["dimension", "key"]
+    columns: list[list] = [[d for d, _ in keys], [k for _, k in keys]]
+    for suffix in SPANS:
+        sums = _span_sums(rows, suffix, len(keys))
+        for c in ("n", "accepted", "edited", "rejected"):
+            names.append(f"{c}{suffix}")
+            columns.append(sums[c].astype(np.int64).tolist())
+        for name, (total, count) in SPAN_MEANS.items():
+            names.append(f"{name}{suffix}")
+            columns.append(_mean(sums[total], sums[count]))
+        names.append(f"cost_usd{suffix}")
+        columns.append([c if k else None for c, k in zip(sums["cost_sum"].tolist(), sums["costed"].tolist())])
     # the value counts in the order of their groups and values give every span's quantiles, each from the rows in it
     counts = con.execute(
         f"SELECT g, value, count, {_flags(PERCENTILE_SPANS)} FROM dated_latency JOIN listed USING (dimension, key) ORDER BY g, value"
     ).fetchnumpy()
-    quantiles = []
     for suffix in PERCENTILE_SPANS:
         kept = np.asarray(counts[f"in{suffix}"])
         group, value, count = (np.asarray(counts[c])[kept] for c in ("g", "value", "count"))
         for name, q in (("p50", 0.5), ("p95", 0.95)):
             names.append(f"latency_ms_{name}{suffix}")
-            quantiles.append(_quantiles(group, value, count, len(rows), q))
-    return [dict(zip(names, (*row, *q))) for row, *q in zip(rows, *quantiles)]
+            columns.append(_quantiles(group, value, count, len(keys), q))
+    return [dict(zip(names, row)) for row in zip(*columns)]
 
 
 def _omitted(con: duckdb.DuckDBPyConnection, min_n: int) -> dict[str, int]:
@@ -333,9 +350,9 @@ def _edit_patterns(con: duckdb.DuckDBPyConnection, settings: Settings) -> dict:
         con,
         f"""
         WITH pairs AS (
-            SELECT key AS scope, item AS phrase, coalesce(sum(count) FILTER (WHERE kind = 'deleted'), 0) AS deleted,
-                   coalesce(sum(count) FILTER (WHERE kind = 'added'), 0) AS added
-            FROM agg_ngrams GROUP BY ALL),
+            SELECT key AS scope, item AS phrase, coalesce(p.deleted, 0) + coalesce(u.deleted, 0) AS deleted,
+                   coalesce(p.added, 0) + coalesce(u.added, 0) AS added
+            FROM agg_phrases p FULL JOIN ({aggregates.pivot("SELECT * FROM agg_ngrams")}) u USING (key, item)),
         supported AS (
             SELECT scope, phrase, CASE WHEN deleted >= $support THEN deleted ELSE 0 END AS deleted,
                    CASE WHEN added >= $support THEN added ELSE 0 END AS added

@@ -127,6 +127,16 @@ def held_days(settings: Settings, name: str) -> list[str]:
     return sorted(held["days"])
 
 
+def assert_phrases_hold_the_rollups_days(settings: Settings, read: tuple[str, ...] = aggregates.ROLLUPS) -> None:
+    """The phrase totals hold exactly the days of the rollups a report reads, of those `read` (and are absent without
+    any)."""
+    rollups = [name for name in read if aggregates.rollup_path(settings.lake_dir, name).exists()]
+    if not rollups:
+        assert not aggregates.rollup_path(settings.lake_dir, aggregates.PHRASES).exists()
+        return
+    assert held_days(settings, aggregates.PHRASES) == sorted(d for name in rollups for d in held_days(settings, name))
+
+
 def stamps(settings: Settings) -> dict[str, int]:
     """When each rollup was last written."""
     return {name: aggregates.rollup_path(settings.lake_dir, name).stat().st_mtime_ns for name in aggregates.ROLLUPS}
@@ -142,6 +152,7 @@ def test_days_are_folded_into_the_rollups_once_enough_are_new_and_a_rewritten_or
     # FOLD_DAYS - 1 days are read from their own files
     write_days(settings.lake_dir, first, aggregates.FOLD_DAYS - 1)
     assert_equals_full_recomputation(settings)
+    assert_phrases_hold_the_rollups_days(settings)
     assert not aggregates.rollup_path(settings.lake_dir, "recent").exists()
     # FOLD_DAYS new days are folded into the recent rollup: all of them lie in the longest window; an earlier
     # version's single rollup goes
@@ -150,23 +161,31 @@ def test_days_are_folded_into_the_rollups_once_enough_are_new_and_a_rewritten_or
     earlier.write_bytes(b"PAR1")
     write_days(settings.lake_dir, first + timedelta(days=aggregates.FOLD_DAYS - 1), 1)
     assert_equals_full_recomputation(settings)
+    assert_phrases_hold_the_rollups_days(settings)
     assert held_days(settings, "recent") == dates[: aggregates.FOLD_DAYS]
     assert not aggregates.rollup_path(settings.lake_dir, "old").exists() and not earlier.exists()
     # the next day is read from its file, the rollup as it is
     before = aggregates.rollup_path(settings.lake_dir, "recent").stat().st_mtime_ns
     write_days(settings.lake_dir, first + timedelta(days=aggregates.FOLD_DAYS), 1)
     assert_equals_full_recomputation(settings)
+    assert_phrases_hold_the_rollups_days(settings)
     assert aggregates.rollup_path(settings.lake_dir, "recent").stat().st_mtime_ns == before
     # the days to the end of the longest window and past it: the days before the window go to the old rollup, as one day
     write_days(settings.lake_dir, first + timedelta(days=aggregates.FOLD_DAYS + 1), aggregates.HORIZON_DAYS)
     assert_equals_full_recomputation(settings)
+    assert_phrases_hold_the_rollups_days(settings)
     cut = aggregates.FOLD_DAYS  # the newest day is HORIZON_DAYS after this one
     assert (held_days(settings, "old"), held_days(settings, "recent")) == (dates[: cut + 1], dates[cut + 1 :])
     # a crash between the two rollups' writes (the old one not written yet): the same report, and the next fold writes
     # the old one
     aggregates.rollup_path(settings.lake_dir, "old").unlink()
     assert_equals_full_recomputation(settings)
+    assert_phrases_hold_the_rollups_days(settings)
     assert held_days(settings, "old") == dates[: cut + 1]
+    # a crash before the phrase totals were written: the same report, and it writes them
+    aggregates.rollup_path(settings.lake_dir, aggregates.PHRASES).unlink()
+    assert_equals_full_recomputation(settings)
+    assert_phrases_hold_the_rollups_days(settings)
     old = pq.read_table(aggregates.rollup_path(settings.lake_dir, "old")).to_pylist()
     recent = pq.read_table(aggregates.rollup_path(settings.lake_dir, "recent")).to_pylist()
     assert {r["day"].isoformat() for r in old if r["section"] == "groups"} == {dates[cut]}
@@ -176,6 +195,7 @@ def test_days_are_folded_into_the_rollups_once_enough_are_new_and_a_rewritten_or
     late = dates[-3]
     write_raw_logs(settings.lake_dir, late, [raw_log("late", timestamp=f"{late}T08:00:00+00:00", agent="a9")])
     assert_equals_full_recomputation(settings)
+    assert_phrases_hold_the_rollups_days(settings)
     assert stamps(settings)["old"] == written["old"] and stamps(settings)["recent"] != written["recent"]
     # a rewritten old day before a fold is due: the old rollup is not read, its days' files are
     fold_days = aggregates.FOLD_DAYS
@@ -183,12 +203,14 @@ def test_days_are_folded_into_the_rollups_once_enough_are_new_and_a_rewritten_or
     early = dates[2]
     write_raw_logs(settings.lake_dir, early, [raw_log("early", timestamp=f"{early}T08:00:00+00:00", agent="a9")])
     assert_equals_full_recomputation(settings)
+    assert_phrases_hold_the_rollups_days(settings, ("recent",))
     monkeypatch.setattr(aggregates, "FOLD_DAYS", fold_days)
     # a rewritten old day: the old rollup is folded again too
     written = stamps(settings)
     late = dates[3]
     write_raw_logs(settings.lake_dir, late, [raw_log("late", timestamp=f"{late}T08:00:00+00:00", agent="a9")])
     assert_equals_full_recomputation(settings)
+    assert_phrases_hold_the_rollups_days(settings)
     assert all(stamps(settings)[name] != written[name] for name in aggregates.ROLLUPS)
     assert (held_days(settings, "old"), held_days(settings, "recent")) == (dates[: cut + 1], dates[cut + 1 :])
     # the newest days deleted: the old rollup's days now reach into the 90-day window, so it is folded again
