@@ -207,8 +207,9 @@ NARROW = {
     "latency": ("day", "dimension", "key", "value", "count"),
     "ngrams": ("key", "kind", "item", "count"),
 }
-# The tables of `combine` that a report reads in one query each.
-ONCE = ("agg_latency", "agg_ngrams")
+# The tables of `combine` that are views over the files: a report reads each of these large sections in a query or three
+# that touch only its row groups, which costs less than copying them first.
+VIEWS = tuple(f"agg_{section}" for section in NARROW)
 # What identifies a row of the aggregates; every other column adds up.
 KEYS = ("section", "day", "dimension", "key", "item", "kind", "attempt", "value")
 SCHEMA = pa.schema(
@@ -377,7 +378,7 @@ def _bucketed(value: str) -> str:
 
 
 def combine(con: duckdb.DuckDBPyConnection, lake_dir: Path, dates: list[str]) -> None:
-    """Tables `agg` and `agg_<section>` (NARROW; views for those in ONCE) in `con`: the aggregates of `dates` added up,
+    """Tables `agg` and `agg_<section>` (NARROW; views for those in VIEWS) in `con`: the aggregates of `dates` added up,
     from the ROLLUPS plus the files of the days they do not hold. Once FOLD_DAYS days are in neither, they are folded
     in, so a report reads the rollups and fewer than FOLD_DAYS files, and the rollups are rewritten once in FOLD_DAYS
     days."""
@@ -461,7 +462,7 @@ def pivot(ngrams: str) -> str:
 def _load(
     con: duckdb.DuckDBPyConnection, lake_dir: Path, stamps: dict[str, list[int]], held: dict[str, dict[str, list[int]]]
 ) -> None:
-    """Tables `agg` and `agg_<section>` (views for those in ONCE) in `con` from the rollups holding `held` and the files
+    """Tables `agg` and `agg_<section>` (views for those in VIEWS) in `con` from the rollups holding `held` and the files
     of the other days of `stamps`, but for the n-grams: view `agg_ngrams` has the other days' only, and view `agg_phrases`
     the phrase totals of the rollups' days."""
     tables: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -472,8 +473,7 @@ def _load(
     for table, (sections, columns) in tables.items():
         select = ", ".join(f'"{c}"' for c in columns)
         rows = _sources(lake_dir, {} if table == "agg_ngrams" else held, unheld)
-        # the report reads the latency values and the n-grams once: a view reads their row groups then, not a copy
-        kind = "VIEW" if table in ONCE else "TABLE"
+        kind = "VIEW" if table in VIEWS else "TABLE"
         con.execute(
             f"CREATE OR REPLACE TEMP {kind} {table} AS SELECT {select} FROM ({rows}) "
             f"WHERE section IN ({', '.join(map(literal, sections))})"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from operator import itemgetter
 from typing import Any
 
 import duckdb
@@ -24,8 +23,7 @@ from ft_pipeline.settings import Settings
 SPANS = {"": "true", **{f"_{w}": f"days_back < {d}" for w, d in WINDOWS.items()}, "_before": "days_back >= 7"}
 # The spans listed with latency percentiles; the days before the last 7 are compared by their rates and means only.
 PERCENTILE_SPANS = ("", *(f"_{w}" for w in WINDOWS))
-# The columns of a group's row that its rate block of a span is made of, in `_summary`'s order, and a getter of them
-# by span: the report builds a block for every listed group (thousands of users) and span.
+# The columns of the groups that their rate blocks of a span are made of, in `_summaries`' order.
 SUMMARY_FIELDS: tuple[str, ...] = (
     "n",
     "accepted",
@@ -46,7 +44,6 @@ SPAN_MEANS = {
     "mean_confidence": ("confidence_sum", "confidence_n"),
 }
 SPAN_SUMS = ("n", "accepted", "edited", "rejected", *(c for pair in SPAN_MEANS.values() for c in pair), "cost_sum", "costed")
-SUMMARY_COLUMNS = {suffix: itemgetter(*(f"{c}{suffix}" for c in SUMMARY_FIELDS)) for suffix in PERCENTILE_SPANS}
 # A phrase is folded into a longer one that contains it when the longer one has this share of its support.
 MERGE_SHARE = 0.8
 # Phrases of one agent and kind the folding considers, the best supported first: a report lists ten or so.
@@ -160,11 +157,11 @@ def _report(con: duckdb.DuckDBPyConnection, settings: Settings) -> dict[str, Any
         con.execute(f"""
             CREATE TEMP VIEW dated_{section} AS
             SELECT *, (SELECT max(day) FROM agg WHERE section = 'totals') - day AS days_back FROM agg_{section}""")
-    group_rows = _group_rows(con, settings.report_min_group_n)
-    report["groups"] = _groups(group_rows)
+    columns = _group_columns(con, settings.report_min_group_n)
+    report["groups"] = _groups(columns)
     report["groups_omitted"] = _omitted(con, settings.report_min_group_n)
-    report["regressions"] = _regressions(group_rows, settings)
-    report["alerts"] = _alerts(group_rows, settings)
+    report["regressions"] = _regressions(columns, settings)
+    report["alerts"] = _alerts(columns, settings)
     report["edit_patterns"] = _edit_patterns(con, settings)
     report["retries"] = _retries(con, settings)
     report["failure_reasons"] = _failure_reasons(con)
@@ -211,8 +208,9 @@ def _flags(suffixes: Iterable[str]) -> str:
     return ", ".join(f'coalesce({SPANS[suffix]}, false) AS "in{suffix}"' for suffix in suffixes)
 
 
-def _group_rows(con: duckdb.DuckDBPyConnection, min_n: int) -> list[dict]:
-    """One row per (dimension, key) with at least `min_n` reviewed records, with the aggregates of every span."""
+def _group_columns(con: duckdb.DuckDBPyConnection, min_n: int) -> dict[str, list]:
+    """The groups (dimension, key) with at least `min_n` reviewed records, and the aggregates of every span, column by
+    column: the report reads a few columns of every group (thousands of users) and builds its entries from them."""
     # the groups listed, first: the latency distributions are ranked for those only, so a long tail of groups with a
     # record or two (most users) costs a count, not a sort of its values
     con.execute("CREATE TEMP TABLE sized AS SELECT dimension, key, coalesce(sum(n), 0) AS n FROM agg_groups GROUP BY ALL")
@@ -233,18 +231,14 @@ def _group_rows(con: duckdb.DuckDBPyConnection, min_n: int) -> list[dict]:
         .fetchnumpy()
         .items()
     }
-    names: list[str] = ["dimension", "key"]
-    columns: list[list] = [[d for d, _ in keys], [k for _, k in keys]]
+    columns: dict[str, list] = {"dimension": [d for d, _ in keys], "key": [k for _, k in keys]}
     for suffix in SPANS:
         sums = _span_sums(rows, suffix, len(keys))
         for c in ("n", "accepted", "edited", "rejected"):
-            names.append(f"{c}{suffix}")
-            columns.append(sums[c].astype(np.int64).tolist())
+            columns[f"{c}{suffix}"] = sums[c].astype(np.int64).tolist()
         for name, (total, count) in SPAN_MEANS.items():
-            names.append(f"{name}{suffix}")
-            columns.append(_mean(sums[total], sums[count]))
-        names.append(f"cost_usd{suffix}")
-        columns.append([c if k else None for c, k in zip(sums["cost_sum"].tolist(), sums["costed"].tolist())])
+            columns[f"{name}{suffix}"] = _mean(sums[total], sums[count])
+        columns[f"cost_usd{suffix}"] = [c if k else None for c, k in zip(sums["cost_sum"].tolist(), sums["costed"].tolist())]
     # the value counts in the order of their groups and values give every span's quantiles, each from the rows in it
     counts = con.execute(
         f"SELECT g, value, count, {_flags(PERCENTILE_SPANS)} FROM dated_latency JOIN listed USING (dimension, key) ORDER BY g, value"
@@ -253,9 +247,8 @@ def _group_rows(con: duckdb.DuckDBPyConnection, min_n: int) -> list[dict]:
         kept = np.asarray(counts[f"in{suffix}"])
         group, value, count = (np.asarray(counts[c])[kept] for c in ("g", "value", "count"))
         for name, q in (("p50", 0.5), ("p95", 0.95)):
-            names.append(f"latency_ms_{name}{suffix}")
-            columns.append(_quantiles(group, value, count, len(keys), q))
-    return [dict(zip(names, row)) for row in zip(*columns)]
+            columns[f"latency_ms_{name}{suffix}"] = _quantiles(group, value, count, len(keys), q)
+    return columns
 
 
 def _omitted(con: duckdb.DuckDBPyConnection, min_n: int) -> dict[str, int]:
@@ -265,48 +258,52 @@ def _omitted(con: duckdb.DuckDBPyConnection, min_n: int) -> dict[str, int]:
     )
 
 
-def _summary(row: dict, suffix: str) -> dict:
-    """The contract's rate block of one group and span."""
-    n, accepted, edited, rejected, retained, quality, confidence, p50, p95, cost = SUMMARY_COLUMNS[suffix](row)
-    return {
-        "n": n,
-        "acceptance_rate": rate(accepted, n),
-        "edit_rate": rate(edited, n),
-        "rejection_rate": rate(rejected, n),
-        "mean_retained": retained,
-        "mean_quality": quality,
-        "mean_confidence": confidence,
-        "latency_ms_p50": p50,
-        "latency_ms_p95": p95,
-        "cost_usd": cost,
-    }
+def _summaries(columns: dict[str, list], suffix: str) -> list[dict]:
+    """The contract's rate block of every group for one span."""
+    return [
+        {
+            "n": n,
+            "acceptance_rate": rate(accepted, n),
+            "edit_rate": rate(edited, n),
+            "rejection_rate": rate(rejected, n),
+            "mean_retained": retained,
+            "mean_quality": quality,
+            "mean_confidence": confidence,
+            "latency_ms_p50": p50,
+            "latency_ms_p95": p95,
+            "cost_usd": cost,
+        }
+        for n, accepted, edited, rejected, retained, quality, confidence, p50, p95, cost in zip(
+            *(columns[f"{c}{suffix}"] for c in SUMMARY_FIELDS)
+        )
+    ]
 
 
-def _groups(group_rows: list[dict]) -> dict:
+def _groups(columns: dict[str, list]) -> dict:
     """`groups` section: {dimension: {key: rates, with the same for each window}}."""
+    windows = {w: _summaries(columns, f"_{w}") for w in WINDOWS}
     groups: dict[str, dict] = {}
-    for row in group_rows:
-        entry = _summary(row, "")
-        entry["windows"] = {w: _summary(row, f"_{w}") for w in WINDOWS}
-        groups.setdefault(row["dimension"], {})[row["key"]] = entry
+    for i, (dimension, key, entry) in enumerate(zip(columns["dimension"], columns["key"], _summaries(columns, ""))):
+        entry["windows"] = {w: blocks[i] for w, blocks in windows.items()}
+        groups.setdefault(dimension, {})[key] = entry
     return groups
 
 
-def _regressions(group_rows: list[dict], settings: Settings) -> list[dict]:
+def _regressions(columns: dict[str, list], settings: Settings) -> list[dict]:
     """Groups whose acceptance rate in the last 7 days fell by more than the threshold, significantly."""
     found = []
-    for row in group_rows:
-        x1, n1, x2, n2 = row["accepted_before"], row["n_before"], row["accepted_7d"], row["n_7d"]
+    names = ("dimension", "key", "accepted_before", "n_before", "accepted_7d", "n_7d")
+    for dimension, key, x1, n1, x2, n2 in zip(*(columns[c] for c in names)):
         # The z-test's normal approximation is meaningless for a handful of records (one user's bad day).
-        if min(n1 or 0, n2 or 0) < settings.regression_min_n:
+        if min(n1, n2) < settings.regression_min_n:
             continue
         before, after = x1 / n1, x2 / n2
         _, p_value = two_proportion_test(x1, n1, x2, n2)
         if before - after > settings.regression_min_drop and p_value < settings.significance:
             found.append(
                 {
-                    "dimension": row["dimension"],
-                    "key": row["key"],
+                    "dimension": dimension,
+                    "key": key,
                     "metric": "acceptance_rate",
                     "before": before,
                     "after": after,
@@ -318,20 +315,19 @@ def _regressions(group_rows: list[dict], settings: Settings) -> list[dict]:
     return found
 
 
-def _alerts(group_rows: list[dict], settings: Settings) -> dict[str, list[dict]]:
+def _alerts(columns: dict[str, list], settings: Settings) -> dict[str, list[dict]]:
     """Tasks and agents over the alert thresholds in the last 7 days: rejection rate, latency p95, confidence drop."""
     alerts: dict[str, list[dict]] = {"rejection_rate": [], "latency_p95": [], "confidence_drop": []}
-    for row in group_rows:
-        if row["dimension"] not in ("task", "agent"):
+    names = ("dimension", "key", "rejected_7d", "n_7d", "latency_ms_p95_7d", "mean_confidence_before", "mean_confidence_7d")
+    for dimension, key, rejected, n, p95, before, after in zip(*(columns[c] for c in names)):
+        if dimension not in ("task", "agent"):
             continue
-        where = {"dimension": row["dimension"], "key": row["key"]}
-        rejection = rate(row["rejected_7d"], row["n_7d"])
+        where = {"dimension": dimension, "key": key}
+        rejection = rate(rejected, n)
         if rejection is not None and rejection > settings.alert_rejection_rate:
             alerts["rejection_rate"].append({**where, "value": rejection, "threshold": settings.alert_rejection_rate})
-        p95 = row["latency_ms_p95_7d"]
         if p95 is not None and p95 > settings.alert_latency_p95_ms:
             alerts["latency_p95"].append({**where, "value": p95, "threshold": settings.alert_latency_p95_ms})
-        before, after = row["mean_confidence_before"], row["mean_confidence_7d"]
         if before is not None and after is not None and before - after > settings.alert_confidence_drop:
             alerts["confidence_drop"].append(
                 {**where, "value": before - after, "before": before, "after": after, "threshold": settings.alert_confidence_drop}
