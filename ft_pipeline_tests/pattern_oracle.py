@@ -131,11 +131,15 @@ def _key_map(con: duckdb.DuckDBPyConnection, dims: list[str]) -> None:
 def _metrics(cond: str, suffix: str) -> str:
     """SQL aggregates of one group over the records that satisfy `cond`, named with `suffix`."""
     f = f"FILTER (WHERE {cond})"
+    n = f"nullif(count(*) FILTER (WHERE reviewed AND {cond}), 0)"
+    rates = ",".join(
+        f"count(*) FILTER (WHERE decision = '{decision}' AND {cond}) / {n} AS {name}{suffix}"
+        for name, decision in (("acceptance_rate", "accepted"), ("edit_rate", "edited"), ("rejection_rate", "rejected"))
+    )
     return f"""
         count(*) FILTER (WHERE reviewed AND {cond}) AS n{suffix},
         count(*) FILTER (WHERE decision = 'accepted' AND {cond}) AS accepted{suffix},
-        count(*) FILTER (WHERE decision = 'edited' AND {cond}) AS edited{suffix},
-        count(*) FILTER (WHERE decision = 'rejected' AND {cond}) AS rejected{suffix},
+        {rates},
         avg(retained) {f} AS mean_retained{suffix},
         avg(quality_score) {f} AS mean_quality{suffix},
         avg(confidence) {f} AS mean_confidence{suffix},

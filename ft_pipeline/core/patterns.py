@@ -26,9 +26,9 @@ PERCENTILE_SPANS = ("", *(f"_{w}" for w in WINDOWS))
 # The columns of the groups that their rate blocks of a span are made of, in `_summaries`' order.
 SUMMARY_FIELDS: tuple[str, ...] = (
     "n",
-    "accepted",
-    "edited",
-    "rejected",
+    "acceptance_rate",
+    "edit_rate",
+    "rejection_rate",
     "mean_retained",
     "mean_quality",
     "mean_confidence",
@@ -36,6 +36,8 @@ SUMMARY_FIELDS: tuple[str, ...] = (
     "latency_ms_p95",
     "cost_usd",
 )
+# The rates of a span's rate block, each of the reviewed records (n) with a decision.
+SPAN_RATES = {"acceptance_rate": "accepted", "edit_rate": "edited", "rejection_rate": "rejected"}
 # The means of a span's rate block, each from its summed total and count; with the counts and the cost, the daily sums
 # a span adds up (`costed`: whether a day had a cost, so a span without one has none).
 SPAN_MEANS = {
@@ -178,29 +180,39 @@ def _span_sums(rows: dict[str, np.ndarray], suffix: str, groups: int) -> dict[st
     return {c: np.bincount(group, weights=rows[c][kept], minlength=groups) for c in SPAN_SUMS}
 
 
+def _nullable(values: np.ndarray, present: np.ndarray) -> list:
+    """`values` as Python numbers, None where not `present` (set in one array operation, not per group)."""
+    out = np.full(len(values), None, dtype=object)
+    out[present] = values[present]
+    return out.tolist()
+
+
 def _mean(total: np.ndarray, count: np.ndarray) -> list[float | None]:
     """Sums divided by their counts, None where there is no value."""
-    return [t / c if c else None for t, c in zip(total.tolist(), count.astype(np.int64).tolist())]
+    has = count > 0
+    return _nullable(np.divide(total, count, out=np.zeros(len(total)), where=has), has)
 
 
-def _quantiles(group: np.ndarray, value: np.ndarray, count: np.ndarray, groups: int, q: float) -> list[float | None]:
-    """quantile_cont(latency_ms, q) of each of `groups` groups from its value counts (rows sorted by group, then
-    value; every count positive): the interpolation between the values at positions floor and ceil of (n - 1) * q.
-    None for a group without values."""
+def _quantiles(group: np.ndarray, value: np.ndarray, count: np.ndarray, groups: int, qs: tuple[float, ...]) -> list[list]:
+    """quantile_cont(latency_ms, q) for each q of `qs` of each of `groups` groups from its value counts (rows sorted by
+    group, then value; rows counted 0 are left out): the interpolation between the values at positions floor and ceil
+    of (n - 1) * q. None for a group without values."""
     upto = np.concatenate(([0], np.cumsum(count)))
     ids = np.arange(groups)
     before = upto[np.searchsorted(group, ids, side="left")]
     total = upto[np.searchsorted(group, ids, side="right")] - before
-    pos = (total.astype(np.float64) - 1) * q
     if not len(value):
-        return [None] * groups
-    # the value at a position: the first row whose cumulative count passes it
-    lo, hi = (
-        value[np.minimum(np.searchsorted(upto[1:], before + np.maximum(f(pos), 0), side="right"), len(value) - 1)]
-        for f in (np.floor, np.ceil)
-    )
-    result = np.where(np.floor(pos) == np.ceil(pos), lo, lo + (pos - np.floor(pos)) * (hi - lo))
-    return [float(r) if t > 0 else None for r, t in zip(result, total)]
+        return [[None] * groups for _ in qs]
+    found = []
+    for q in qs:
+        pos = (total.astype(np.float64) - 1) * q
+        # the value at a position: the first row whose cumulative count passes it (never one counted 0)
+        lo, hi = (
+            value[np.minimum(np.searchsorted(upto[1:], before + np.maximum(f(pos), 0), side="right"), len(value) - 1)]
+            for f in (np.floor, np.ceil)
+        )
+        found.append(_nullable(np.where(np.floor(pos) == np.ceil(pos), lo, lo + (pos - np.floor(pos)) * (hi - lo)), total > 0))
+    return found
 
 
 def _flags(suffixes: Iterable[str]) -> str:
@@ -234,20 +246,29 @@ def _group_columns(con: duckdb.DuckDBPyConnection, min_n: int) -> dict[str, list
     columns: dict[str, list] = {"dimension": [d for d, _ in keys], "key": [k for _, k in keys]}
     for suffix in SPANS:
         sums = _span_sums(rows, suffix, len(keys))
-        for c in ("n", "accepted", "edited", "rejected"):
+        # the counts the regressions test; the rest of a block is rates and means
+        for c in ("n", "accepted"):
             columns[f"{c}{suffix}"] = sums[c].astype(np.int64).tolist()
+        for name, decided in SPAN_RATES.items():
+            columns[f"{name}{suffix}"] = _mean(sums[decided], sums["n"])
         for name, (total, count) in SPAN_MEANS.items():
             columns[f"{name}{suffix}"] = _mean(sums[total], sums[count])
-        columns[f"cost_usd{suffix}"] = [c if k else None for c, k in zip(sums["cost_sum"].tolist(), sums["costed"].tolist())]
+        columns[f"cost_usd{suffix}"] = _nullable(sums["cost_sum"], sums["costed"] > 0)
     # the value counts in the order of their groups and values give every span's quantiles, each from the rows in it
-    counts = con.execute(
-        f"SELECT g, value, count, {_flags(PERCENTILE_SPANS)} FROM dated_latency JOIN listed USING (dimension, key) ORDER BY g, value"
-    ).fetchnumpy()
+    # (the others counted 0: a million rows are zeroed faster than they are selected)
+    counts = {
+        name: np.asarray(column)
+        for name, column in con.execute(
+            f"SELECT g, value, count, {_flags(PERCENTILE_SPANS)} FROM dated_latency JOIN listed USING (dimension, key) "
+            "ORDER BY g, value"
+        )
+        .fetchnumpy()
+        .items()
+    }
     for suffix in PERCENTILE_SPANS:
-        kept = np.asarray(counts[f"in{suffix}"])
-        group, value, count = (np.asarray(counts[c])[kept] for c in ("g", "value", "count"))
-        for name, q in (("p50", 0.5), ("p95", 0.95)):
-            columns[f"latency_ms_{name}{suffix}"] = _quantiles(group, value, count, len(keys), q)
+        kept = np.where(counts[f"in{suffix}"], counts["count"], 0)
+        p50, p95 = _quantiles(counts["g"], counts["value"], kept, len(keys), (0.5, 0.95))
+        columns[f"latency_ms_p50{suffix}"], columns[f"latency_ms_p95{suffix}"] = p50, p95
     return columns
 
 
@@ -263,9 +284,9 @@ def _summaries(columns: dict[str, list], suffix: str) -> list[dict]:
     return [
         {
             "n": n,
-            "acceptance_rate": rate(accepted, n),
-            "edit_rate": rate(edited, n),
-            "rejection_rate": rate(rejected, n),
+            "acceptance_rate": accepted,
+            "edit_rate": edited,
+            "rejection_rate": rejected,
             "mean_retained": retained,
             "mean_quality": quality,
             "mean_confidence": confidence,
@@ -318,12 +339,11 @@ def _regressions(columns: dict[str, list], settings: Settings) -> list[dict]:
 def _alerts(columns: dict[str, list], settings: Settings) -> dict[str, list[dict]]:
     """Tasks and agents over the alert thresholds in the last 7 days: rejection rate, latency p95, confidence drop."""
     alerts: dict[str, list[dict]] = {"rejection_rate": [], "latency_p95": [], "confidence_drop": []}
-    names = ("dimension", "key", "rejected_7d", "n_7d", "latency_ms_p95_7d", "mean_confidence_before", "mean_confidence_7d")
-    for dimension, key, rejected, n, p95, before, after in zip(*(columns[c] for c in names)):
+    names = ("dimension", "key", "rejection_rate_7d", "latency_ms_p95_7d", "mean_confidence_before", "mean_confidence_7d")
+    for dimension, key, rejection, p95, before, after in zip(*(columns[c] for c in names)):
         if dimension not in ("task", "agent"):
             continue
         where = {"dimension": dimension, "key": key}
-        rejection = rate(rejected, n)
         if rejection is not None and rejection > settings.alert_rejection_rate:
             alerts["rejection_rate"].append({**where, "value": rejection, "threshold": settings.alert_rejection_rate})
         if p95 is not None and p95 > settings.alert_latency_p95_ms:
