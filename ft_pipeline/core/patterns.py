@@ -284,9 +284,9 @@ def _summaries(columns: dict[str, list], suffix: str) -> list[dict]:
     return [
         {
             "n": n,
-            "acceptance_rate": accepted,
-            "edit_rate": edited,
-            "rejection_rate": rejected,
+            "acceptance_rate": acceptance,
+            "edit_rate": edit,
+            "rejection_rate": rejection,
             "mean_retained": retained,
             "mean_quality": quality,
             "mean_confidence": confidence,
@@ -294,7 +294,7 @@ def _summaries(columns: dict[str, list], suffix: str) -> list[dict]:
             "latency_ms_p95": p95,
             "cost_usd": cost,
         }
-        for n, accepted, edited, rejected, retained, quality, confidence, p50, p95, cost in zip(
+        for n, acceptance, edit, rejection, retained, quality, confidence, p50, p95, cost in zip(
             *(columns[f"{c}{suffix}"] for c in SUMMARY_FIELDS)
         )
     ]
