@@ -220,6 +220,11 @@ def _flags(suffixes: Iterable[str]) -> str:
     return ", ".join(f'coalesce({SPANS[suffix]}, false) AS "in{suffix}"' for suffix in suffixes)
 
 
+def _arrays(con: duckdb.DuckDBPyConnection, sql: str) -> dict[str, np.ndarray]:
+    """The columns of a query as numpy arrays."""
+    return {name: np.asarray(column) for name, column in con.execute(sql).fetchnumpy().items()}
+
+
 def _group_columns(con: duckdb.DuckDBPyConnection, min_n: int) -> dict[str, list]:
     """The groups (dimension, key) with at least `min_n` reviewed records, and the aggregates of every span, column by
     column: the report reads a few columns of every group (thousands of users) and builds its entries from them."""
@@ -234,15 +239,10 @@ def _group_columns(con: duckdb.DuckDBPyConnection, min_n: int) -> dict[str, list
     # each span's sums are bincounts of the listed groups' daily rows in it: one pass per span over a few thousand rows,
     # where DuckDB's filtered aggregates (a filter per metric and span) cost several times more
     summed = ", ".join(f"coalesce({c}, 0) AS {c}" for c in SPAN_SUMS if c != "costed")
-    rows = {
-        name: np.asarray(column)
-        for name, column in con.execute(
-            f"SELECT g, {_flags(SPANS)}, {summed}, cost_sum IS NOT NULL AS costed "
-            "FROM dated_groups JOIN listed USING (dimension, key)"
-        )
-        .fetchnumpy()
-        .items()
-    }
+    rows = _arrays(
+        con,
+        f"SELECT g, {_flags(SPANS)}, {summed}, cost_sum IS NOT NULL AS costed FROM dated_groups JOIN listed USING (dimension, key)",
+    )
     columns: dict[str, list] = {"dimension": [d for d, _ in keys], "key": [k for _, k in keys]}
     for suffix in SPANS:
         sums = _span_sums(rows, suffix, len(keys))
@@ -256,15 +256,11 @@ def _group_columns(con: duckdb.DuckDBPyConnection, min_n: int) -> dict[str, list
         columns[f"cost_usd{suffix}"] = _nullable(sums["cost_sum"], sums["costed"] > 0)
     # the value counts in the order of their groups and values give every span's quantiles, each from the rows in it
     # (the others counted 0: a million rows are zeroed faster than they are selected)
-    counts = {
-        name: np.asarray(column)
-        for name, column in con.execute(
-            f"SELECT g, value, count, {_flags(PERCENTILE_SPANS)} FROM dated_latency JOIN listed USING (dimension, key) "
-            "ORDER BY g, value"
-        )
-        .fetchnumpy()
-        .items()
-    }
+    counts = _arrays(
+        con,
+        f"SELECT g, value, count, {_flags(PERCENTILE_SPANS)} FROM dated_latency JOIN listed USING (dimension, key) "
+        "ORDER BY g, value",
+    )
     for suffix in PERCENTILE_SPANS:
         kept = np.where(counts[f"in{suffix}"], counts["count"], 0)
         p50, p95 = _quantiles(counts["g"], counts["value"], kept, len(keys), (0.5, 0.95))
