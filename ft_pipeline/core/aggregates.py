@@ -387,7 +387,6 @@ def combine(con: duckdb.DuckDBPyConnection, lake_dir: Path, dates: list[str]) ->
     held = {name: _held(rollup_path(lake_dir, name)) for name in ROLLUPS}
     # a rollup holding a day that was rewritten or removed is not read: its days are read from their own files again
     held = {name: days if all(stamps.get(d) == stamp for d, stamp in days.items()) else {} for name, days in held.items()}
-    _sum_phrases(con, lake_dir, held)
     _load(con, lake_dir, stamps, held)
     newest = con.execute("SELECT max(day) FROM agg WHERE section = 'totals'").fetchall()[0][0]
     if newest is None:
@@ -397,7 +396,6 @@ def combine(con: duckdb.DuckDBPyConnection, lake_dir: Path, dates: list[str]) ->
         # the newest day moved back, so the old rollup's days are not all before the windows any more: they are read
         # from their own files again
         held["old"] = {}
-        _sum_phrases(con, lake_dir, held)
         _load(con, lake_dir, stamps, held)
     if len(_unheld(stamps, held)) < FOLD_DAYS:
         return
@@ -418,7 +416,6 @@ def combine(con: duckdb.DuckDBPyConnection, lake_dir: Path, dates: list[str]) ->
     for stale in rollup_dir(lake_dir).glob("*.parquet"):
         if stale.stem not in (*ROLLUPS, PHRASES):
             stale.unlink()
-    _sum_phrases(con, lake_dir, held)
     # the report reads what the next one will, so its numbers do not depend on when the rollups were rewritten
     _load(con, lake_dir, stamps, held)
 
@@ -464,7 +461,8 @@ def _load(
 ) -> None:
     """Tables `agg` and `agg_<section>` (views for those in VIEWS) in `con` from the rollups holding `held` and the files
     of the other days of `stamps`, but for the n-grams: view `agg_ngrams` has the other days' only, and view `agg_phrases`
-    the phrase totals of the rollups' days."""
+    the phrase totals of the rollups' days (written first when they hold other days)."""
+    _sum_phrases(con, lake_dir, held)
     tables: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         f"agg_{section}": ((section,), columns) for section, columns in NARROW.items()
     }
