@@ -121,6 +121,27 @@ def test_integer_latencies_with_ties_give_the_exact_percentiles(tmp_path):
     assert report["groups"]["agent"]["a1"]["windows"]["7d"]["latency_ms_p95"] is not None
 
 
+def test_undated_records_count_in_the_whole_history_only(tmp_path):
+    settings = Settings(data_dir=str(tmp_path))
+    # an agent accepting all before the last 7 days and half in them: a regression, unless the many rejected undated
+    # records (no timestamp) were taken for days before the last 7
+    days = [(date(2024, 3, 31) - timedelta(days=back), back) for back in range(20)]
+    for day, back in days:
+        decisions = ["accepted", "rejected"] if back < 7 else ["accepted", "accepted"]
+        rows = [
+            raw_log(f"{day}-{i}", timestamp=f"{day.isoformat()}T12:00:00+00:00", agent="a", decision=decision)
+            for i, decision in enumerate(decisions * 4)
+        ]
+        if back == 10:
+            rows += [raw_log(f"undated-{i}", timestamp=None, agent="a", decision="rejected") for i in range(200)]
+        write_raw_logs(settings.lake_dir, day.isoformat(), rows)
+    report = assert_equals_full_recomputation(settings)
+    agent = report["groups"]["agent"]["a"]
+    assert agent["n"] == 20 * 8 + 200 and agent["windows"]["90d"]["n"] == 20 * 8
+    found = sorted((r["dimension"], r["key"], r["before"], r["n_before"]) for r in report["regressions"])
+    assert found == [("agent", "a", 1.0, 13 * 8), ("task", "chat", 1.0, 13 * 8)]
+
+
 def held_days(settings: Settings, name: str) -> list[str]:
     """The days a rollup holds, from its footer."""
     held = json.loads(pq.read_schema(aggregates.rollup_path(settings.lake_dir, name)).metadata[aggregates.ROLLUP_META])
