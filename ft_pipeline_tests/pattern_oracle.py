@@ -9,11 +9,18 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from ft_pipeline.core.aggregates import DIMENSIONS, MAX_PHRASE_WORDS, RAW_COLUMNS, SETTLED_COLUMNS, TONE_MARKERS, WORD
+from ft_pipeline.core.aggregates import (
+    DIMENSIONS,
+    MAX_PHRASE_WORDS,
+    RAW_COLUMNS,
+    SETTLED_COLUMNS,
+    TONE_MARKERS,
+    WINDOWS,
+    WORD,
+)
 from ft_pipeline.core.io import partition_dates, table_glob
 from ft_pipeline.core.patterns import (
     CHURN_RATIO,
-    SPANS,
     _alerts,
     _groups,
     _regressions,
@@ -23,6 +30,9 @@ from ft_pipeline.core.patterns import (
 from ft_pipeline.core.redaction import redact
 from ft_pipeline.core.stats import compare_arms, rate, two_proportion_test
 from ft_pipeline.settings import Settings
+
+# The records of each span of group aggregates: the whole history, each window, the days before the last 7.
+SPANS = {"": "true", **{f"_{w}": f"days_back < {d}" for w, d in WINDOWS.items()}, "_before": "days_back >= 7"}
 
 
 def full_report(settings: Settings) -> dict[str, Any]:
