@@ -116,6 +116,12 @@ class Settings:
         "the others are counted in groups_omitted.",
     )
     report_top_phrases: int = knob(10, "FT_REPORT_TOP_PHRASES", "report", "Phrases listed per agent for deletions and additions.")
+    report_markdown_groups: int = knob(
+        50,
+        "FT_REPORT_MARKDOWN_GROUPS",
+        "report",
+        "Groups per dimension in the Markdown report and the UI, the most reviewed first; the JSON report lists them all.",
+    )
     min_phrase_support: int = knob(3, "FT_MIN_PHRASE_SUPPORT", "report", "Edits a phrase must appear in before it is reported.")
 
     # datasets

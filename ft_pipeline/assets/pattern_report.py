@@ -39,7 +39,7 @@ def pattern_report(context: AssetExecutionContext, config: ReportConfig, pipelin
     """Combine the daily aggregates of every day into the report, write it, and run its checks."""
     settings = pipeline.settings(config)
     report = build_report(settings)
-    markdown = render_markdown(report)
+    markdown = render_markdown(report, settings.report_markdown_groups)
     json_path = write_json_atomic(report, settings.reports_dir / "pattern_report.json")
     write_text_atomic(markdown, settings.reports_dir / "pattern_report.md")
     context.log.info(

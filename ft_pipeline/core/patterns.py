@@ -738,8 +738,9 @@ def recommendations(report: dict, settings: Settings) -> list[dict]:
     return recs
 
 
-def render_markdown(report: dict) -> str:
-    """The report as Markdown for people (and the Dagster UI)."""
+def render_markdown(report: dict, max_groups: int = Settings.report_markdown_groups) -> str:
+    """The report as Markdown for people (and the Dagster UI), with the `max_groups` most reviewed groups of each
+    dimension."""
     t = report["totals"]
     lines = [
         "# Pattern report",
@@ -758,14 +759,16 @@ def render_markdown(report: dict) -> str:
         for r in report["regressions"]
     ] or ["- none"]
     for dim, groups in report["groups"].items():
+        # a year of users is tens of thousands of rows, which no one reads and the UI's metadata should not carry
+        shown = sorted(groups.items(), key=lambda item: (-item[1]["n"], item[0]))[:max_groups]
         lines += [
             "",
-            f"## By {dim}",
+            f"## By {dim}" + (f" (the {len(shown)} most reviewed of {len(groups)})" if len(shown) < len(groups) else ""),
             "",
             "| key | n | accepted | edited | rejected | accepted 7d | accepted 30d | retained | quality | p50 ms | p95 ms | cost $ |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for key, g in groups.items():
+        for key, g in shown:
             w = g["windows"]
             rates = [
                 g["acceptance_rate"],

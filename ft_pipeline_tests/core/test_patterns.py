@@ -276,6 +276,17 @@ def test_markdown_shows_every_section(planted):
     assert "exp_real: a 30.0% (n=300), b 70.0% (n=300)" in markdown
 
 
+def test_markdown_lists_the_most_reviewed_groups_of_a_dimension_up_to_its_limit(planted):
+    _, report = planted
+    users = report["groups"]["user_id"]
+    ranked = sorted(users, key=lambda key: (-users[key]["n"], key))
+    section = render_markdown(report, max_groups=2).split("## By user_id")[1].split("\n## ")[0]
+    assert section.startswith(f" (the 2 most reviewed of {len(users)})")
+    rows = [line.split(" | ")[0].removeprefix("| ") for line in section.splitlines() if line.startswith("| ")][1:]
+    assert rows == ranked[:2]
+    assert "most reviewed" not in render_markdown(report, max_groups=len(users)).split("## By user_id")[1].splitlines()[0]
+
+
 def test_no_pii_in_report_or_markdown(planted):
     _, report = planted
     text = json.dumps(report) + render_markdown(report)
