@@ -139,19 +139,18 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> Any:
 
 
 def pretraining_chats(settings: Any) -> list[list[dict[str, str]]]:
-    """Chats (without system prompt) the builtin model pretrains on: all tasks' training examples, never dev or test ones."""
-    files = sorted(settings.datasets_dir.glob("*/train.jsonl"))
-    if files:
-        chats = []
-        for path in files:
-            with open(path, encoding="utf-8") as fh:
-                chats += [[m for m in json.loads(line)["messages"] if m["role"] != "system"] for line in fh if line.strip()]
-        return chats
-    defaults = dict(settings.default_system_prompts)
-    records = [r for r in read_settlements(settings.lake_dir, group_by=settings.split_group_by) if r.get("final_text")]
-    # The datasets' own split, so a dev or test example is never seen in pretraining.
-    train = split_records(drop_near_duplicates(records, defaults), settings)["train"]
-    return [chat_example(r, {})["messages"][1:] for r in train]
+    """Chats (without system prompt) the builtin model pretrains on: the training split's records answered with what
+    the model in service wrote (`output`), never a dev or test record; without a lake, the datasets' training examples."""
+    records = [r for r in read_settlements(settings.lake_dir, group_by=settings.split_group_by) if r.get("output")]
+    if records:
+        # the base plays the model that wrote the logs, so what the adapters learn is what people approved of it
+        train = split_records(drop_near_duplicates(records, dict(settings.default_system_prompts)), settings)["train"]
+        return [chat_example({**r, "final_text": r["output"]}, {})["messages"][1:] for r in train]
+    chats = []
+    for path in sorted(settings.datasets_dir.glob("*/train.jsonl")):
+        with open(path, encoding="utf-8") as fh:
+            chats += [[m for m in json.loads(line)["messages"] if m["role"] != "system"] for line in fh if line.strip()]
+    return chats
 
 
 def build_builtin(

@@ -110,16 +110,22 @@ def _tiny_builtin(monkeypatch, tmp_path, **changes):
     return Settings(data_dir=str(tmp_path / "data"), builtin_vocab_size=300, builtin_pretrain_steps=2, **changes)
 
 
-def test_builtin_pretrains_on_training_records_only_and_new_knobs_build_beside_the_old_base(
+def test_builtin_pretrains_on_the_outputs_of_training_records_only_and_new_knobs_build_beside_the_old_base(
     monkeypatch, tmp_path, write_settlement_rows, make_settlement
 ):
     settings = _tiny_builtin(monkeypatch, tmp_path, dev_share=0.25, test_share=0.25)
-    rows = [make_settlement(f"r{i}", task=("a", "b")[i % 2], final_text=f"Reply number {i}.") for i in range(20)]
+    rows = [
+        make_settlement(f"r{i}", task=("a", "b")[i % 2], output=f"Draft number {i}.", final_text=f"Reply number {i}.")
+        for i in range(20)
+    ]
     write_settlement_rows(settings.lake_dir, rows)
+    # a dataset's approved texts are what the adapters learn: the base never reads them when the lake has the outputs
+    (settings.datasets_dir / "a").mkdir(parents=True)
+    (settings.datasets_dir / "a" / "train.jsonl").write_text(json.dumps({"messages": [{"role": "assistant", "content": "x"}]}))
     chats = bm.pretraining_chats(settings)
     train_ids = [r["log_id"] for r in split_records(rows, settings)["train"]]
     assert 0 < len(train_ids) < 20
-    assert sorted(c[-1]["content"] for c in chats) == sorted(f"Reply number {i[1:]}." for i in train_ids)
+    assert sorted(c[-1]["content"] for c in chats) == sorted(f"Draft number {i[1:]}." for i in train_ids)
     assert all(m["role"] != "system" for c in chats for m in c)
 
     path = bm.ensure_base_model(settings, log=lambda _: None)
@@ -171,7 +177,7 @@ def test_identity_hashes_content_and_reuses_its_cache(tiny_model_dir, tmp_path):
     assert list((settings.models_dir / "identities").glob("*.json"))
 
 
-def test_pretraining_prefers_dataset_training_splits(tmp_path):
+def test_pretraining_without_a_lake_reads_the_datasets_training_splits(tmp_path):
     settings = Settings(data_dir=str(tmp_path))
     line = {
         "id": "1",
