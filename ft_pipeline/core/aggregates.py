@@ -377,11 +377,11 @@ def _bucketed(value: str) -> str:
     return f"CASE WHEN {value} > 0 THEN 2 * pow({gamma}, ceil(ln({value}) / ln({gamma}))) / ({gamma} + 1) ELSE {value} END"
 
 
-def combine(con: duckdb.DuckDBPyConnection, lake_dir: Path, dates: list[str]) -> None:
+def combine(con: duckdb.DuckDBPyConnection, lake_dir: Path, dates: list[str]) -> dict[str, dict]:
     """Tables `agg` and `agg_<section>` (NARROW; views for those in VIEWS) in `con`: the aggregates of `dates` added up,
     from the ROLLUPS plus the files of the days they do not hold. Once FOLD_DAYS days are in neither, they are folded
     in, so a report reads the rollups and fewer than FOLD_DAYS files, and the rollups are rewritten once in FOLD_DAYS
-    days."""
+    days. Returns what the tables were made of: the days each rollup holds, and the stamps of the other days' files."""
     built = partition_stamps(lake_dir, TABLE)
     stamps = {d: built[d] for d in dates if d in built}
     held = {name: _held(rollup_path(lake_dir, name)) for name in ROLLUPS}
@@ -390,7 +390,7 @@ def combine(con: duckdb.DuckDBPyConnection, lake_dir: Path, dates: list[str]) ->
     _load(con, lake_dir, stamps, held)
     newest = con.execute("SELECT max(day) FROM agg WHERE section = 'totals'").fetchall()[0][0]
     if newest is None:
-        return
+        return _made_of(stamps, held)
     cut = newest - timedelta(days=HORIZON_DAYS)
     if max(held["old"], default="") > cut.isoformat():
         # the newest day moved back, so the old rollup's days are not all before the windows any more: they are read
@@ -398,7 +398,7 @@ def combine(con: duckdb.DuckDBPyConnection, lake_dir: Path, dates: list[str]) ->
         held["old"] = {}
         _load(con, lake_dir, stamps, held)
     if len(_unheld(stamps, held)) < FOLD_DAYS:
-        return
+        return _made_of(stamps, held)
     # the recent rollup is written first: a crash before the old one leaves days in neither (read from their files),
     # never in both
     recent = {d: stamp for d, stamp in stamps.items() if d > cut.isoformat()}
@@ -418,6 +418,12 @@ def combine(con: duckdb.DuckDBPyConnection, lake_dir: Path, dates: list[str]) ->
             stale.unlink()
     # the report reads what the next one will, so its numbers do not depend on when the rollups were rewritten
     _load(con, lake_dir, stamps, held)
+    return _made_of(stamps, held)
+
+
+def _made_of(stamps: dict[str, list[int]], held: dict[str, dict[str, list[int]]]) -> dict[str, dict]:
+    """What `combine`'s tables are made of: the days each rollup holds, and the stamps of the files of the other days."""
+    return {"rollups": held, "days": {d: stamps[d] for d in _unheld(stamps, held)}}
 
 
 def _sources(lake_dir: Path, held: dict[str, dict[str, list[int]]], days: list[str]) -> str:

@@ -5,16 +5,21 @@ from __future__ import annotations
 
 import gc
 import heapq
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 
 from ft_pipeline.core import aggregates
 from ft_pipeline.core.aggregates import TONE_MARKERS, WINDOWS
+from ft_pipeline.core.io import atomic_path, remove_stale_temps
 from ft_pipeline.core.locks import hold
 from ft_pipeline.core.redaction import redact
 from ft_pipeline.core.stats import compare_arms, rate, two_proportion_test
@@ -58,6 +63,23 @@ SPAN_MEANS = {
     "mean_confidence": ("confidence_sum", "confidence_n"),
 }
 SPAN_SUMS = ("n", "accepted", "edited", "rejected", *(c for pair in SPAN_MEANS.values() for c in pair), "cost_sum", "costed")
+# The listed groups' columns of the last report, in an Arrow IPC file beside the rollups with the state it was combined
+# in (JSON in its schema's metadata): a report computes the groups whose rows changed since, and takes the others' from
+# it. Each group's records tell a group that lost rows.
+GROUPS_FILE = "groups.arrow"
+GROUPS_META = b"ft_pipeline_groups"
+# Raised when what a group's columns mean changes without a change of GROUPS_SCHEMA, so no report takes older ones.
+GROUPS_VERSION = 1
+KEY_FIELDS = ["dimension", "key", "records"]
+GROUPS_SCHEMA = pa.schema(
+    [("dimension", pa.string()), ("key", pa.string()), ("records", pa.int64())]
+    + [
+        (f"{name}{suffix}", pa.int64() if name in ("n", "accepted") else pa.float64())
+        for suffix in SPANS
+        for name in ("n", "accepted", *SPAN_RATES, *SPAN_MEANS, "cost_usd")
+    ]
+    + [(f"latency_ms_{q}{suffix}", pa.float64()) for suffix in PERCENTILE_SPANS for q in ("p50", "p95")]
+)
 # A phrase is folded into a longer one that contains it when the longer one has this share of its support.
 MERGE_SHARE = 0.8
 # Phrases of one agent and kind the folding considers, the best supported first: a report lists ten or so.
@@ -133,8 +155,8 @@ def build_report(settings: Settings) -> dict[str, Any]:
         dates, _ = aggregates.refresh(settings.lake_dir)
         con = duckdb.connect()
         try:
-            aggregates.combine(con, settings.lake_dir, dates)
-            return _report(con, settings)
+            made_of = aggregates.combine(con, settings.lake_dir, dates)
+            return _report(con, settings, made_of)
         finally:
             con.close()
 
@@ -160,8 +182,9 @@ def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list | dict | None =
     return [dict(zip(names, row)) for row in cur.fetchall()]
 
 
-def _report(con: duckdb.DuckDBPyConnection, settings: Settings) -> dict[str, Any]:
-    """Assemble every section of the report from the tables of daily aggregates that `aggregates.combine` made."""
+def _report(con: duckdb.DuckDBPyConnection, settings: Settings, made_of: dict[str, dict]) -> dict[str, Any]:
+    """Assemble every section of the report from the tables of daily aggregates that `aggregates.combine` made of
+    `made_of`."""
     totals = _rows(
         con,
         """
@@ -181,7 +204,7 @@ def _report(con: duckdb.DuckDBPyConnection, settings: Settings) -> dict[str, Any
         "as_of": as_of.isoformat() if as_of else None,
         "totals": {k: int(v) for k, v in totals.items()},
     }
-    columns = _group_columns(con, settings.report_min_group_n)
+    columns = _group_columns(con, settings, made_of, as_of)
     report["groups"] = _groups(columns)
     report["groups_omitted"] = _omitted(con, settings.report_min_group_n)
     report["regressions"] = _regressions(columns, settings)
@@ -195,34 +218,34 @@ def _report(con: duckdb.DuckDBPyConnection, settings: Settings) -> dict[str, Any
 
 
 def _band_sums(rows: dict[str, np.ndarray], groups: int) -> dict[str, np.ndarray]:
-    """Each column of `rows` (a listed group's daily sums, with their group number `g` and band) added up per group and
-    band, as an array of `groups` rows and BANDS columns."""
+    """Each column of `rows` (a group's daily sums, with its group number `g` and band) added up per group and band, as
+    an array of `groups` rows and BANDS columns."""
     cell = rows["g"] * BANDS + rows["band"]
     return {c: np.bincount(cell, weights=rows[c], minlength=groups * BANDS).reshape(groups, BANDS) for c in SPAN_SUMS}
 
 
-def _nullable(values: np.ndarray, present: np.ndarray) -> list:
-    """`values` as Python numbers, None where not `present` (set in one array operation, not per group)."""
-    out = np.full(len(values), None, dtype=object)
-    out[present] = values[present]
-    return out.tolist()
+def _nullable(values: np.ndarray, present: np.ndarray) -> pa.Array:
+    """`values`, null where not `present`."""
+    return pa.array(values, mask=~present)
 
 
-def _mean(total: np.ndarray, count: np.ndarray) -> list[float | None]:
-    """Sums divided by their counts, None where there is no value."""
+def _mean(total: np.ndarray, count: np.ndarray) -> pa.Array:
+    """Sums divided by their counts, null where there is no value."""
     has = count > 0
     return _nullable(np.divide(total, count, out=np.zeros(len(total)), where=has), has)
 
 
-def _quantiles(first: np.ndarray, last: np.ndarray, value: np.ndarray, count: np.ndarray, qs: tuple[float, ...]) -> list[list]:
+def _quantiles(
+    first: np.ndarray, last: np.ndarray, value: np.ndarray, count: np.ndarray, qs: tuple[float, ...]
+) -> list[pa.Array]:
     """quantile_cont(latency_ms, q) for each q of `qs` of each group from its value counts (rows sorted by value within
     a group, whose rows are `first` to `last` excluded; rows counted 0 are left out): the interpolation between the
-    values at positions floor and ceil of (n - 1) * q. None for a group without values."""
+    values at positions floor and ceil of (n - 1) * q. Null for a group without values."""
     upto = np.concatenate(([0], np.cumsum(count)))
     before = upto[first]
     total = upto[last] - before
     if not len(value):
-        return [[None] * len(first) for _ in qs]
+        return [pa.nulls(len(first), pa.float64()) for _ in qs]
     found = []
     for q in qs:
         pos = (total.astype(np.float64) - 1) * q
@@ -242,18 +265,69 @@ def _arrays(con: duckdb.DuckDBPyConnection, sql: str) -> dict[str, np.ndarray]:
     return {name: table.column(name).to_numpy() for name in table.column_names}
 
 
-def _group_columns(con: duckdb.DuckDBPyConnection, min_n: int) -> dict[str, list]:
-    """The groups (dimension, key) with at least `min_n` reviewed records, and the aggregates of every span, column by
-    column: the report reads a few columns of every group (thousands of users) and builds its entries from them."""
-    # the groups listed, first: the latency distributions are ranked for those only, so a long tail of groups with a
-    # record or two (most users) costs a count, not a sort of its values
-    con.execute("CREATE TEMP TABLE sized AS SELECT dimension, key, coalesce(sum(n), 0) AS n FROM agg_groups GROUP BY ALL")
+def _group_columns(
+    con: duckdb.DuckDBPyConnection, settings: Settings, made_of: dict[str, dict], as_of: date | None
+) -> dict[str, list]:
+    """The groups (dimension, key) with at least `report_min_group_n` reviewed records, and the aggregates of every span,
+    column by column: the report reads a few columns of every group (thousands of users) and builds its entries from
+    them. Only the groups whose rows changed, or moved to another band, since the last report are computed; the others'
+    columns are the last report's (GROUPS_FILE)."""
+    path = aggregates.rollup_dir(settings.lake_dir) / GROUPS_FILE
+    state = {
+        "version": GROUPS_VERSION,
+        "min_n": int(settings.report_min_group_n),
+        "windows": WINDOWS,
+        "as_of": as_of and as_of.isoformat(),
+        **made_of,
+    }
+    last = _last_groups(path, state)
+    # a group's columns depend on its rows and their bands; the rows of a day whose band the newest day's move changed
+    moved = _moved_days(date.fromisoformat(last.state["as_of"]), as_of) if last and last.state["as_of"] and as_of else []
+    days = ", ".join(f"DATE '{d.isoformat()}'" for d in moved)
+    shifted = f"count(*) FILTER (WHERE day IN ({days})) > 0" if moved else "false"
+    con.execute(f"""
+        CREATE TEMP TABLE sized AS
+        SELECT dimension, key, coalesce(sum(n), 0) AS n, CAST(coalesce(sum(count), 0) AS BIGINT) AS records, {shifted} AS moved
+        FROM agg_groups GROUP BY ALL""")
     con.execute(
-        "CREATE TEMP TABLE listed AS SELECT dimension, key, row_number() OVER (ORDER BY dimension, key) - 1 AS g "
-        f"FROM sized WHERE n >= {int(min_n)}"
+        "CREATE TEMP TABLE listed AS SELECT dimension, key, records, moved, row_number() OVER (ORDER BY dimension, key) - 1 "
+        f"AS g FROM sized WHERE n >= {int(settings.report_min_group_n)}"
     )
-    keys = _arrays(con, "SELECT dimension, key FROM listed ORDER BY g")
-    groups = len(keys["key"])
+    keys = con.sql(f"SELECT {', '.join(KEY_FIELDS)} FROM listed ORDER BY g").to_arrow_table()
+    keys = keys.cast(pa.schema([GROUPS_SCHEMA.field(name) for name in KEY_FIELDS]))
+    groups = keys.num_rows
+    kept = _kept(con, settings.lake_dir, made_of, last)
+    con.execute(
+        "CREATE TEMP TABLE todo AS SELECT dimension, key, g AS slot, row_number() OVER (ORDER BY g) - 1 AS g FROM listed "
+        "WHERE g NOT IN (SELECT g FROM kept)"
+    )
+    slots = _arrays(con, "SELECT slot FROM todo ORDER BY g")["slot"]
+    fresh = _computed(con, "todo", len(slots))
+    # each listed group's row: the last report's (its row there) or a fresh one (after the last report's rows)
+    cached = last.table.num_rows if last else 0
+    source = np.empty(groups, np.int64)
+    source[kept["g"]] = kept["last_row"]
+    source[slots] = cached + np.arange(len(slots))
+    merged = pa.table(
+        [
+            *keys.columns,
+            *(
+                pa.chunked_array([*(last.table.column(f.name).chunks if last else []), fresh[f.name].cast(f.type)], f.type).take(
+                    source
+                )
+                for f in GROUPS_SCHEMA
+                if f.name not in KEY_FIELDS
+            ),
+        ],
+        schema=GROUPS_SCHEMA,
+    )
+    _write_groups(path, merged, state)
+    return {name: merged.column(name).to_pylist() for name in merged.column_names if name != "records"}
+
+
+def _computed(con: duckdb.DuckDBPyConnection, table: str, groups: int) -> dict[str, pa.Array]:
+    """The aggregates of every span of the groups of `table` (dimension, key and their number g, from 0 to `groups`),
+    each column an array in the groups' order."""
     # each daily row's band
     cases = " ".join(f"WHEN days_back < {d} THEN {i}" for i, d in enumerate(BOUNDS))
     for section in ("groups", "latency"):
@@ -261,22 +335,22 @@ def _group_columns(con: duckdb.DuckDBPyConnection, min_n: int) -> dict[str, list
             CREATE TEMP VIEW banded_{section} AS
             SELECT *, CAST(CASE WHEN days_back IS NULL THEN {UNDATED} {cases} ELSE {len(BOUNDS)} END AS UTINYINT) AS band
             FROM (SELECT *, (SELECT max(day) FROM agg WHERE section = 'totals') - day AS days_back FROM agg_{section})""")
-    # the sums are bincounts of the listed groups' daily rows by group and band, one per column, where DuckDB's filtered
+    # the sums are bincounts of the groups' daily rows by group and band, one per column, where DuckDB's filtered
     # aggregates (a filter per metric and span) cost several times more; a span adds up its bands
     summed = ", ".join(f"coalesce({c}, 0) AS {c}" for c in SPAN_SUMS if c != "costed")
     banded = _band_sums(
         _arrays(
             con,
-            f"SELECT g, band, {summed}, cost_sum IS NOT NULL AS costed FROM banded_groups JOIN listed USING (dimension, key)",
+            f"SELECT g, band, {summed}, cost_sum IS NOT NULL AS costed FROM banded_groups JOIN {table} USING (dimension, key)",
         ),
         groups,
     )
-    columns: dict[str, list] = {name: keys[name].tolist() for name in ("dimension", "key")}
+    columns: dict[str, pa.Array] = {}
     for suffix, bands in SPANS.items():
         sums = {c: banded[c][:, list(bands)].sum(axis=1) for c in SPAN_SUMS}
         # the counts the regressions test; the rest of a block is rates and means
         for c in ("n", "accepted"):
-            columns[f"{c}{suffix}"] = sums[c].astype(np.int64).tolist()
+            columns[f"{c}{suffix}"] = pa.array(sums[c].astype(np.int64))
         for name, decided in SPAN_RATES.items():
             columns[f"{name}{suffix}"] = _mean(sums[decided], sums["n"])
         for name, (total, count) in SPAN_MEANS.items():
@@ -284,7 +358,9 @@ def _group_columns(con: duckdb.DuckDBPyConnection, min_n: int) -> dict[str, list
         columns[f"cost_usd{suffix}"] = _nullable(sums["cost_sum"], sums["costed"] > 0)
     # the value counts in the order of their groups and values give every span's quantiles, each from the rows in it
     # (the others counted 0: a million rows are zeroed faster than they are selected)
-    counts = _arrays(con, "SELECT g, value, count, band FROM banded_latency JOIN listed USING (dimension, key) ORDER BY g, value")
+    counts = _arrays(
+        con, f"SELECT g, value, count, band FROM banded_latency JOIN {table} USING (dimension, key) ORDER BY g, value"
+    )
     ids = np.arange(groups)
     first, last = (np.searchsorted(counts["g"], ids, side=side) for side in ("left", "right"))
     for suffix in PERCENTILE_SPANS:
@@ -292,6 +368,73 @@ def _group_columns(con: duckdb.DuckDBPyConnection, min_n: int) -> dict[str, list
         p50, p95 = _quantiles(first, last, counts["value"], kept, (0.5, 0.95))
         columns[f"latency_ms_p50{suffix}"], columns[f"latency_ms_p95{suffix}"] = p50, p95
     return columns
+
+
+@dataclass
+class _LastGroups:
+    """The listed groups' columns of the last report (GROUPS_SCHEMA), with the state it was combined in."""
+
+    table: pa.Table
+    state: dict[str, Any]
+
+
+def _last_groups(path: Path, state: dict[str, Any]) -> _LastGroups | None:
+    """The last report's groups, when it listed them by the same rules from the same rollups; None otherwise, or when the
+    file is missing or unreadable (then every group is computed, and the file written again)."""
+    try:
+        with pa.OSFile(str(path)) as source:
+            table = pa.ipc.open_file(source).read_all()
+        last = json.loads(table.schema.metadata[GROUPS_META])
+    except (OSError, ValueError, KeyError, TypeError, pa.ArrowException):
+        return None
+    if table.schema.remove_metadata() != GROUPS_SCHEMA or not isinstance(last, dict) or not isinstance(last.get("days"), dict):
+        return None
+    if any(last.get(name) != state[name] for name in ("version", "min_n", "windows", "rollups")):
+        return None
+    return _LastGroups(table, last)
+
+
+def _moved_days(before: date, now: date) -> list[date]:
+    """The days in another band when the newest day is `now` than when it was `before`."""
+    early, late = sorted((before, now))
+    return [late - timedelta(days=bound + back) for bound in BOUNDS for back in range((late - early).days)]
+
+
+def _kept(
+    con: duckdb.DuckDBPyConnection, lake_dir: Path, made_of: dict[str, dict], last: _LastGroups | None
+) -> dict[str, np.ndarray]:
+    """Table `kept`: the listed groups (g) whose columns are the last report's (its row), those whose rows are all as
+    they were: none is in a day file that is new or changed since, none moved band, and their records add up as they
+    did (a group that lost rows, from a removed file or a changed one that no longer has it, has fewer)."""
+    if last is None:
+        con.execute("CREATE TEMP TABLE kept (g BIGINT, last_row BIGINT)")
+        return _arrays(con, "SELECT g, last_row FROM kept")
+    changed = [d for d, stamp in made_of["days"].items() if last.state["days"].get(d) != stamp]
+    paths = ", ".join(aggregates.literal(str(aggregates.aggregates_path(lake_dir, d))) for d in changed)
+    con.execute(
+        f"CREATE TEMP TABLE changed AS SELECT DISTINCT dimension, key FROM read_parquet([{paths}]) WHERE section = 'groups'"
+        if changed
+        else "CREATE TEMP TABLE changed (dimension VARCHAR, key VARCHAR)"
+    )
+    previous = last.table.select(KEY_FIELDS).append_column("last_row", pa.array(np.arange(last.table.num_rows)))
+    con.register("previous", previous)
+    con.execute("""
+        CREATE TEMP TABLE kept AS
+        SELECT l.g, p.last_row FROM listed l JOIN previous p USING (dimension, key)
+        WHERE l.records = p.records AND NOT l.moved AND NOT EXISTS (SELECT 1 FROM changed c WHERE c.dimension = l.dimension AND c.key = l.key)""")
+    con.unregister("previous")
+    return _arrays(con, "SELECT g, last_row FROM kept")
+
+
+def _write_groups(path: Path, table: pa.Table, state: dict[str, Any]) -> None:
+    """Write the listed groups' columns with the state they were combined in, for the next report."""
+    remove_stale_temps(path)  # a killed report's; the report lock keeps every other writer out
+    with (
+        atomic_path(path) as tmp,
+        pa.OSFile(str(tmp), "wb") as sink,
+        pa.ipc.new_file(sink, table.schema.with_metadata({GROUPS_META: json.dumps(state)})) as writer,
+    ):
+        writer.write_table(table)
 
 
 def _omitted(con: duckdb.DuckDBPyConnection, min_n: int) -> dict[str, int]:

@@ -178,7 +178,7 @@ def test_days_are_folded_into_the_rollups_once_enough_are_new_and_a_rewritten_or
     # FOLD_DAYS new days are folded into the recent rollup: all of them lie in the longest window; an earlier
     # version's single rollup goes
     earlier = aggregates.rollup_path(settings.lake_dir, "part")
-    earlier.parent.mkdir(parents=True)
+    earlier.parent.mkdir(parents=True, exist_ok=True)
     earlier.write_bytes(b"PAR1")
     write_days(settings.lake_dir, first + timedelta(days=aggregates.FOLD_DAYS - 1), 1)
     assert_equals_full_recomputation(settings)
@@ -239,6 +239,76 @@ def test_days_are_folded_into_the_rollups_once_enough_are_new_and_a_rewritten_or
         for table in ("raw_logs", aggregates.TABLE):
             partition_file(settings.lake_dir, table, day).unlink()
     assert_equals_full_recomputation(settings)
+
+
+def write_user_day(settings: Settings, offset: int, user: str) -> None:
+    """Day `offset` after 2024-01-01: six reviewed records of `user`, with latencies, all by one agent."""
+    day = (date(2024, 1, 1) + timedelta(days=offset)).isoformat()
+    rows = [
+        raw_log(
+            f"{day}-{i}",
+            timestamp=f"{day}T12:00:00+00:00",
+            agent="a",
+            user_id=user,
+            decision=("accepted", "edited", "rejected")[(i + offset) % 3],
+            latency_ms=float(100 + offset * 10 + i),
+        )
+        for i in range(6)
+    ]
+    write_raw_logs(settings.lake_dir, day, rows)
+
+
+def computed_users(monkeypatch) -> list[list[str]]:
+    """The users whose columns each later report computes, one list per report."""
+    reports: list[list[str]] = []
+    compute = patterns._computed
+
+    def spied(con, table, groups):
+        reports.append(sorted(k for (k,) in con.execute(f"SELECT key FROM {table} WHERE dimension = 'user_id'").fetchall()))
+        return compute(con, table, groups)
+
+    monkeypatch.setattr(patterns, "_computed", spied)
+    return reports
+
+
+def test_a_report_computes_only_the_groups_whose_rows_changed_or_moved_band_and_takes_the_others_from_the_last(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(aggregates, "FOLD_DAYS", 1000)  # every day read from its file: the rollups stay as they are
+    settings = Settings(data_dir=str(tmp_path))
+    for offset in range(40):  # one user a day, each listed (six reviewed records)
+        write_user_day(settings, offset, f"u{offset}")
+    reports = computed_users(monkeypatch)
+    assert_equals_full_recomputation(settings)
+    assert len(reports[-1]) == 40  # no last report: every group
+    assert_equals_full_recomputation(settings)
+    assert reports[-1] == []  # nothing changed
+    # a new day: its user, and those whose day left the 7-day and the 30-day window (days 33 and 10)
+    write_user_day(settings, 40, "u40")
+    assert_equals_full_recomputation(settings)
+    assert reports[-1] == ["u10", "u33", "u40"]
+    # a rewritten day whose records went to another user: that user, and the one who lost them (fewer records)
+    write_user_day(settings, 20, "u20b")
+    report = assert_equals_full_recomputation(settings)
+    assert reports[-1] == ["u20b"] and "u20" not in report["groups"]["user_id"]
+    # a removed day: its user goes, nothing is computed for the others
+    for table in ("raw_logs", aggregates.TABLE):
+        partition_file(settings.lake_dir, table, "2024-01-06").unlink()
+    report = assert_equals_full_recomputation(settings)
+    assert reports[-1] == [] and "u5" not in report["groups"]["user_id"]
+    # the newest day removed: the newest day moves back, and the days that move band again are computed
+    for table in ("raw_logs", aggregates.TABLE):
+        partition_file(settings.lake_dir, table, "2024-02-10").unlink()
+    assert_equals_full_recomputation(settings)
+    assert reports[-1] == ["u10", "u33"]
+    # an unreadable last report's groups, or one listed by another minimum: every group again
+    path = aggregates.rollup_dir(settings.lake_dir) / patterns.GROUPS_FILE
+    path.write_bytes(b"ARROW1 torn")
+    assert_equals_full_recomputation(settings)
+    assert len(reports[-1]) == 39
+    monkeypatch.setenv("FT_REPORT_MIN_GROUP_N", "6")
+    assert_equals_full_recomputation(Settings.from_env(data_dir=str(tmp_path)))
+    assert len(reports[-1]) == 39
 
 
 def test_latency_of_a_large_group_in_the_rollup_is_kept_within_its_relative_accuracy(tmp_path, monkeypatch):
