@@ -4,10 +4,10 @@
 
 Generates raw_logs days (the settlements benchmark's record generator: realistic text lengths, ~30% edited, 50k
 users) and settles each with the settlements stage, in a temporary data dir holding 365 days; a second data dir
-holds hard links to the last 30 of them. The report is built once on each, which writes every day's aggregates
-and folds them into the rollups (on 365 days, the days older than the longest window into the old one). Then one new
-day is added to both, and the report is timed on each: the new day's aggregates, then the combine (the rollups plus
-the day they do not hold). The sides are timed in turn, --repeats times each, each from the state before the new day; the
+holds hard links to the last 30 of them. The report is built once on each, which writes every day's aggregates,
+folds them into the rollups (on 365 days, the days older than the longest window into the old one) and keeps the
+listed groups' columns beside them. Then one new day is added to both, and the report is timed on each: the new day's
+aggregates, then the combine (the rollups plus the day they do not hold, and the groups whose rows changed). The sides are timed in turn, --repeats times each, each from the state before the new day; the
 medians are printed, with the ratio 365 days / 30 days.
 """
 
@@ -73,7 +73,7 @@ def link_days(source: Settings, target: Settings, days: list[date]) -> None:
 
 
 def snapshot(settings: Settings) -> Path:
-    """A copy of the rollups before the new day, from which each timed run starts."""
+    """A copy of the rollups (and the last report's groups) before the new day, from which each timed run starts."""
     rollups = aggregates.rollup_dir(settings.lake_dir)
     before = rollups.with_name("before-new-day")
     shutil.copytree(rollups, before)
