@@ -281,10 +281,13 @@ def _group_columns(
         **made_of,
     }
     last = _last_groups(path, state)
-    # a group's columns depend on its rows and their bands; the rows of a day whose band the newest day's move changed
+    # a group's columns depend on its rows and their bands: one with rows on a day that the newest day's move put in
+    # another band is computed again
     moved = _moved_days(date.fromisoformat(last.state["as_of"]), as_of) if last and last.state["as_of"] and as_of else []
     days = ", ".join(f"DATE '{d.isoformat()}'" for d in moved)
     shifted = f"count(*) FILTER (WHERE day IN ({days})) > 0" if moved else "false"
+    # the groups listed, first: the latency distributions are ranked for those only, so a long tail of groups with a
+    # record or two (most users) costs a count, not a sort of its values
     con.execute(f"""
         CREATE TEMP TABLE sized AS
         SELECT dimension, key, coalesce(sum(n), 0) AS n, CAST(coalesce(sum(count), 0) AS BIGINT) AS records, {shifted} AS moved
@@ -304,25 +307,21 @@ def _group_columns(
     slots = _arrays(con, "SELECT slot FROM todo ORDER BY g")["slot"]
     fresh = _computed(con, "todo", len(slots))
     # each listed group's row: the last report's (its row there) or a fresh one (after the last report's rows)
-    cached = last.table.num_rows if last else 0
     source = np.empty(groups, np.int64)
     source[kept["g"]] = kept["last_row"]
-    source[slots] = cached + np.arange(len(slots))
+    source[slots] = (last.table.num_rows if last else 0) + np.arange(len(slots))
     merged = pa.table(
-        [
-            *keys.columns,
-            *(
-                pa.chunked_array([*(last.table.column(f.name).chunks if last else []), fresh[f.name].cast(f.type)], f.type).take(
-                    source
-                )
-                for f in GROUPS_SCHEMA
-                if f.name not in KEY_FIELDS
-            ),
-        ],
+        [*keys.columns, *(_merged_column(f, last, fresh[f.name], source) for f in GROUPS_SCHEMA if f.name not in KEY_FIELDS)],
         schema=GROUPS_SCHEMA,
     )
     _write_groups(path, merged, state)
     return {name: merged.column(name).to_pylist() for name in merged.column_names if name != "records"}
+
+
+def _merged_column(field: pa.Field, last: _LastGroups | None, fresh: pa.Array, source: np.ndarray) -> pa.ChunkedArray:
+    """Column `field` of the listed groups: rows `source` of the last report's rows followed by the fresh ones."""
+    chunks = last.table.column(field.name).chunks if last else []
+    return pa.chunked_array([*chunks, fresh.cast(field.type)], field.type).take(source)
 
 
 def _computed(con: duckdb.DuckDBPyConnection, table: str, groups: int) -> dict[str, pa.Array]:
