@@ -287,7 +287,8 @@ def test_a_report_computes_only_the_groups_whose_rows_changed_or_moved_band_and_
     write_user_day(settings, 40, "u40")
     assert_equals_full_recomputation(settings)
     assert reports[-1] == ["u10", "u33", "u40"]
-    # a rewritten day whose records went to another user: that user, and the one who lost them (fewer records)
+    # a rewritten day whose records went to another user: that user is computed, and the one who lost them (fewer
+    # records, none reviewed) is no longer listed
     write_user_day(settings, 20, "u20b")
     report = assert_equals_full_recomputation(settings)
     assert reports[-1] == ["u20b"] and "u20" not in report["groups"]["user_id"]
