@@ -402,11 +402,11 @@ def combine(con: duckdb.DuckDBPyConnection, lake_dir: Path, dates: list[str]) ->
     # the recent rollup is written first: a crash before the old one leaves days in neither (read from their files),
     # never in both
     recent = {d: stamp for d, stamp in stamps.items() if d > cut.isoformat()}
-    _fold(con, rollup_path(lake_dir, "recent"), _sources(lake_dir, {}, list(recent)), recent, cut)
+    _fold(con, rollup_path(lake_dir, "recent"), rows_sql(lake_dir, {}, list(recent)), recent, cut)
     held["recent"] = recent
     old = {d: stamp for d, stamp in stamps.items() if d <= cut.isoformat() and d not in held["old"]}
     if old:
-        sources = _sources(lake_dir, {"old": held["old"]}, list(old))
+        sources = rows_sql(lake_dir, {"old": held["old"]}, list(old))
         held["old"] = {**held["old"], **old}
         # its rows add up as its newest day's, so it stays before the windows as long as that day does
         _fold(con, rollup_path(lake_dir, "old"), sources, held["old"], date.fromisoformat(max(held["old"])))
@@ -426,7 +426,7 @@ def _made_of(stamps: dict[str, list[int]], held: dict[str, dict[str, list[int]]]
     return {"rollups": held, "days": {d: stamps[d] for d in _unheld(stamps, held)}}
 
 
-def _sources(lake_dir: Path, held: dict[str, dict[str, list[int]]], days: list[str]) -> str:
+def rows_sql(lake_dir: Path, held: dict[str, dict[str, list[int]]], days: list[str]) -> str:
     """SQL: the rows of every column of the rollups in `held` that hold days and of the files of `days`."""
     columns = ", ".join(f'"{c}"' for c in COLUMNS)
     typed = ", ".join(f'NULL::{kind} AS "{c}"' for c, kind in COLUMNS.items())
@@ -449,7 +449,7 @@ def _sum_phrases(con: duckdb.DuckDBPyConnection, lake_dir: Path, held: dict[str,
     if not days:
         path.unlink(missing_ok=True)
         return
-    totals = pivot(f"SELECT * FROM ({_sources(lake_dir, held, [])}) WHERE section = 'ngrams'")
+    totals = pivot(f"SELECT * FROM ({rows_sql(lake_dir, held, [])}) WHERE section = 'ngrams'")
     table = con.sql(f"{totals} ORDER BY key, item").to_arrow_table().cast(PHRASES_SCHEMA)
     with atomic_path(path) as tmp:
         pq.write_table(table.replace_schema_metadata({ROLLUP_META: json.dumps({"days": days})}), tmp, compression="zstd")
@@ -476,7 +476,7 @@ def _load(
     unheld = _unheld(stamps, held)
     for table, (sections, columns) in tables.items():
         select = ", ".join(f'"{c}"' for c in columns)
-        rows = _sources(lake_dir, {} if table == "agg_ngrams" else held, unheld)
+        rows = rows_sql(lake_dir, {} if table == "agg_ngrams" else held, unheld)
         kind = "VIEW" if table in VIEWS else "TABLE"
         con.execute(
             f"CREATE OR REPLACE TEMP {kind} {table} AS SELECT {select} FROM ({rows}) "

@@ -409,11 +409,9 @@ def _kept(
         con.execute("CREATE TEMP TABLE kept (g BIGINT, last_row BIGINT)")
         return _arrays(con, "SELECT g, last_row FROM kept")
     changed = [d for d, stamp in made_of["days"].items() if last.state["days"].get(d) != stamp]
-    paths = ", ".join(aggregates.literal(str(aggregates.aggregates_path(lake_dir, d))) for d in changed)
     con.execute(
-        f"CREATE TEMP TABLE changed AS SELECT DISTINCT dimension, key FROM read_parquet([{paths}]) WHERE section = 'groups'"
-        if changed
-        else "CREATE TEMP TABLE changed (dimension VARCHAR, key VARCHAR)"
+        "CREATE TEMP TABLE changed AS SELECT DISTINCT dimension, key "
+        f"FROM ({aggregates.rows_sql(lake_dir, {}, changed)}) WHERE section = 'groups'"
     )
     previous = last.table.select(KEY_FIELDS).append_column("last_row", pa.array(np.arange(last.table.num_rows)))
     con.register("previous", previous)
