@@ -29,7 +29,7 @@ from settlements import PREAMBLE, SYLLABLES, _batch, _edit, _text  # bench/ itse
 
 from ft_pipeline.core import aggregates
 from ft_pipeline.core.io import partition_file, write_parquet_atomic
-from ft_pipeline.core.patterns import build_report
+from ft_pipeline.core.patterns import build_report, publish_report
 from ft_pipeline.core.settlements import build_partition
 from ft_pipeline.settings import Settings
 
@@ -90,7 +90,7 @@ def time_new_day(settings: Settings, day: date, before: Path) -> tuple[float, fl
     start = time.perf_counter()
     aggregates.write_day(settings.lake_dir, day.isoformat())
     middle = time.perf_counter()
-    report = build_report(settings)
+    report, _, _ = publish_report(settings)
     end = time.perf_counter()
     assert report["as_of"] == day.isoformat()
     return middle - start, end - middle

@@ -101,11 +101,11 @@ def _report(con: duckdb.DuckDBPyConnection, settings: Settings) -> dict[str, Any
         FROM raw r LEFT JOIN settled s USING (log_id)""")
     dims = [d for d in DIMENSIONS if con.execute(f'SELECT count("{d}") FROM raw').fetchall()[0][0]]
     _key_map(con, dims)
-    columns = _group_columns(con, settings.report_min_group_n)
-    report["groups"] = _groups(columns)
+    listed = _group_columns(con, settings.report_min_group_n)
+    report["groups"] = _groups(listed)
     report["groups_omitted"] = _omitted(con, settings.report_min_group_n)
-    report["regressions"] = _regressions(columns, settings)
-    report["alerts"] = _alerts(columns, settings)
+    report["regressions"] = _regressions(listed, settings)
+    report["alerts"] = _alerts(listed, settings)
     report["edit_patterns"] = _edit_patterns(con, settings)
     report["retries"] = _retries(con, settings)
     report["failure_reasons"] = _failure_reasons(con)
@@ -158,17 +158,14 @@ def _metrics(cond: str, suffix: str) -> str:
         sum(cost_usd) {f} AS cost_usd{suffix}"""
 
 
-def _group_columns(con: duckdb.DuckDBPyConnection, min_n: int) -> dict[str, list]:
-    """The groups (dimension, key) with at least `min_n` reviewed records and the aggregates of every span, column by
-    column."""
+def _group_columns(con: duckdb.DuckDBPyConnection, min_n: int) -> pa.Table:
+    """The groups (dimension, key) with at least `min_n` reviewed records and the aggregates of every span, a column
+    each."""
     metrics = ",".join(_metrics(cond, suffix) for suffix, cond in SPANS.items())
-    cur = con.execute(
+    return con.sql(
         f"SELECT dimension, key, {metrics} FROM long GROUP BY dimension, key "
-        "HAVING count(*) FILTER (WHERE reviewed) >= ? ORDER BY dimension, key",
-        [min_n],
-    )
-    rows = cur.fetchall()
-    return {d[0]: [row[i] for row in rows] for i, d in enumerate(cur.description)}
+        f"HAVING count(*) FILTER (WHERE reviewed) >= {int(min_n)} ORDER BY dimension, key"
+    ).to_arrow_table()
 
 
 def _omitted(con: duckdb.DuckDBPyConnection, min_n: int) -> dict[str, int]:

@@ -18,12 +18,11 @@ def test_status_of_an_empty_data_dir(tmp_path, capsys):
 
 
 def test_status_shows_the_failing_alert_checks_of_the_report(tmp_path, capsys):
-    from ft_pipeline.core.io import write_json_atomic
-    from ft_pipeline.core.patterns import build_report
+    from ft_pipeline.core.patterns import publish_report
     from ft_pipeline_tests.assets.test_pattern_report import _prepare_lake
 
     settings = _prepare_lake(tmp_path, with_bad_agent=True)
-    write_json_atomic(build_report(settings), settings.reports_dir / "pattern_report.json")
+    publish_report(settings)
     assert main(["--data-dir", str(tmp_path), "status", "--json"]) == 0
     failing = json.loads(capsys.readouterr().out)["alerts"]["failing"]
     assert {"rejection_rate_alert", "latency_p95_alert"} <= set(failing)

@@ -12,8 +12,7 @@ from dagster import (
     asset,
 )
 
-from ft_pipeline.core.io import write_json_atomic, write_text_atomic
-from ft_pipeline.core.patterns import build_report, check_findings, render_markdown
+from ft_pipeline.core.patterns import check_findings, publish_report
 from ft_pipeline.resources import PipelineResource, stage_config
 
 ReportConfig = stage_config("report", "ReportConfig")
@@ -38,10 +37,7 @@ CHECKS = {
 def pattern_report(context: AssetExecutionContext, config: ReportConfig, pipeline: PipelineResource) -> MaterializeResult:
     """Combine the daily aggregates of every day into the report, write it, and run its checks."""
     settings = pipeline.settings(config)
-    report = build_report(settings)
-    markdown = render_markdown(report, settings.report_markdown_groups)
-    json_path = write_json_atomic(report, settings.reports_dir / "pattern_report.json")
-    write_text_atomic(markdown, settings.reports_dir / "pattern_report.md")
+    report, markdown, json_path = publish_report(settings)
     context.log.info(
         f"pattern report as of {report['as_of']}: {len(report['regressions'])} regressions, "
         f"{len(report['recommendations'])} recommendations"

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -121,6 +122,15 @@ def write_text_atomic(text: str, target: Path) -> Path:
 def write_json_atomic(value: Any, target: Path) -> Path:
     """Write `value` as indented JSON to `target` atomically."""
     return write_text_atomic(json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n", target)
+
+
+def write_large_json_atomic(value: Any, target: Path) -> Path:
+    """Write `value` as indented JSON to `target` atomically with orjson, as write_json_atomic does but with NaN as
+    null: the json module indents in pure Python, thirty times slower on a report of a year of users (80 MB)."""
+    options = orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_PASSTHROUGH_DATETIME
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(orjson.dumps(value, default=str, option=options) + b"\n")
+    return Path(target)
 
 
 def write_jsonl_atomic(rows: Any, target: Path) -> int:

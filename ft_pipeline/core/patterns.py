@@ -16,10 +16,11 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ft_pipeline.core import aggregates
 from ft_pipeline.core.aggregates import TONE_MARKERS, WINDOWS
-from ft_pipeline.core.io import atomic_path, remove_stale_temps
+from ft_pipeline.core.io import atomic_path, remove_stale_temps, write_large_json_atomic, write_text_atomic
 from ft_pipeline.core.locks import hold
 from ft_pipeline.core.redaction import redact
 from ft_pipeline.core.stats import compare_arms, rate, two_proportion_test
@@ -161,6 +162,16 @@ def build_report(settings: Settings) -> dict[str, Any]:
             con.close()
 
 
+def publish_report(settings: Settings) -> tuple[dict[str, Any], str, Path]:
+    """Build the pattern report and write it to the reports folder as JSON (pattern_report.json, the contract's) and
+    Markdown (pattern_report.md); the report, its Markdown and the JSON's path."""
+    report = build_report(settings)
+    markdown = render_markdown(report, settings.report_markdown_groups)
+    path = write_large_json_atomic(report, settings.reports_dir / "pattern_report.json")
+    write_text_atomic(markdown, settings.reports_dir / "pattern_report.md")
+    return report, markdown, path
+
+
 @contextmanager
 def _cycle_collector_paused() -> Iterator[None]:
     """Python's cyclic garbage collector paused, and resumed after if it ran before: a report builds millions of acyclic
@@ -204,11 +215,11 @@ def _report(con: duckdb.DuckDBPyConnection, settings: Settings, made_of: dict[st
         "as_of": as_of.isoformat() if as_of else None,
         "totals": {k: int(v) for k, v in totals.items()},
     }
-    columns = _group_columns(con, settings, made_of, as_of)
-    report["groups"] = _groups(columns)
+    listed = _group_columns(con, settings, made_of, as_of)
+    report["groups"] = _groups(listed)
     report["groups_omitted"] = _omitted(con, settings.report_min_group_n)
-    report["regressions"] = _regressions(columns, settings)
-    report["alerts"] = _alerts(columns, settings)
+    report["regressions"] = _regressions(listed, settings)
+    report["alerts"] = _alerts(listed, settings)
     report["edit_patterns"] = _edit_patterns(con, settings)
     report["retries"] = _retries(con, settings)
     report["failure_reasons"] = _failure_reasons(con)
@@ -265,12 +276,10 @@ def _arrays(con: duckdb.DuckDBPyConnection, sql: str) -> dict[str, np.ndarray]:
     return {name: table.column(name).to_numpy() for name in table.column_names}
 
 
-def _group_columns(
-    con: duckdb.DuckDBPyConnection, settings: Settings, made_of: dict[str, dict], as_of: date | None
-) -> dict[str, list]:
-    """The groups (dimension, key) with at least `report_min_group_n` reviewed records, and the aggregates of every span,
-    column by column: the report reads a few columns of every group (thousands of users) and builds its entries from
-    them. Only the groups whose rows changed, or moved to another band, since the last report are computed; the others'
+def _group_columns(con: duckdb.DuckDBPyConnection, settings: Settings, made_of: dict[str, dict], as_of: date | None) -> pa.Table:
+    """The groups (dimension, key) with at least `report_min_group_n` reviewed records, and the aggregates of every span
+    (GROUPS_SCHEMA): the report filters the few groups its regressions and alerts test, and builds every group's entry
+    column by column. Only the groups whose rows changed, or moved to another band, since the last report are computed; the others'
     columns are the last report's (GROUPS_FILE)."""
     path = aggregates.rollup_dir(settings.lake_dir) / GROUPS_FILE
     state = {
@@ -315,7 +324,7 @@ def _group_columns(
         schema=GROUPS_SCHEMA,
     )
     _write_groups(path, merged, state)
-    return {name: merged.column(name).to_pylist() for name in merged.column_names if name != "records"}
+    return merged
 
 
 def _merged_column(field: pa.Field, last: _LastGroups | None, fresh: pa.Array, source: np.ndarray) -> pa.ChunkedArray:
@@ -462,8 +471,9 @@ def _summaries(columns: dict[str, list], suffix: str) -> list[dict]:
     ]
 
 
-def _groups(columns: dict[str, list]) -> dict:
-    """`groups` section: {dimension: {key: rates, with the same for each window}}."""
+def _groups(table: pa.Table) -> dict:
+    """`groups` section of the listed groups' columns: {dimension: {key: rates, with the same for each window}}."""
+    columns = {name: table.column(name).to_pylist() for name in table.column_names if name != "records"}
     windows = {w: _summaries(columns, f"_{w}") for w in WINDOWS}
     groups: dict[str, dict] = {}
     for i, (dimension, key, entry) in enumerate(zip(columns["dimension"], columns["key"], _summaries(columns, ""))):
@@ -472,14 +482,16 @@ def _groups(columns: dict[str, list]) -> dict:
     return groups
 
 
-def _regressions(columns: dict[str, list], settings: Settings) -> list[dict]:
-    """Groups whose acceptance rate in the last 7 days fell by more than the threshold, significantly."""
+def _regressions(table: pa.Table, settings: Settings) -> list[dict]:
+    """Groups (of the listed groups' columns) whose acceptance rate in the last 7 days fell by more than the threshold,
+    significantly."""
     found = []
-    names = ("dimension", "key", "accepted_before", "n_before", "accepted_7d", "n_7d")
+    names = ["dimension", "key", "accepted_before", "n_before", "accepted_7d", "n_7d"]
+    # The z-test's normal approximation is meaningless for a handful of records (one user's bad day); the filter leaves
+    # out the tens of thousands of users of a year with a few records each before any of them is a Python object.
+    enough = pc.and_(*(pc.greater_equal(table[c], settings.regression_min_n) for c in ("n_before", "n_7d")))
+    columns = table.filter(enough).select(names).to_pydict()
     for dimension, key, x1, n1, x2, n2 in zip(*(columns[c] for c in names)):
-        # The z-test's normal approximation is meaningless for a handful of records (one user's bad day).
-        if min(n1, n2) < settings.regression_min_n:
-            continue
         before, after = x1 / n1, x2 / n2
         _, p_value = two_proportion_test(x1, n1, x2, n2)
         if before - after > settings.regression_min_drop and p_value < settings.significance:
@@ -498,13 +510,13 @@ def _regressions(columns: dict[str, list], settings: Settings) -> list[dict]:
     return found
 
 
-def _alerts(columns: dict[str, list], settings: Settings) -> dict[str, list[dict]]:
-    """Tasks and agents over the alert thresholds in the last 7 days: rejection rate, latency p95, confidence drop."""
+def _alerts(table: pa.Table, settings: Settings) -> dict[str, list[dict]]:
+    """Tasks and agents (of the listed groups' columns) over the alert thresholds in the last 7 days: rejection rate,
+    latency p95, confidence drop."""
     alerts: dict[str, list[dict]] = {"rejection_rate": [], "latency_p95": [], "confidence_drop": []}
-    names = ("dimension", "key", "rejection_rate_7d", "latency_ms_p95_7d", "mean_confidence_before", "mean_confidence_7d")
+    names = ["dimension", "key", "rejection_rate_7d", "latency_ms_p95_7d", "mean_confidence_before", "mean_confidence_7d"]
+    columns = table.filter(pc.is_in(table["dimension"], pa.array(["task", "agent"]))).select(names).to_pydict()
     for dimension, key, rejection, p95, before, after in zip(*(columns[c] for c in names)):
-        if dimension not in ("task", "agent"):
-            continue
         where = {"dimension": dimension, "key": key}
         if rejection is not None and rejection > settings.alert_rejection_rate:
             alerts["rejection_rate"].append({**where, "value": rejection, "threshold": settings.alert_rejection_rate})
@@ -900,7 +912,7 @@ def render_markdown(report: dict, max_groups: int = Settings.report_markdown_gro
     ] or ["- none"]
     for dim, groups in report["groups"].items():
         # a year of users is tens of thousands of rows, which no one reads and the UI's metadata should not carry
-        shown = sorted(groups.items(), key=lambda item: (-item[1]["n"], item[0]))[:max_groups]
+        shown = heapq.nsmallest(max_groups, groups.items(), key=lambda item: (-item[1]["n"], item[0]))
         lines += [
             "",
             f"## By {dim}" + (f" (the {len(shown)} most reviewed of {len(groups)})" if len(shown) < len(groups) else ""),

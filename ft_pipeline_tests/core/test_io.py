@@ -1,3 +1,8 @@
+import json
+import math
+from datetime import UTC, date, datetime
+
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -8,7 +13,9 @@ from ft_pipeline.core.io import (
     partition_dates,
     partition_file,
     replace_dir_atomic,
+    write_json_atomic,
     write_jsonl_atomic,
+    write_large_json_atomic,
     write_parquet_atomic,
 )
 
@@ -59,3 +66,17 @@ def test_replace_dir_atomic_swaps_whole_folders(tmp_path):
         replace_dir_atomic(staging, target)
     assert (target / "weights").read_text() == "two"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_a_large_json_reads_back_as_the_json_module_writes_it_with_nan_as_null(tmp_path):
+    value = {
+        "as_of": date(2026, 1, 2),
+        "generated_at": datetime(2026, 1, 2, 3, 4, tzinfo=UTC),
+        "groups": {"user_id": {"ü": {"n": 3, "rate": np.float64(0.1) + 0.2, "p95": None, "windows": {}}}},
+        "by_attempt": [{1: 2}, []],
+    }
+    write_json_atomic(value, tmp_path / "small.json")
+    large = write_large_json_atomic({**value, "nan": math.nan}, tmp_path / "large.json")
+    text = large.read_text(encoding="utf-8")
+    assert json.loads(text) == {**json.loads((tmp_path / "small.json").read_text(encoding="utf-8")), "nan": None}
+    assert text.endswith("}\n") and '\n  "groups": {\n    "user_id": {\n      "ü"' in text

@@ -341,8 +341,8 @@ def test_a_regression_needs_enough_records_on_both_sides():
     settings = Settings.from_env(env={})
     tiny = {"dimension": "user_id", "key": "u1", "accepted_before": 5, "n_before": 5, "accepted_7d": 0, "n_7d": 5}
     large = {"dimension": "agent", "key": "a1", "accepted_before": 80, "n_before": 100, "accepted_7d": 10, "n_7d": 40}
-    columns = {name: [tiny[name], large[name]] for name in tiny}
-    assert [r["key"] for r in _regressions(columns, settings)] == ["a1"]
+    listed = pa.Table.from_pylist([tiny, large])
+    assert [r["key"] for r in _regressions(listed, settings)] == ["a1"]
 
 
 def test_a_phrase_longer_than_the_counted_ngrams_comes_back_whole():
