@@ -279,8 +279,8 @@ def _arrays(con: duckdb.DuckDBPyConnection, sql: str) -> dict[str, np.ndarray]:
 def _group_columns(con: duckdb.DuckDBPyConnection, settings: Settings, made_of: dict[str, dict], as_of: date | None) -> pa.Table:
     """The groups (dimension, key) with at least `report_min_group_n` reviewed records, and the aggregates of every span
     (GROUPS_SCHEMA): the report filters the few groups its regressions and alerts test, and builds every group's entry
-    column by column. Only the groups whose rows changed, or moved to another band, since the last report are computed; the others'
-    columns are the last report's (GROUPS_FILE)."""
+    column by column. Only the groups whose rows changed, or moved to another band, since the last report are computed;
+    the others' columns are the last report's (GROUPS_FILE)."""
     path = aggregates.rollup_dir(settings.lake_dir) / GROUPS_FILE
     state = {
         "version": GROUPS_VERSION,
