@@ -473,7 +473,9 @@ def _summaries(columns: dict[str, list], suffix: str) -> list[dict]:
 
 def _groups(table: pa.Table) -> dict:
     """`groups` section of the listed groups' columns: {dimension: {key: rates, with the same for each window}}."""
-    columns = {name: table.column(name).to_pylist() for name in table.column_names if name != "records"}
+    # only the columns of the entries' spans (the whole history and the windows) become Python objects
+    names = ["dimension", "key", *(f"{c}{suffix}" for suffix in ("", *(f"_{w}" for w in WINDOWS)) for c in SUMMARY_FIELDS)]
+    columns = {name: table.column(name).to_pylist() for name in names}
     windows = {w: _summaries(columns, f"_{w}") for w in WINDOWS}
     groups: dict[str, dict] = {}
     for i, (dimension, key, entry) in enumerate(zip(columns["dimension"], columns["key"], _summaries(columns, ""))):
