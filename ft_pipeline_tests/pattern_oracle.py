@@ -23,6 +23,7 @@ from ft_pipeline.core.patterns import (
     CHURN_RATIO,
     _alerts,
     _groups,
+    _members,
     _regressions,
     longest_phrases,
     recommendations,
@@ -102,7 +103,7 @@ def _report(con: duckdb.DuckDBPyConnection, settings: Settings) -> dict[str, Any
     dims = [d for d in DIMENSIONS if con.execute(f'SELECT count("{d}") FROM raw').fetchall()[0][0]]
     _key_map(con, dims)
     listed = _group_columns(con, settings.report_min_group_n)
-    report["groups"] = _groups(listed)
+    report["groups"] = _groups(listed.append_column("member", _members(listed)))
     report["groups_omitted"] = _omitted(con, settings.report_min_group_n)
     report["regressions"] = _regressions(listed, settings)
     report["alerts"] = _alerts(listed, settings)

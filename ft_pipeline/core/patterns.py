@@ -6,7 +6,7 @@ from __future__ import annotations
 import gc
 import heapq
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -15,6 +15,7 @@ from typing import Any
 
 import duckdb
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -64,22 +65,25 @@ SPAN_MEANS = {
     "mean_confidence": ("confidence_sum", "confidence_n"),
 }
 SPAN_SUMS = ("n", "accepted", "edited", "rejected", *(c for pair in SPAN_MEANS.values() for c in pair), "cost_sum", "costed")
+# The columns of the groups the regressions test (the accepted and reviewed records on both sides of the 7-day line),
+# and those the alerts do.
+REGRESSION_FIELDS = ("accepted_before", "n_before", "accepted_7d", "n_7d")
+ALERT_FIELDS = ("rejection_rate_7d", "latency_ms_p95_7d", "mean_confidence_before", "mean_confidence_7d")
 # The listed groups' columns of the last report, in an Arrow IPC file beside the rollups with the state it was combined
 # in (JSON in its schema's metadata): a report computes the groups whose rows changed since, and takes the others' from
-# it. Each group's records tell a group that lost rows.
+# it. Each group's records tell a group that lost rows; its reviewed records rank it in the Markdown; its member is its
+# key and entry as the report's JSON holds them, so a report serializes only the groups it computed (a year of users is
+# millions of numbers to format).
 GROUPS_FILE = "groups.arrow"
 GROUPS_META = b"ft_pipeline_groups"
 # Raised when what a group's columns mean changes without a change of GROUPS_SCHEMA, so no report takes older ones.
 GROUPS_VERSION = 1
 KEY_FIELDS = ["dimension", "key", "records"]
 GROUPS_SCHEMA = pa.schema(
-    [("dimension", pa.string()), ("key", pa.string()), ("records", pa.int64())]
-    + [
-        (f"{name}{suffix}", pa.int64() if name in ("n", "accepted") else pa.float64())
-        for suffix in SPANS
-        for name in ("n", "accepted", *SPAN_RATES, *SPAN_MEANS, "cost_usd")
-    ]
-    + [(f"latency_ms_{q}{suffix}", pa.float64()) for suffix in PERCENTILE_SPANS for q in ("p50", "p95")]
+    [("dimension", pa.string()), ("key", pa.string()), ("records", pa.int64()), ("n", pa.int64())]
+    + [(name, pa.int64()) for name in REGRESSION_FIELDS]
+    + [(name, pa.float64()) for name in ALERT_FIELDS]
+    + [("member", pa.large_binary())]
 )
 # A phrase is folded into a longer one that contains it when the longer one has this share of its support.
 MERGE_SHARE = 0.8
@@ -167,9 +171,14 @@ def publish_report(settings: Settings) -> tuple[dict[str, Any], str, Path]:
     Markdown (pattern_report.md); the report, its Markdown and the JSON's path."""
     report = build_report(settings)
     markdown = render_markdown(report, settings.report_markdown_groups)
-    path = write_large_json_atomic(report, settings.reports_dir / "pattern_report.json")
+    path = write_large_json_atomic(jsonable(report), settings.reports_dir / "pattern_report.json")
     write_text_atomic(markdown, settings.reports_dir / "pattern_report.md")
     return report, markdown, path
+
+
+def jsonable(report: dict[str, Any]) -> dict[str, Any]:
+    """The report as its JSON file holds it, for orjson: each dimension's groups as their members."""
+    return {**report, "groups": {dimension: listed.json() for dimension, listed in report["groups"].items()}}
 
 
 @contextmanager
@@ -277,10 +286,10 @@ def _arrays(con: duckdb.DuckDBPyConnection, sql: str) -> dict[str, np.ndarray]:
 
 
 def _group_columns(con: duckdb.DuckDBPyConnection, settings: Settings, made_of: dict[str, dict], as_of: date | None) -> pa.Table:
-    """The groups (dimension, key) with at least `report_min_group_n` reviewed records, and the aggregates of every span
-    (GROUPS_SCHEMA): the report filters the few groups its regressions and alerts test, and builds every group's entry
-    column by column. Only the groups whose rows changed, or moved to another band, since the last report are computed;
-    the others' columns are the last report's (GROUPS_FILE)."""
+    """The groups (dimension, key) with at least `report_min_group_n` reviewed records, with their members of the
+    report's JSON and the columns the Markdown, the regressions and the alerts read (GROUPS_SCHEMA). Only the groups
+    whose rows changed, or moved to another band, since the last report are computed; the others' columns are the last
+    report's (GROUPS_FILE)."""
     path = aggregates.rollup_dir(settings.lake_dir) / GROUPS_FILE
     state = {
         "version": GROUPS_VERSION,
@@ -313,8 +322,10 @@ def _group_columns(con: duckdb.DuckDBPyConnection, settings: Settings, made_of: 
         "CREATE TEMP TABLE todo AS SELECT dimension, key, g AS slot, row_number() OVER (ORDER BY g) - 1 AS g FROM listed "
         "WHERE g NOT IN (SELECT g FROM kept)"
     )
-    slots = _arrays(con, "SELECT slot FROM todo ORDER BY g")["slot"]
+    todo = con.sql("SELECT slot, key FROM todo ORDER BY g").to_arrow_table()
+    slots = todo["slot"].to_numpy()
     fresh = _computed(con, "todo", len(slots))
+    fresh["member"] = _members(pa.table({"key": todo["key"], **fresh}))
     # each listed group's row: the last report's (its row there) or a fresh one (after the last report's rows)
     source = np.empty(groups, np.int64)
     source[kept["g"]] = kept["last_row"]
@@ -390,7 +401,9 @@ def _last_groups(path: Path, state: dict[str, Any]) -> _LastGroups | None:
     """The last report's groups, when it listed them by the same rules from the same rollups; None otherwise, or when the
     file is missing or unreadable (then every group is computed, and the file written again)."""
     try:
-        with pa.OSFile(str(path)) as source:
+        # mapped, not read: a report takes only the rows of the groups it keeps (the next replaces the file, not its
+        # pages)
+        with pa.memory_map(str(path)) as source:
             table = pa.ipc.open_file(source).read_all()
         last = json.loads(table.schema.metadata[GROUPS_META])
     except (OSError, ValueError, KeyError, TypeError, pa.ArrowException):
@@ -471,16 +484,58 @@ def _summaries(columns: dict[str, list], suffix: str) -> list[dict]:
     ]
 
 
-def _groups(table: pa.Table) -> dict:
-    """`groups` section of the listed groups' columns: {dimension: {key: rates, with the same for each window}}."""
-    # only the columns of the entries' spans (the whole history and the windows) become Python objects
-    names = ["dimension", "key", *(f"{c}{suffix}" for suffix in ("", *(f"_{w}" for w in WINDOWS)) for c in SUMMARY_FIELDS)]
+def _members(table: pa.Table) -> pa.Array:
+    """Each group's member of its dimension's object in the report's JSON, from its columns: its key, and its entry (the
+    rates of the whole history, with those of each window)."""
+    names = [f"{c}{suffix}" for suffix in ("", *(f"_{w}" for w in WINDOWS)) for c in SUMMARY_FIELDS]
     columns = {name: table.column(name).to_pylist() for name in names}
     windows = {w: _summaries(columns, f"_{w}") for w in WINDOWS}
-    groups: dict[str, dict] = {}
-    for i, (dimension, key, entry) in enumerate(zip(columns["dimension"], columns["key"], _summaries(columns, ""))):
+    members = []
+    for i, (key, entry) in enumerate(zip(table.column("key").to_pylist(), _summaries(columns, ""))):
         entry["windows"] = {w: blocks[i] for w, blocks in windows.items()}
-        groups.setdefault(dimension, {})[key] = entry
+        members.append(orjson.dumps({key: entry})[1:-1])
+    return pa.array(members, pa.large_binary())
+
+
+class ListedGroups(Mapping[str, dict[str, Any]]):
+    """The listed groups of one dimension, in the order of their keys: each entry kept as its member of the report's
+    JSON, which the report's file takes as it is, and decoded when it is read."""
+
+    def __init__(self, keys: list[str], members: list[bytes], reviewed: np.ndarray) -> None:
+        self._keys, self._members, self._reviewed = keys, members, reviewed
+        self._index = {key: i for i, key in enumerate(keys)}
+
+    def __getitem__(self, key: str) -> dict[str, Any]:
+        return orjson.loads(b"{" + self._members[self._index[key]] + b"}")[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def most_reviewed(self, count: int) -> list[tuple[str, dict[str, Any]]]:
+        """The `count` groups with the most reviewed records (the first key among equals), with their entries."""
+        return [(self._keys[i], self[self._keys[i]]) for i in np.argsort(-self._reviewed, kind="stable")[:count]]
+
+    def json(self) -> orjson.Fragment:
+        """The dimension's object in the report's JSON."""
+        # the members between commas, joined once: tens of megabytes for a year of users
+        parts = [b","] * (2 * len(self._members) + 1)
+        parts[1::2] = self._members
+        parts[0], parts[-1] = b"{", b"}"
+        return orjson.Fragment(b"".join(parts))
+
+
+def _groups(table: pa.Table) -> dict[str, ListedGroups]:
+    """`groups` section of the listed groups' columns (in the order of their dimensions and keys, with their members):
+    {dimension: its groups}."""
+    groups = {}
+    start = 0
+    for counted in pc.value_counts(table["dimension"]).to_pylist():
+        rows = table.slice(start, counted["counts"])
+        groups[counted["values"]] = ListedGroups(rows["key"].to_pylist(), rows["member"].to_pylist(), rows["n"].to_numpy())
+        start += counted["counts"]
     return groups
 
 
@@ -488,7 +543,7 @@ def _regressions(table: pa.Table, settings: Settings) -> list[dict]:
     """Groups (of the listed groups' columns) whose acceptance rate in the last 7 days fell by more than the threshold,
     significantly."""
     found = []
-    names = ["dimension", "key", "accepted_before", "n_before", "accepted_7d", "n_7d"]
+    names = ["dimension", "key", *REGRESSION_FIELDS]
     # The z-test's normal approximation is meaningless for a handful of records (one user's bad day); the filter leaves
     # out the tens of thousands of users of a year with a few records each before any of them is a Python object.
     enough = pc.and_(*(pc.greater_equal(table[c], settings.regression_min_n) for c in ("n_before", "n_7d")))
@@ -516,7 +571,7 @@ def _alerts(table: pa.Table, settings: Settings) -> dict[str, list[dict]]:
     """Tasks and agents (of the listed groups' columns) over the alert thresholds in the last 7 days: rejection rate,
     latency p95, confidence drop."""
     alerts: dict[str, list[dict]] = {"rejection_rate": [], "latency_p95": [], "confidence_drop": []}
-    names = ["dimension", "key", "rejection_rate_7d", "latency_ms_p95_7d", "mean_confidence_before", "mean_confidence_7d"]
+    names = ["dimension", "key", *ALERT_FIELDS]
     columns = table.filter(pc.is_in(table["dimension"], pa.array(["task", "agent"]))).select(names).to_pydict()
     for dimension, key, rejection, p95, before, after in zip(*(columns[c] for c in names)):
         where = {"dimension": dimension, "key": key}
@@ -914,7 +969,7 @@ def render_markdown(report: dict, max_groups: int = Settings.report_markdown_gro
     ] or ["- none"]
     for dim, groups in report["groups"].items():
         # a year of users is tens of thousands of rows, which no one reads and the UI's metadata should not carry
-        shown = heapq.nsmallest(max_groups, groups.items(), key=lambda item: (-item[1]["n"], item[0]))
+        shown = groups.most_reviewed(max_groups)
         lines += [
             "",
             f"## By {dim}" + (f" (the {len(shown)} most reviewed of {len(groups)})" if len(shown) < len(groups) else ""),

@@ -4,6 +4,7 @@ import gzip
 import json
 import math
 import os
+from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
 
 import pyarrow as pa
@@ -25,7 +26,7 @@ from ft_pipeline_tests.pattern_oracle import full_report
 
 def differences(full, incremental, path: str = "") -> list[str]:
     """Where two reports differ: structure and exact values, floats to 1e-9 (NaN equals NaN)."""
-    if isinstance(full, dict) and isinstance(incremental, dict):
+    if isinstance(full, Mapping) and isinstance(incremental, Mapping):
         if full.keys() != incremental.keys():
             return [f"{path}: keys {sorted(set(full) ^ set(incremental))}"]
         return [d for key in full for d in differences(full[key], incremental[key], f"{path}.{key}")]

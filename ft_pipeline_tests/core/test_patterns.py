@@ -6,6 +6,7 @@ import threading
 from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
 
+import orjson
 import pyarrow as pa
 import pytest
 
@@ -18,7 +19,9 @@ from ft_pipeline.core.patterns import (
     _stitch_windows,
     _window_overlap,
     build_report,
+    jsonable,
     longest_phrases,
+    publish_report,
     render_markdown,
 )
 from ft_pipeline.core.schema import RAW_LOG_SCHEMA
@@ -289,9 +292,17 @@ def test_markdown_lists_the_most_reviewed_groups_of_a_dimension_up_to_its_limit(
 
 def test_no_pii_in_report_or_markdown(planted):
     _, report = planted
-    text = json.dumps(report) + render_markdown(report)
+    text = orjson.dumps(jsonable(report)).decode() + render_markdown(report)
     assert EMAIL not in text and "example.com" not in text
     assert "[EMAIL]" in report["groups"]["user_id"]
+
+
+def test_the_written_report_reads_back_as_the_report_built(tmp_path):
+    write_planted_lake(tmp_path)
+    report, _, path = publish_report(Settings.from_env(data_dir=str(tmp_path)))
+    written = json.loads(path.read_text())
+    assert len(written["groups"]["user_id"]) == len(report["groups"]["user_id"]) > 1
+    assert written["groups"] == report["groups"] and written["totals"] == report["totals"]
 
 
 def test_longest_phrases_folds_sub_phrases_into_the_supported_one():
