@@ -401,8 +401,8 @@ def _last_groups(path: Path, state: dict[str, Any]) -> _LastGroups | None:
     """The last report's groups, when it listed them by the same rules from the same rollups; None otherwise, or when the
     file is missing or unreadable (then every group is computed, and the file written again)."""
     try:
-        # mapped, not read: a report takes only the rows of the groups it keeps (the next replaces the file, not its
-        # pages)
+        # mapped, not read: a report copies only the rows of the groups it keeps (the file is replaced, never written
+        # in place, so the mapping holds while the next one is written)
         with pa.memory_map(str(path)) as source:
             table = pa.ipc.open_file(source).read_all()
         last = json.loads(table.schema.metadata[GROUPS_META])
@@ -493,7 +493,7 @@ def _members(table: pa.Table) -> pa.Array:
     members = []
     for i, (key, entry) in enumerate(zip(table.column("key").to_pylist(), _summaries(columns, ""))):
         entry["windows"] = {w: blocks[i] for w, blocks in windows.items()}
-        members.append(orjson.dumps({key: entry})[1:-1])
+        members.append(orjson.dumps({key: entry})[1:-1])  # a one-member object without its braces
     return pa.array(members, pa.large_binary())
 
 
@@ -524,7 +524,7 @@ class ListedGroups(Mapping[str, dict[str, Any]]):
         parts = [b","] * (2 * len(self._members) + 1)
         parts[1::2] = self._members
         parts[0], parts[-1] = b"{", b"}"
-        return orjson.Fragment(b"".join(parts))
+        return orjson.Fragment(b"".join(parts) if self._members else b"{}")
 
 
 def _groups(table: pa.Table) -> dict[str, ListedGroups]:

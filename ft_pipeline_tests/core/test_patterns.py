@@ -6,6 +6,7 @@ import threading
 from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pytest
@@ -303,6 +304,16 @@ def test_the_written_report_reads_back_as_the_report_built(tmp_path):
     written = json.loads(path.read_text())
     assert len(written["groups"]["user_id"]) == len(report["groups"]["user_id"]) > 1
     assert written["groups"] == report["groups"] and written["totals"] == report["totals"]
+
+
+def test_listed_groups_decode_their_entries_rank_the_most_reviewed_and_write_their_members():
+    entries = {"a": {"n": 2, "rates": [0.5, None]}, "b": {"n": 5}, "c": {"n": 5}}
+    members = [orjson.dumps({key: entry})[1:-1] for key, entry in entries.items()]
+    listed = patterns.ListedGroups(list(entries), members, np.array([2, 5, 5]))
+    assert dict(listed) == entries and len(listed) == 3 and "d" not in listed
+    assert listed.most_reviewed(2) == [("b", {"n": 5}), ("c", {"n": 5})]
+    empty = patterns.ListedGroups([], [], np.array([], np.int64))
+    assert orjson.loads(orjson.dumps({"a": listed.json(), "b": empty.json()})) == {"a": entries, "b": {}}
 
 
 def test_longest_phrases_folds_sub_phrases_into_the_supported_one():
