@@ -40,8 +40,9 @@ SPANS = {
     **{f"_{w}": tuple(range(BOUNDS.index(d) + 1)) for w, d in WINDOWS.items()},
     "_before": tuple(range(BOUNDS.index(WINDOWS["7d"]) + 1, UNDATED)),
 }
-# The spans listed with latency percentiles; the days before the last 7 are compared by their rates and means only.
-PERCENTILE_SPANS = ("", *(f"_{w}" for w in WINDOWS))
+# The spans of a group's entry in the report (the whole history and each window), the ones with latency percentiles;
+# the days before the last 7 are compared by their rates and means only.
+ENTRY_SPANS = ("", *(f"_{w}" for w in WINDOWS))
 # The columns of the groups that their rate blocks of a span are made of, in `_summaries`' order.
 SUMMARY_FIELDS: tuple[str, ...] = (
     "n",
@@ -382,7 +383,7 @@ def _computed(con: duckdb.DuckDBPyConnection, table: str, groups: int) -> dict[s
     )
     ids = np.arange(groups)
     first, last = (np.searchsorted(counts["g"], ids, side=side) for side in ("left", "right"))
-    for suffix in PERCENTILE_SPANS:
+    for suffix in ENTRY_SPANS:
         kept = np.where(np.isin(np.arange(BANDS), SPANS[suffix])[counts["band"]], counts["count"], 0)
         p50, p95 = _quantiles(first, last, counts["value"], kept, (0.5, 0.95))
         columns[f"latency_ms_p50{suffix}"], columns[f"latency_ms_p95{suffix}"] = p50, p95
@@ -487,7 +488,7 @@ def _summaries(columns: dict[str, list], suffix: str) -> list[dict]:
 def _members(table: pa.Table) -> pa.Array:
     """Each group's member of its dimension's object in the report's JSON, from its columns: its key, and its entry (the
     rates of the whole history, with those of each window)."""
-    names = [f"{c}{suffix}" for suffix in ("", *(f"_{w}" for w in WINDOWS)) for c in SUMMARY_FIELDS]
+    names = [f"{c}{suffix}" for suffix in ENTRY_SPANS for c in SUMMARY_FIELDS]
     columns = {name: table.column(name).to_pylist() for name in names}
     windows = {w: _summaries(columns, f"_{w}") for w in WINDOWS}
     members = []
