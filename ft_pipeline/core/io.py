@@ -124,12 +124,36 @@ def write_json_atomic(value: Any, target: Path) -> Path:
     return write_text_atomic(json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n", target)
 
 
+class RawJson:
+    """JSON text written as it is from the buffers that hold it, in a value written by write_large_json_atomic."""
+
+    def __init__(self, *parts: bytes | memoryview) -> None:
+        self.parts = parts
+
+
+# What stands for a RawJson in orjson's output: a NUL byte, which orjson writes only escaped, inside a string.
+_SPLICE = b"\x00"
+
+
 def write_large_json_atomic(value: Any, target: Path) -> Path:
     """Write `value` as indented JSON to `target` atomically with orjson, as write_json_atomic does but with NaN as
-    null: the json module indents in pure Python, thirty times slower on a report of a year of users (80 MB)."""
+    null and each RawJson in it written from its buffers: the json module indents in pure Python, thirty times slower
+    on a report of a year of users, and the report's 50 MB of users are written where they lie, not copied."""
     options = orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_PASSTHROUGH_DATETIME
+    raws: list[RawJson] = []
+
+    def default(item: Any) -> Any:
+        if isinstance(item, RawJson):
+            raws.append(item)
+            return orjson.Fragment(_SPLICE)
+        return str(item)
+
+    pieces = orjson.dumps(value, default=default, option=options).split(_SPLICE)
     with atomic_path(target) as tmp, open(tmp, "wb") as fh:
-        fh.write(orjson.dumps(value, default=str, option=options))
+        fh.write(pieces[0])
+        for raw, piece in zip(raws, pieces[1:], strict=True):
+            fh.writelines(raw.parts)
+            fh.write(piece)
         fh.write(b"\n")
     return Path(target)
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import gc
 import heapq
 import json
+import re
+import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,7 +23,7 @@ import pyarrow.compute as pc
 
 from ft_pipeline.core import aggregates
 from ft_pipeline.core.aggregates import TONE_MARKERS, WINDOWS
-from ft_pipeline.core.io import atomic_path, remove_stale_temps, write_large_json_atomic, write_text_atomic
+from ft_pipeline.core.io import RawJson, atomic_path, remove_stale_temps, write_large_json_atomic, write_text_atomic
 from ft_pipeline.core.locks import hold
 from ft_pipeline.core.redaction import redact
 from ft_pipeline.core.stats import compare_arms, rate, two_proportion_test
@@ -72,9 +74,8 @@ REGRESSION_FIELDS = ("accepted_before", "n_before", "accepted_7d", "n_7d")
 ALERT_FIELDS = ("rejection_rate_7d", "latency_ms_p95_7d", "mean_confidence_before", "mean_confidence_7d")
 # The listed groups' columns of the last report, in an Arrow IPC file beside the rollups with the state it was combined
 # in (JSON in its schema's metadata): a report computes the groups whose rows changed since, and takes the others' from
-# it. Each group's records tell a group that lost rows; its reviewed records rank it in the Markdown; its member is its
-# key and entry as the report's JSON holds them, so a report serializes only the groups it computed (a year of users is
-# millions of numbers to format).
+# it. Each group's records tell a group that lost rows; its reviewed records rank it in the Markdown; its member_at is
+# the row of its member among the member files the state lists, in their order.
 GROUPS_FILE = "groups.arrow"
 GROUPS_META = b"ft_pipeline_groups"
 # Raised when what a group's columns mean changes without a change of GROUPS_SCHEMA, so no report takes older ones.
@@ -84,8 +85,17 @@ GROUPS_SCHEMA = pa.schema(
     [("dimension", pa.string()), ("key", pa.string()), ("records", pa.int64()), ("n", pa.int64())]
     + [(name, pa.int64()) for name in REGRESSION_FIELDS]
     + [(name, pa.float64()) for name in ALERT_FIELDS]
-    + [("member", pa.large_binary())]
+    + [("member_at", pa.int64())]
 )
+# A group's member is its key and entry as the report's JSON holds them, and the comma after them: a report serializes
+# only the groups it computed (a year of users is millions of numbers to format), and writes a dimension's members
+# from the buffer that holds them in a row. They are kept in Arrow IPC files beside GROUPS_FILE: a report writes those
+# it computed in a new file and points at the others where they are, and writes the listed ones in one file again only
+# when the files hold more than MEMBERS_SLACK times as many (the older members of groups computed again), so a new day
+# writes the day's members, not a year's.
+MEMBERS_FILE = re.compile(r"members-[0-9a-f]{32}\.arrow")
+MEMBERS_SCHEMA = pa.schema([("member", pa.large_binary())])
+MEMBERS_SLACK = 2
 # A phrase is folded into a longer one that contains it when the longer one has this share of its support.
 MERGE_SHARE = 0.8
 # Phrases of one agent and kind the folding considers, the best supported first: a report lists ten or so.
@@ -290,8 +300,8 @@ def _group_columns(con: duckdb.DuckDBPyConnection, settings: Settings, made_of: 
     """The groups (dimension, key) with at least `report_min_group_n` reviewed records, with their members of the
     report's JSON and the columns the Markdown, the regressions and the alerts read (GROUPS_SCHEMA). Only the groups
     whose rows changed, or moved to another band, since the last report are computed; the others' columns are the last
-    report's (GROUPS_FILE)."""
-    path = aggregates.rollup_dir(settings.lake_dir) / GROUPS_FILE
+    report's (GROUPS_FILE and its member files)."""
+    directory = aggregates.rollup_dir(settings.lake_dir)
     state = {
         "version": GROUPS_VERSION,
         "min_n": int(settings.report_min_group_n),
@@ -299,7 +309,7 @@ def _group_columns(con: duckdb.DuckDBPyConnection, settings: Settings, made_of: 
         "as_of": as_of and as_of.isoformat(),
         **made_of,
     }
-    last = _last_groups(path, state)
+    last = _last_groups(directory, state)
     # a group's columns depend on its rows and their bands: one with rows on a day that the newest day's move put in
     # another band is computed again
     moved = _moved_days(date.fromisoformat(last.state["as_of"]), as_of) if last and last.state["as_of"] and as_of else []
@@ -326,7 +336,10 @@ def _group_columns(con: duckdb.DuckDBPyConnection, settings: Settings, made_of: 
     todo = con.sql("SELECT slot, key FROM todo ORDER BY g").to_arrow_table()
     slots = todo["slot"].to_numpy()
     fresh = _computed(con, "todo", len(slots))
-    fresh["member"] = _members(pa.table({"key": todo["key"], **fresh}))
+    fresh_members = _members(pa.table({"key": todo["key"], **fresh}))
+    stored = last.members.chunks if last else []
+    stored_rows = sum(map(len, stored))
+    fresh["member_at"] = pa.array(stored_rows + np.arange(len(slots)))
     # each listed group's row: the last report's (its row there) or a fresh one (after the last report's rows)
     source = np.empty(groups, np.int64)
     source[kept["g"]] = kept["last_row"]
@@ -335,8 +348,18 @@ def _group_columns(con: duckdb.DuckDBPyConnection, settings: Settings, made_of: 
         [*keys.columns, *(_merged_column(f, last, fresh[f.name], source) for f in GROUPS_SCHEMA if f.name not in KEY_FIELDS)],
         schema=GROUPS_SCHEMA,
     )
-    _write_groups(path, merged, state)
-    return merged
+    members = pa.chunked_array([*stored, fresh_members], pa.large_binary()).take(merged["member_at"])
+    files = last.state["members"] if last else []
+    # the listed members in one file again once the files hold too many older ones; else the fresh ones in a new file
+    if not last or stored_rows + len(slots) > MEMBERS_SLACK * groups:
+        files, written = [], members
+        merged = merged.set_column(merged.schema.get_field_index("member_at"), "member_at", pa.array(np.arange(groups)))
+    else:
+        written = fresh_members
+    if len(written):
+        files = [*files, _write_members(directory, written)]
+    _write_groups(directory, merged, {**state, "members": files})
+    return merged.drop_columns(["member_at"]).append_column("member", members)
 
 
 def _merged_column(field: pa.Field, last: _LastGroups | None, fresh: pa.Array, source: np.ndarray) -> pa.ChunkedArray:
@@ -392,28 +415,44 @@ def _computed(con: duckdb.DuckDBPyConnection, table: str, groups: int) -> dict[s
 
 @dataclass
 class _LastGroups:
-    """The listed groups' columns of the last report (GROUPS_SCHEMA), with the state it was combined in."""
+    """The listed groups' columns of the last report (GROUPS_SCHEMA), with the state it was combined in and the members
+    of its member files, in their order."""
 
     table: pa.Table
     state: dict[str, Any]
+    members: pa.ChunkedArray
 
 
-def _last_groups(path: Path, state: dict[str, Any]) -> _LastGroups | None:
-    """The last report's groups, when it listed them by the same rules from the same rollups; None otherwise, or when the
-    file is missing or unreadable (then every group is computed, and the file written again)."""
+def _mapped(path: Path) -> pa.Table:
+    """The table of an Arrow IPC file, mapped, not read: a report copies only the rows it keeps (the file is replaced or
+    removed, never written in place, so the mapping holds while the next one is written)."""
+    with pa.memory_map(str(path)) as source:
+        return pa.ipc.open_file(source).read_all()
+
+
+def _last_groups(directory: Path, state: dict[str, Any]) -> _LastGroups | None:
+    """The last report's groups, when it listed them by the same rules from the same rollups; None otherwise, or when
+    its files are missing or unreadable (then every group is computed, and the files written again)."""
     try:
-        # mapped, not read: a report copies only the rows of the groups it keeps (the file is replaced, never written
-        # in place, so the mapping holds while the next one is written)
-        with pa.memory_map(str(path)) as source:
-            table = pa.ipc.open_file(source).read_all()
+        table = _mapped(directory / GROUPS_FILE)
         last = json.loads(table.schema.metadata[GROUPS_META])
+        files = last["members"]
+        if not isinstance(files, list) or not all(isinstance(name, str) and MEMBERS_FILE.fullmatch(name) for name in files):
+            return None
+        stored = [_mapped(directory / name) for name in files]
     except (OSError, ValueError, KeyError, TypeError, pa.ArrowException):
         return None
-    if table.schema.remove_metadata() != GROUPS_SCHEMA or not isinstance(last, dict) or not isinstance(last.get("days"), dict):
+    if table.schema.remove_metadata() != GROUPS_SCHEMA or not isinstance(last.get("days"), dict):
         return None
-    if any(last.get(name) != state[name] for name in ("version", "min_n", "windows", "rollups")):
+    if any(part.schema != MEMBERS_SCHEMA for part in stored) or any(
+        last.get(name) != state[name] for name in ("version", "min_n", "windows", "rollups")
+    ):
         return None
-    return _LastGroups(table, last)
+    members = pa.chunked_array([chunk for part in stored for chunk in part["member"].chunks], pa.large_binary())
+    at = table["member_at"]
+    if table.num_rows and (at.null_count or pc.min(at).as_py() < 0 or pc.max(at).as_py() >= len(members)):
+        return None
+    return _LastGroups(table, last, members)
 
 
 def _moved_days(before: date, now: date) -> list[date]:
@@ -446,14 +485,28 @@ def _kept(
     return _arrays(con, "SELECT g, last_row FROM kept")
 
 
-def _write_groups(path: Path, table: pa.Table, state: dict[str, Any]) -> None:
-    """Write the listed groups' columns with the state they were combined in, for the next report."""
+def _write_members(directory: Path, members: pa.Array | pa.ChunkedArray) -> str:
+    """Write `members` in a new member file in `directory`; its name."""
+    name = f"members-{uuid.uuid4().hex}.arrow"
+    _write_arrow(directory / name, pa.table([members], schema=MEMBERS_SCHEMA))
+    return name
+
+
+def _write_groups(directory: Path, table: pa.Table, state: dict[str, Any]) -> None:
+    """Write the listed groups' columns with the state they were combined in, for the next report, and remove the member
+    files it does not list."""
+    path = directory / GROUPS_FILE
     remove_stale_temps(path)  # a killed report's; the report lock keeps every other writer out
-    with (
-        atomic_path(path) as tmp,
-        pa.OSFile(str(tmp), "wb") as sink,
-        pa.ipc.new_file(sink, table.schema.with_metadata({GROUPS_META: json.dumps(state)})) as writer,
-    ):
+    _write_arrow(path, table.replace_schema_metadata({GROUPS_META: json.dumps(state)}))
+    # after the file that stops listing them, so a crash leaves files unlisted, never a listed one missing
+    for stale in [*directory.glob("members-*.arrow"), *directory.glob(".members-*.tmp")]:
+        if stale.name not in state["members"]:
+            stale.unlink(missing_ok=True)
+
+
+def _write_arrow(path: Path, table: pa.Table) -> None:
+    """Write `table` to `path` as an Arrow IPC file, atomically."""
+    with atomic_path(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
 
 
@@ -487,14 +540,14 @@ def _summaries(columns: dict[str, list], suffix: str) -> list[dict]:
 
 def _members(table: pa.Table) -> pa.Array:
     """Each group's member of its dimension's object in the report's JSON, from its columns: its key, and its entry (the
-    rates of the whole history, with those of each window)."""
+    rates of the whole history, with those of each window), and a comma."""
     names = [f"{c}{suffix}" for suffix in ENTRY_SPANS for c in SUMMARY_FIELDS]
     columns = {name: table.column(name).to_pylist() for name in names}
     windows = {w: _summaries(columns, f"_{w}") for w in WINDOWS}
     members = []
     for i, (key, entry) in enumerate(zip(table.column("key").to_pylist(), _summaries(columns, ""))):
         entry["windows"] = {w: blocks[i] for w, blocks in windows.items()}
-        members.append(orjson.dumps({key: entry})[1:-1])  # a one-member object without its braces
+        members.append(orjson.dumps({key: entry})[1:-1] + b",")  # a one-member object without its braces
     return pa.array(members, pa.large_binary())
 
 
@@ -502,12 +555,12 @@ class ListedGroups(Mapping[str, dict[str, Any]]):
     """The listed groups of one dimension, in the order of their keys: each entry kept as its member of the report's
     JSON, which the report's file takes as it is, and decoded when it is read."""
 
-    def __init__(self, keys: list[str], members: list[bytes], reviewed: np.ndarray) -> None:
+    def __init__(self, keys: list[str], members: pa.ChunkedArray, reviewed: np.ndarray) -> None:
         self._keys, self._members, self._reviewed = keys, members, reviewed
         self._index = {key: i for i, key in enumerate(keys)}
 
     def __getitem__(self, key: str) -> dict[str, Any]:
-        return orjson.loads(b"{" + self._members[self._index[key]] + b"}")[key]
+        return orjson.loads(b"{" + self._members[self._index[key]].as_py()[:-1] + b"}")[key]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._keys)
@@ -519,13 +572,18 @@ class ListedGroups(Mapping[str, dict[str, Any]]):
         """The `count` groups with the most reviewed records (the first key among equals), with their entries."""
         return [(self._keys[i], self[self._keys[i]]) for i in np.argsort(-self._reviewed, kind="stable")[:count]]
 
-    def json(self) -> orjson.Fragment:
-        """The dimension's object in the report's JSON."""
-        # the members between commas, joined once: tens of megabytes for a year of users
-        parts = [b","] * (2 * len(self._members) + 1)
-        parts[1::2] = self._members
-        parts[0], parts[-1] = b"{", b"}"
-        return orjson.Fragment(b"".join(parts) if self._members else b"{}")
+    def json(self) -> RawJson:
+        """The dimension's object in the report's JSON, from the buffers that hold its members."""
+        parts = []
+        for chunk in self._members.chunks:
+            if len(chunk):
+                _, offsets, data = chunk.buffers()
+                start, end = np.frombuffer(offsets, np.int64)[[chunk.offset, chunk.offset + len(chunk)]]
+                parts.append(memoryview(data)[start:end])
+        if not parts:
+            return RawJson(b"{}")
+        parts[-1] = parts[-1][:-1]  # the last member's comma
+        return RawJson(b"{", *parts, b"}")
 
 
 def _groups(table: pa.Table) -> dict[str, ListedGroups]:
@@ -535,7 +593,7 @@ def _groups(table: pa.Table) -> dict[str, ListedGroups]:
     start = 0
     for counted in pc.value_counts(table["dimension"]).to_pylist():
         rows = table.slice(start, counted["counts"])
-        groups[counted["values"]] = ListedGroups(rows["key"].to_pylist(), rows["member"].to_pylist(), rows["n"].to_numpy())
+        groups[counted["values"]] = ListedGroups(rows["key"].to_pylist(), rows["member"], rows["n"].to_numpy())
         start += counted["counts"]
     return groups
 

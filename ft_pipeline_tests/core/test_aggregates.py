@@ -313,6 +313,58 @@ def test_a_report_computes_only_the_groups_whose_rows_changed_or_moved_band_and_
     assert len(reports[-1]) == 39
 
 
+def member_files(settings: Settings) -> list[int]:
+    """The rows of the last report's member files in the order it lists them, checking that no other is beside them."""
+    directory = aggregates.rollup_dir(settings.lake_dir)
+    names = json.loads(pa.ipc.open_file((directory / patterns.GROUPS_FILE).read_bytes()).schema.metadata[patterns.GROUPS_META])[
+        "members"
+    ]
+    assert sorted(path.name for path in [*directory.glob("members-*"), *directory.glob(".members-*")]) == sorted(names)
+    return [pa.ipc.open_file((directory / name).read_bytes()).read_all().num_rows for name in names]
+
+
+def test_a_report_writes_the_members_it_computed_and_all_in_one_file_again_only_past_the_slack(tmp_path, monkeypatch):
+    monkeypatch.setattr(aggregates, "FOLD_DAYS", 1000)
+    settings = Settings(data_dir=str(tmp_path))
+    for offset in range(40):
+        write_user_day(settings, offset, f"u{offset}")
+    reports = computed_users(monkeypatch)
+    report = assert_equals_full_recomputation(settings)
+    listed = sum(map(len, report["groups"].values()))
+    assert member_files(settings) == [listed]
+    # each new day adds a file of the members it computed, until the files hold more than the slack allows
+    offset, sizes = 40, []
+    while not sizes or len(sizes[-1]) > 1:
+        write_user_day(settings, offset, f"u{offset}")
+        report = assert_equals_full_recomputation(settings)
+        listed = sum(map(len, report["groups"].values()))
+        sizes.append(member_files(settings))
+        assert sum(sizes[-1]) <= patterns.MEMBERS_SLACK * listed and offset < 80
+        offset += 1
+    assert len(sizes) > 2 and sizes[1][:-1] == sizes[0] and sum(sizes[0][1:]) < listed and sizes[-1] == [listed]
+    # a killed report's member files, written and not listed, go with the next report; an unchanged lake writes none
+    directory = aggregates.rollup_dir(settings.lake_dir)
+    (directory / f"members-{'0' * 32}.arrow").write_bytes(b"ARROW1 torn")
+    (directory / f".members-{'0' * 32}.arrow.x1.tmp").write_bytes(b"ARROW1 torn")
+    assert_equals_full_recomputation(settings)
+    assert reports[-1] == [] and member_files(settings) == [listed]
+    # a listed member file missing or unreadable, or a listed name that is no member file's: every group again
+    groups = directory / patterns.GROUPS_FILE
+    table = pa.ipc.open_file(groups.read_bytes()).read_all()
+    state = json.loads(table.schema.metadata[patterns.GROUPS_META])
+    # (one that a path would reach, outside the folder)
+    (directory.parent / state["members"][0]).write_bytes((directory / state["members"][0]).read_bytes())
+    for names in (["../" + state["members"][0]], [f"members-{'1' * 32}.arrow"]):
+        listing = table.replace_schema_metadata({patterns.GROUPS_META: json.dumps({**state, "members": names})})
+        with pa.OSFile(str(groups), "wb") as sink, pa.ipc.new_file(sink, listing.schema) as writer:
+            writer.write_table(listing)
+        assert_equals_full_recomputation(settings)
+        assert len(reports[-1]) == offset
+    next(directory.glob("members-*.arrow")).write_bytes(b"ARROW1 torn")
+    assert_equals_full_recomputation(settings)
+    assert len(reports[-1]) == offset and member_files(settings) == [listed]
+
+
 def test_latency_of_a_large_group_in_the_rollup_is_kept_within_its_relative_accuracy(tmp_path, monkeypatch):
     # a group is large past fewer distinct values than a product's, so the test needs few records
     monkeypatch.setattr(aggregates, "LATENCY_EXACT_VALUES", 256)

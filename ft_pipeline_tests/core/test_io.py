@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ft_pipeline.core.io import (
+    RawJson,
     atomic_path,
     checked_name,
     partition_dates,
@@ -80,3 +81,7 @@ def test_a_large_json_reads_back_as_the_json_module_writes_it_with_nan_as_null(t
     text = large.read_text(encoding="utf-8")
     assert json.loads(text) == {**json.loads((tmp_path / "small.json").read_text(encoding="utf-8")), "nan": None}
     assert text.endswith("}\n") and '\n  "groups": {\n    "user_id": {\n      "ü"' in text
+    # raw JSON is written from its buffers where it stands, beside strings holding what marks its place in orjson's output
+    raw = {"a": RawJson(b"{", memoryview(b'"k": [1, "\\u0000"]}')[:-1], b"}"), "nul": "\x00", "b": [RawJson(b"2")]}
+    spliced = write_large_json_atomic(raw, tmp_path / "raw.json")
+    assert json.loads(spliced.read_text(encoding="utf-8")) == {"a": {"k": [1, "\x00"]}, "nul": "\x00", "b": [2]}

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from ft_pipeline.core import patterns
-from ft_pipeline.core.io import partition_file, write_parquet_atomic
+from ft_pipeline.core.io import partition_file, write_large_json_atomic, write_parquet_atomic
 from ft_pipeline.core.locks import hold
 from ft_pipeline.core.patterns import (
     MERGE_SHARE,
@@ -291,9 +291,9 @@ def test_markdown_lists_the_most_reviewed_groups_of_a_dimension_up_to_its_limit(
     assert "most reviewed" not in render_markdown(report, max_groups=len(users)).split("## By user_id")[1].splitlines()[0]
 
 
-def test_no_pii_in_report_or_markdown(planted):
+def test_no_pii_in_report_or_markdown(planted, tmp_path):
     _, report = planted
-    text = orjson.dumps(jsonable(report)).decode() + render_markdown(report)
+    text = write_large_json_atomic(jsonable(report), tmp_path / "report.json").read_text() + render_markdown(report)
     assert EMAIL not in text and "example.com" not in text
     assert "[EMAIL]" in report["groups"]["user_id"]
 
@@ -306,14 +306,18 @@ def test_the_written_report_reads_back_as_the_report_built(tmp_path):
     assert written["groups"] == report["groups"] and written["totals"] == report["totals"]
 
 
-def test_listed_groups_decode_their_entries_rank_the_most_reviewed_and_write_their_members():
+def test_listed_groups_decode_their_entries_rank_the_most_reviewed_and_write_their_members(tmp_path):
     entries = {"a": {"n": 2, "rates": [0.5, None]}, "b": {"n": 5}, "c": {"n": 5}}
-    members = [orjson.dumps({key: entry})[1:-1] for key, entry in entries.items()]
-    listed = patterns.ListedGroups(list(entries), members, np.array([2, 5, 5]))
+    members = pa.array([orjson.dumps({key: entry})[1:-1] + b"," for key, entry in entries.items()], pa.large_binary())
+    # the members of a dimension as a slice of a table's: a chunk that starts past a member, an empty one, another
+    before = pa.concat_arrays([pa.array([b'"x":{},'], pa.large_binary()), members[:2]])
+    chunked = pa.chunked_array([before, members[:0], members[2:]]).slice(1)
+    listed = patterns.ListedGroups(list(entries), chunked, np.array([2, 5, 5]))
     assert dict(listed) == entries and len(listed) == 3 and "d" not in listed
     assert listed.most_reviewed(2) == [("b", {"n": 5}), ("c", {"n": 5})]
-    empty = patterns.ListedGroups([], [], np.array([], np.int64))
-    assert orjson.loads(orjson.dumps({"a": listed.json(), "b": empty.json()})) == {"a": entries, "b": {}}
+    empty = patterns.ListedGroups([], chunked.slice(0, 0), np.array([], np.int64))
+    path = write_large_json_atomic({"a": listed.json(), "b": empty.json()}, tmp_path / "groups.json")
+    assert orjson.loads(path.read_bytes()) == {"a": entries, "b": {}}
 
 
 def test_longest_phrases_folds_sub_phrases_into_the_supported_one():
