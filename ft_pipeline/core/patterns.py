@@ -547,7 +547,7 @@ def _members(table: pa.Table) -> pa.Array:
     members = []
     for i, (key, entry) in enumerate(zip(table.column("key").to_pylist(), _summaries(columns, ""))):
         entry["windows"] = {w: blocks[i] for w, blocks in windows.items()}
-        members.append(orjson.dumps({key: entry})[1:-1] + b",")  # a one-member object without its braces
+        members.append(orjson.dumps({key: entry})[1:-1] + b",")  # a one-member object without its braces, and a comma
     return pa.array(members, pa.large_binary())
 
 
