@@ -338,7 +338,7 @@ def _group_columns(con: duckdb.DuckDBPyConnection, settings: Settings, made_of: 
     fresh = _computed(con, "todo", len(slots))
     fresh_members = _members(pa.table({"key": todo["key"], **fresh}))
     stored = last.members.chunks if last else []
-    stored_rows = sum(map(len, stored))
+    stored_rows = len(last.members) if last else 0
     fresh["member_at"] = pa.array(stored_rows + np.arange(len(slots)))
     # each listed group's row: the last report's (its row there) or a fresh one (after the last report's rows)
     source = np.empty(groups, np.int64)
